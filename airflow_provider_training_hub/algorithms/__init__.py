@@ -1,0 +1,24 @@
+"""The training_hub API: no Airflow here, and torch/transformers/instructlab only inside backends."""
+
+from airflow_provider_training_hub.algorithms.registry import (
+    Algorithm,
+    AlgorithmRegistry,
+    Backend,
+    create_algorithm,
+    register_algorithm,
+    register_backend,
+)
+from airflow_provider_training_hub.algorithms.sft import SFTAlgorithm, SFTParams, sft
+from airflow_provider_training_hub.algorithms import backends  # noqa: F401  (registers the built-in backends)
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmRegistry",
+    "Backend",
+    "SFTAlgorithm",
+    "SFTParams",
+    "create_algorithm",
+    "register_algorithm",
+    "register_backend",
+    "sft",
+]

@@ -1,0 +1,3 @@
+"""Built-in backends; importing this registers them (each imports its heavy libraries lazily)."""
+
+from airflow_provider_training_hub.algorithms.backends import instructlab  # noqa: F401

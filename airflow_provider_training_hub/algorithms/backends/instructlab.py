@@ -1,0 +1,121 @@
+"""The default SFT backend: instructlab-training's ``run_training`` (CUDA only, as of 0.16.2).
+
+Upstream's gaps filled here: it dies deep in ``main_ds.py`` without CUDA (we refuse up front),
+it spawns a bare ``torchrun`` (we make the interpreter's bin directory reachable), it reports a
+failed run without its cause (we attach the tail of the rank's log), and it returns None (we
+return the checkpoints and metrics it left behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from pathlib import Path
+
+from airflow_provider_training_hub.algorithms.registry import (
+    AlgorithmRegistry,
+    Backend,
+    TrainingFailedError,
+    register_backend,
+)
+from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.torchrun import (
+    TorchrunSpec,
+    interpreter_bin_on_path,
+    resolve_torchrun,
+)
+from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
+
+log = logging.getLogger(__name__)
+LOG_TAIL_LINES = 40
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.is_file():
+        return f"(no log at {path})"
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return "".join(deque(f, maxlen=lines))
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _flash_attn_installed() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@register_backend("sft", "instructlab-training", default=True)
+class InstructLabTrainingBackend(Backend):
+    """``instructlab.training.run_training``: FSDP over torchrun, with its own data processing."""
+
+    def require_cuda(self) -> None:
+        if _cuda_device_count() == 0:
+            others = [b for b in AlgorithmRegistry.list_backends("sft") if b != self.name]
+            alternative = f" For CPU training use backend={others[0]!r}." if others else ""
+            raise ValueError(
+                f"Backend {self.name!r} needs a CUDA GPU and this machine has none "
+                f"(instructlab-training calls torch.cuda.set_device unconditionally).{alternative}"
+            )
+
+    def build_args(self, params: SFTParams, torchrun: TorchrunSpec):
+        """The upstream ``(TorchrunArgs, TrainingArgs)`` for our parameters."""
+        from instructlab.training import TorchrunArgs, TrainingArgs
+
+        torch_args = TorchrunArgs(
+            nproc_per_node=torchrun.nproc_per_node,
+            nnodes=torchrun.nnodes,
+            node_rank=torchrun.node_rank,
+            rdzv_id=torchrun.rdzv_id,
+            rdzv_endpoint=torchrun.rdzv_endpoint,
+            master_addr=torchrun.master_addr,
+            master_port=torchrun.master_port,
+        )
+        train_args = TrainingArgs(
+            model_path=params.model_path,
+            data_path=params.data_path,
+            ckpt_output_dir=params.ckpt_output_dir,
+            data_output_dir=params.processed_data_dir,
+            num_epochs=params.num_epochs,
+            effective_batch_size=params.effective_batch_size,
+            learning_rate=params.learning_rate,
+            max_seq_len=params.max_seq_len,
+            max_batch_len=params.batch_token_cap,
+            save_samples=params.save_samples,
+            warmup_steps=params.warmup_steps,
+            accelerate_full_state_at_epoch=params.accelerate_full_state_at_epoch,
+            checkpoint_at_epoch=params.checkpoint_at_epoch,
+            random_seed=params.random_seed,
+            # Upstream's default of 16 worker processes oversubscribes small machines.
+            data_process_num_cpu_procs=max(1, min(16, os.cpu_count() or 1)),
+            # Upstream raises unless flash-attn is importable; without it, SDPA attention is used.
+            disable_flash_attn=not _flash_attn_installed(),
+        )
+        return torch_args, train_args
+
+    def execute(self, params: SFTParams) -> TrainingResult:
+        self.require_cuda()
+        torchrun = resolve_torchrun(params, default_nproc_per_node="gpu")
+        torch_args, train_args = self.build_args(params, torchrun)
+
+        from instructlab.training import run_training
+
+        rank_log = Path(params.ckpt_output_dir) / f"full_logs_global{torchrun.node_rank}.log"
+        log.info("instructlab-training: %s", torchrun)
+        try:
+            with interpreter_bin_on_path():
+                run_training(torch_args=torch_args, train_args=train_args)
+        except RuntimeError as exc:
+            raise TrainingFailedError(
+                f"instructlab-training failed: {exc}\n--- last lines of {rank_log} ---\n{log_tail(rank_log)}"
+            ) from exc
+        if not rank_log.is_file():  # upstream returns silently when torchrun cannot even start
+            raise TrainingFailedError(f"instructlab-training did not start torchrun (no {rank_log}).")
+        return collect_result(params.ckpt_output_dir)

@@ -1,0 +1,169 @@
+"""The training_hub registry: algorithms, their backends, and third-party plugins.
+
+Three small pieces, as in training_hub: an ``Algorithm`` knows its parameter schema, a
+``Backend`` knows how to run it, and ``AlgorithmRegistry`` maps names to both. Heavy imports
+(torch, transformers, instructlab) live inside backends' ``execute`` only, so listing what is
+available costs nothing and works on an Airflow scheduler without torch.
+
+Third parties add algorithms or backends without editing this package by declaring an entry
+point in the ``training_hub.plugins`` group. Its target is either a module (registering on
+import, e.g. with the decorators below) or a callable taking ``AlgorithmRegistry``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow_provider_training_hub.algorithms.params import ParamSchema, param_types
+
+if TYPE_CHECKING:
+    from airflow_provider_training_hub.checkpoints import TrainingResult
+
+PLUGIN_GROUP = "training_hub.plugins"
+
+log = logging.getLogger(__name__)
+
+
+class TrainingFailedError(RuntimeError):
+    """Training started and failed; the message carries the end of the failing process's log."""
+
+
+class Backend(ABC):
+    """One way of running an algorithm (a library, a launcher, a device family)."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def execute(self, params: Any) -> TrainingResult:
+        """Run with already validated parameters (an instance of the algorithm's schema)."""
+
+
+class Algorithm(ABC):
+    """A training method with one parameter schema, runnable on any registered backend."""
+
+    name: ClassVar[str]
+    params_schema: ClassVar[type[ParamSchema]]
+
+    def __init__(self, backend: Backend, **_: Any) -> None:
+        self.backend = backend
+
+    @abstractmethod
+    def train(self, **kwargs: Any) -> TrainingResult:
+        """Validate ``kwargs`` against the schema, then run on ``self.backend``."""
+
+    @classmethod
+    def get_required_params(cls) -> dict[str, Any]:
+        return param_types(cls.params_schema, required=True)
+
+    @classmethod
+    def get_optional_params(cls) -> dict[str, Any]:
+        return param_types(cls.params_schema, required=False)
+
+
+def _unknown(kind: str, name: str, available: list[str]) -> ValueError:
+    hint = difflib.get_close_matches(name, available, n=1)
+    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+    return ValueError(f"Unknown {kind} {name!r}.{did_you_mean} Available: {', '.join(available) or 'none'}.")
+
+
+class AlgorithmRegistry:
+    """Name -> class maps for algorithms and, per algorithm, backends (first registered is default)."""
+
+    _algorithms: ClassVar[dict[str, type[Algorithm]]] = {}
+    _backends: ClassVar[dict[str, dict[str, type[Backend]]]] = {}
+    _default_backend: ClassVar[dict[str, str]] = {}
+    _plugins_loaded: ClassVar[bool] = False
+
+    @classmethod
+    def register_algorithm(cls, name: str, algorithm_class: type[Algorithm]) -> None:
+        cls._algorithms[name] = algorithm_class
+        cls._backends.setdefault(name, {})
+
+    @classmethod
+    def register_backend(
+        cls, algorithm_name: str, backend_name: str, backend_class: type[Backend], *, default: bool = False
+    ) -> None:
+        backends = cls._backends.setdefault(algorithm_name, {})
+        backends[backend_name] = backend_class
+        if default or algorithm_name not in cls._default_backend:
+            cls._default_backend[algorithm_name] = backend_name
+
+    @classmethod
+    def load_plugins(cls, *, reload: bool = False) -> None:
+        """Import every ``training_hub.plugins`` entry point once; a broken plugin is logged, not fatal."""
+        if cls._plugins_loaded and not reload:
+            return
+        cls._plugins_loaded = True
+        for ep in entry_points(group=PLUGIN_GROUP):
+            try:
+                target = ep.load()
+                if callable(target):
+                    target(cls)
+            except Exception:  # a third party's bug must not hide the built-in algorithms
+                log.exception("training_hub plugin %r (%s) failed to load", ep.name, ep.value)
+
+    @classmethod
+    def list_algorithms(cls) -> list[str]:
+        cls.load_plugins()
+        return list(cls._algorithms)
+
+    @classmethod
+    def list_backends(cls, algorithm_name: str) -> list[str]:
+        cls.get_algorithm(algorithm_name)
+        return list(cls._backends[algorithm_name])
+
+    @classmethod
+    def default_backend(cls, algorithm_name: str) -> str:
+        cls.get_algorithm(algorithm_name)
+        try:
+            return cls._default_backend[algorithm_name]
+        except KeyError:
+            raise ValueError(f"Algorithm {algorithm_name!r} has no backend registered.") from None
+
+    @classmethod
+    def get_algorithm(cls, name: str) -> type[Algorithm]:
+        cls.load_plugins()
+        if name not in cls._algorithms:
+            raise _unknown("algorithm", name, list(cls._algorithms))
+        return cls._algorithms[name]
+
+    @classmethod
+    def get_backend(cls, algorithm_name: str, backend_name: str) -> type[Backend]:
+        backends = cls._backends[cls.get_algorithm(algorithm_name).name]
+        if backend_name not in backends:
+            raise _unknown(f"backend for {algorithm_name!r}:", backend_name, list(backends))
+        return backends[backend_name]
+
+
+def register_algorithm(name: str):
+    """Class decorator form of ``AlgorithmRegistry.register_algorithm``."""
+
+    def wrap(algorithm_class: type[Algorithm]) -> type[Algorithm]:
+        algorithm_class.name = name
+        AlgorithmRegistry.register_algorithm(name, algorithm_class)
+        return algorithm_class
+
+    return wrap
+
+
+def register_backend(algorithm_name: str, backend_name: str, *, default: bool = False):
+    """Class decorator form of ``AlgorithmRegistry.register_backend``."""
+
+    def wrap(backend_class: type[Backend]) -> type[Backend]:
+        backend_class.name = backend_name
+        AlgorithmRegistry.register_backend(algorithm_name, backend_name, backend_class, default=default)
+        return backend_class
+
+    return wrap
+
+
+def create_algorithm(algorithm_name: str, backend_name: str | None = None, **kwargs: Any) -> Algorithm:
+    """An algorithm instance bound to a backend (the algorithm's default when ``backend_name`` is None)."""
+    algorithm_class = AlgorithmRegistry.get_algorithm(algorithm_name)
+    backend_name = backend_name or AlgorithmRegistry.default_backend(algorithm_name)
+    backend_class = AlgorithmRegistry.get_backend(algorithm_name, backend_name)
+    return algorithm_class(backend=backend_class(), **kwargs)

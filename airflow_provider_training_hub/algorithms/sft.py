@@ -1,0 +1,152 @@
+"""Supervised fine-tuning: its parameter schema, the algorithm, and the ``sft()`` shortcut.
+
+Defaults are instructlab-training's ``TrainingArgs`` defaults where it has one (a test holds
+them equal). Where ``TrainingArgs`` has none, the value chosen here is documented on the field.
+The torchrun fields default to ``None``: "take ``PET_*`` from the environment, else run on one
+node" (see ``torchrun.py``), which is what a pod launched by Kubeflow or our Indexed Job needs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from airflow_provider_training_hub.algorithms.params import ParamSchema
+from airflow_provider_training_hub.algorithms.registry import (
+    Algorithm,
+    AlgorithmRegistry,
+    create_algorithm,
+    register_algorithm,
+)
+
+DEFAULT_BACKEND = "instructlab-training"
+_HOST_PORT = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def check_host_port(name: str, value: str) -> str:
+    """``host:port`` with a port in 1..65535; ``name`` is the parameter or variable to blame."""
+    match = _HOST_PORT.match(value)
+    if not match or not 0 < int(match.group(1)) < 65536:
+        raise ValueError(f"{name} must be 'host:port' (e.g. 'node0:29500'), got {value!r}")
+    return value
+
+
+class SFTParams(ParamSchema):
+    """Every parameter of ``sft()``; the seed's parameter reference, field for field."""
+
+    model_path: str = Field(description="Model to fine-tune: a Hugging Face model directory.")
+    data_path: str = Field(description="Training data: a messages-format JSONL file.")
+    ckpt_output_dir: str = Field(description="Directory to save checkpoints and metrics in.")
+
+    num_epochs: int = Field(1, ge=1, description="Number of training epochs.")
+    effective_batch_size: int = Field(
+        128,
+        ge=1,
+        description="Samples per optimizer step across all ranks (TrainingArgs has no default; 128 chosen).",
+    )
+    learning_rate: float = Field(
+        2e-5, gt=0, description="Peak learning rate (TrainingArgs has no default; 2e-5 chosen)."
+    )
+    max_seq_len: int = Field(
+        2048, ge=1, description="Longer samples are dropped (TrainingArgs has no default; 2048 chosen)."
+    )
+    max_tokens_per_gpu: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Hard cap on tokens per GPU in a mini-batch; sets mini-batch size and gradient accumulation. "
+            "TrainingArgs has no default (max_batch_len); unset means max(10000, max_seq_len)."
+        ),
+    )
+
+    data_output_dir: str | None = Field(
+        None, description="Where processed data goes; unset means <ckpt_output_dir>/data."
+    )
+    save_samples: int = Field(0, ge=0, description="Save an HF checkpoint every N samples; 0 disables it.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warmup steps.")
+    accelerate_full_state_at_epoch: bool = Field(
+        True, description="Save the full training state each epoch, for automatic resumption."
+    )
+    checkpoint_at_epoch: bool = Field(True, description="Save an HF checkpoint at the end of each epoch.")
+    random_seed: int = Field(42, description="Seed for data order and initialisation.")
+
+    nproc_per_node: int | None = Field(
+        None, ge=1, description="Processes (GPUs) per node; unset: PET_NPROC_PER_NODE, else the backend's default."
+    )
+    nnodes: int | None = Field(None, ge=1, description="Nodes in the job; unset: PET_NNODES, else 1.")
+    node_rank: int | None = Field(None, ge=0, description="This node's rank; unset: PET_NODE_RANK, else 0.")
+    rdzv_id: int | str | None = Field(
+        None, description="Rendezvous id shared by all nodes; unset: PET_RDZV_ID, else 'training-hub'."
+    )
+    rdzv_endpoint: str | None = Field(
+        None, description="Master node 'host:port'; empty or unset: PET_RDZV_ENDPOINT, else single node."
+    )
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint_is_host_port(cls, value: str | None) -> str | None:
+        return check_host_port("rdzv_endpoint", value) if value else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SFTParams:
+        if self.max_tokens_per_gpu is not None and self.max_tokens_per_gpu < self.max_seq_len:
+            raise ValueError(
+                f"max_tokens_per_gpu ({self.max_tokens_per_gpu}) must be at least max_seq_len "
+                f"({self.max_seq_len}): a single sample must fit on a GPU."
+            )
+        if self.node_rank is not None and self.nnodes is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be in [0, nnodes) = [0, {self.nnodes}).")
+        return self
+
+    @property
+    def batch_token_cap(self) -> int:
+        return self.max_tokens_per_gpu or max(10_000, self.max_seq_len)
+
+    @property
+    def processed_data_dir(self) -> str:
+        return self.data_output_dir or os.path.join(self.ckpt_output_dir, "data")
+
+    def check_local_paths(self) -> None:
+        """Paths must exist where training runs (not on the Airflow worker, for a pod on a PVC)."""
+        if not Path(self.model_path).is_dir() and not _is_hub_model_id(self.model_path):
+            raise ValueError(f"model_path {self.model_path!r} is not a model directory on this machine.")
+        if "://" not in self.data_path and not Path(self.data_path).exists():
+            raise ValueError(f"data_path {self.data_path!r} does not exist.")
+
+
+def _is_hub_model_id(model_path: str) -> bool:
+    """An ``org/name`` Hub id, acceptable only where the Hub can be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model_path)) and not model_path.startswith(".")
+
+
+@register_algorithm("sft")
+class SFTAlgorithm(Algorithm):
+    """Supervised fine-tuning on messages-format data."""
+
+    params_schema = SFTParams
+
+    def train(self, **kwargs: Any):
+        params = SFTParams.parse(kwargs)
+        params.check_local_paths()
+        return self.backend.execute(params)
+
+
+def sft(
+    model_path: str,
+    data_path: str,
+    ckpt_output_dir: str,
+    backend: str = DEFAULT_BACKEND,
+    **kwargs: Any,
+):
+    """Fine-tune ``model_path`` on ``data_path``; see ``SFTParams`` for every optional parameter."""
+    algorithm = create_algorithm("sft", backend)
+    return algorithm.train(model_path=model_path, data_path=data_path, ckpt_output_dir=ckpt_output_dir, **kwargs)
+
+
+__all__ = ["SFTAlgorithm", "SFTParams", "sft", "AlgorithmRegistry"]

@@ -1,0 +1,98 @@
+"""What a finished run left in its ``ckpt_output_dir``, in instructlab-training's layout.
+
+    <ckpt_output_dir>/hf_format/samples_<N>/     HF checkpoints; the newest has the largest N
+    <ckpt_output_dir>/hf_format/last_epoch/      when only the last one is kept
+    <ckpt_output_dir>/full_state/epoch_<N>/      resumable training state
+    <ckpt_output_dir>/training_params_and_metrics_global0.jsonl   rank 0's hparams + per-step metrics
+
+Both backends write this layout, so one reader serves both, and the result is plain JSON for XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "training_params_and_metrics_global0.jsonl"
+_NUMBERED = re.compile(r"^(samples|epoch)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """The outcome of ``train()``: upstream ``run_training`` returns None, we return this."""
+
+    ckpt_output_dir: str
+    checkpoint: str | None
+    checkpoints: list[str] = field(default_factory=list)
+    full_state: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _numbered_dirs(parent: Path) -> list[Path]:
+    """Children named ``samples_N`` / ``epoch_N``, ordered by N."""
+    if not parent.is_dir():
+        return []
+    found = [(int(m.group(2)), p) for p in parent.iterdir() if p.is_dir() and (m := _NUMBERED.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def hf_checkpoints(ckpt_output_dir: str | Path) -> list[Path]:
+    """HF-format checkpoints, oldest first; ``last_epoch`` (if any) counts as the newest."""
+    hf_dir = Path(ckpt_output_dir) / "hf_format"
+    found = _numbered_dirs(hf_dir)
+    if (hf_dir / "last_epoch").is_dir():
+        found.append(hf_dir / "last_epoch")
+    return found
+
+
+def full_state_checkpoints(ckpt_output_dir: str | Path) -> list[Path]:
+    return _numbered_dirs(Path(ckpt_output_dir) / "full_state")
+
+
+def read_metrics(ckpt_output_dir: str | Path) -> list[dict[str, Any]]:
+    """Per-step metric records (the hparams line and unparseable lines are skipped)."""
+    path = Path(ckpt_output_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a killed run
+                continue
+            if isinstance(record, dict) and "avg_loss" in record and "step" in record:
+                records.append(record)
+    return records
+
+
+def summarize_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Small enough for XCom: where training ended and how the loss moved."""
+    if not records:
+        return {}
+    first, last = records[0], records[-1]
+    return {
+        "steps": last["step"],
+        "epoch": last.get("epoch"),
+        "samples_seen": last.get("samples_seen"),
+        "first_loss": first["avg_loss"],
+        "loss": last["avg_loss"],
+        "min_loss": min(r["avg_loss"] for r in records),
+    }
+
+
+def collect_result(ckpt_output_dir: str | Path) -> TrainingResult:
+    checkpoints = [str(p) for p in hf_checkpoints(ckpt_output_dir)]
+    return TrainingResult(
+        ckpt_output_dir=str(ckpt_output_dir),
+        checkpoint=checkpoints[-1] if checkpoints else None,
+        checkpoints=checkpoints,
+        full_state=[str(p) for p in full_state_checkpoints(ckpt_output_dir)],
+        metrics=summarize_metrics(read_metrics(ckpt_output_dir)),
+    )

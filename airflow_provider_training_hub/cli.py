@@ -1,0 +1,126 @@
+"""``training-hub``: the command a training pod (or the Airflow worker's subprocess) runs.
+
+One subcommand per registered algorithm, its flags generated from the algorithm's parameter
+schema, so a new parameter or a plugin's algorithm needs no CLI change. Configuration errors
+exit 2 with one line on stderr and no traceback; a failed training run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm
+from airflow_provider_training_hub.algorithms.params import base_types
+from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
+
+EXIT_TRAINING_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors are configuration errors too
+        self.exit(EXIT_BAD_CONFIG, f"{self.prog}: error: {message}\n")
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """A JSON or YAML mapping of parameters."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read config {path!r}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"config {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path!r} must hold a mapping of parameter names to values")
+    return data
+
+
+def _add_algorithm_command(subparsers, name: str) -> None:
+    schema = AlgorithmRegistry.get_algorithm(name).params_schema
+    cmd = subparsers.add_parser(name, help=f"run {name} (flags override --config)")
+    cmd.add_argument("--config", help="JSON or YAML file of parameters")
+    cmd.add_argument("--backend", help=f"default: {AlgorithmRegistry.default_backend(name)}")
+    cmd.add_argument("--result-file", help="also write the result JSON here (e.g. /dev/termination-log)")
+    for field_name, field in schema.model_fields.items():
+        flag = f"--{field_name.replace('_', '-')}"
+        if base_types(field.annotation) == (bool,):
+            cmd.add_argument(flag, dest=field_name, action=argparse.BooleanOptionalAction, help=field.description)
+        else:  # values stay strings here; the schema converts and checks them in one place
+            cmd.add_argument(flag, dest=field_name, metavar="VALUE", help=field.description)
+    cmd.set_defaults(handler=_run_algorithm, algorithm=name, param_names=list(schema.model_fields))
+
+
+def _run_algorithm(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+    params = load_config(args.config) if args.config else {}
+    # Unknown flags go to the schema, which names them and suggests the closest parameter.
+    params.update({f.split("=")[0].lstrip("-").replace("-", "_"): None for f in unknown_flags if f.startswith("--")})
+    params.update({k: getattr(args, k) for k in args.param_names if getattr(args, k) is not None})
+    algorithm = create_algorithm(args.algorithm, args.backend)
+    result = algorithm.train(**params).to_dict()
+    payload = json.dumps(result)
+    if args.result_file:
+        Path(args.result_file).write_text(payload, encoding="utf-8")
+    print(payload)
+    return 0
+
+
+def _list(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+    for name in AlgorithmRegistry.list_algorithms():
+        default = AlgorithmRegistry.default_backend(name)
+        backends = ", ".join(b + (" (default)" if b == default else "") for b in AlgorithmRegistry.list_backends(name))
+        print(f"{name}: {backends}")
+    return 0
+
+
+def _models_tiny(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+    from airflow_provider_training_hub.models import make_tiny_model
+
+    corpus = Path(args.corpus).read_text(encoding="utf-8").splitlines() if args.corpus else []
+    print(make_tiny_model(args.output_dir, corpus))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="training-hub", description="Fine-tune language models (training_hub API).")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    subparsers.add_parser("list", help="algorithms and their backends").set_defaults(handler=_list)
+    for name in AlgorithmRegistry.list_algorithms():
+        _add_algorithm_command(subparsers, name)
+
+    models = subparsers.add_parser("models", help="make models offline").add_subparsers(
+        dest="model", required=True, parser_class=_Parser
+    )
+    tiny = models.add_parser("tiny", help="a tiny random Llama with a tokenizer trained on the fly")
+    tiny.add_argument("output_dir")
+    tiny.add_argument("--corpus", help="text file to train the tokenizer on (e.g. the training JSONL)")
+    tiny.set_defaults(handler=_models_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, unknown_flags = parser.parse_known_args(argv)
+    if unknown_flags and args.handler is not _run_algorithm:
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
+    try:
+        return args.handler(args, unknown_flags)
+    except ValueError as exc:
+        print(f"training-hub: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except TrainingFailedError as exc:
+        print(f"training-hub: training failed: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Stands in for `torchrun main_ds.py ...` where a CUDA GPU is required and none exists here.
+
+instructlab-training's real `run_training` builds the command and spawns it; only this GPU step
+is replaced. It records the exact command line, then leaves what main_ds.py would leave: an HF
+checkpoint per epoch (a copy of the input model), a full-state dir and the metrics JSONL. With
+FAKE_TORCHRUN_FAIL set it prints an error and exits 1, as a crashed rank would.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+argv = sys.argv[1:]
+opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+out = Path(opts["output_dir"])
+(out / "torchrun_argv.json").write_text(json.dumps(argv))
+print(f"fake torchrun: training {opts['model_name_or_path']} on {opts['data_path']}", flush=True)
+if os.environ.get("FAKE_TORCHRUN_FAIL"):
+    print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
+    sys.exit(1)
+samples = sum(1 for _ in open(opts["data_path"], encoding="utf-8"))
+with open(out / "training_params_and_metrics_global0.jsonl", "a", encoding="utf-8") as metrics:
+    metrics.write(json.dumps({"hparams": True, "learning_rate": float(opts["learning_rate"])}) + "\n")
+    for epoch in range(int(opts["num_epochs"])):
+        step = epoch + 1
+        metrics.write(json.dumps({"epoch": epoch, "step": step, "avg_loss": 3.0 / step, "samples_seen": samples * step}) + "\n")
+        if "--checkpoint_at_epoch" in argv:
+            shutil.copytree(opts["model_name_or_path"], out / "hf_format" / f"samples_{samples * step}")
+        if "--accelerate_full_state_at_epoch" in argv:
+            (out / "full_state" / f"epoch_{epoch}").mkdir(parents=True)
+print("fake torchrun: done", flush=True)

@@ -1,0 +1,142 @@
+"""The instructlab-training backend: real TrainingArgs/TorchrunArgs, real run_training, GPU replaced.
+
+Tests that train use the `fake_gpu` fixture (see conftest.py): CUDA detection and the spawned
+`torchrun main_ds.py` are the only parts replaced, because this machine has no GPU.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_training_hub import create_algorithm, sft
+from airflow_provider_training_hub.algorithms import SFTParams
+from airflow_provider_training_hub.algorithms.backends.instructlab import InstructLabTrainingBackend
+from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
+from airflow_provider_training_hub.algorithms.torchrun import interpreter_bin_on_path, resolve_torchrun
+
+
+def _params(**overrides):
+    return SFTParams.parse({"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/ckpt", **overrides})
+
+
+def test_mapping_onto_real_upstream_args():
+    from instructlab.training import TorchrunArgs, TrainingArgs
+
+    params = _params(num_epochs=3, learning_rate=1e-5, effective_batch_size=64, max_seq_len=1024,
+                     max_tokens_per_gpu=4096, save_samples=500, warmup_steps=10,
+                     accelerate_full_state_at_epoch=False, checkpoint_at_epoch=False,
+                     nproc_per_node=4, nnodes=2, node_rank=1, rdzv_id=7, rdzv_endpoint="node0:29500")
+    torch_args, train_args = InstructLabTrainingBackend().build_args(params, resolve_torchrun(params, "gpu", env={}))
+    assert isinstance(train_args, TrainingArgs) and isinstance(torch_args, TorchrunArgs)
+    assert train_args.max_batch_len == 4096
+    assert train_args.data_output_dir == "/ckpt/data"
+    assert (train_args.num_epochs, train_args.learning_rate, train_args.effective_batch_size) == (3, 1e-5, 64)
+    assert (train_args.max_seq_len, train_args.save_samples, train_args.warmup_steps) == (1024, 500, 10)
+    assert train_args.accelerate_full_state_at_epoch is False and train_args.checkpoint_at_epoch is False
+    assert train_args.random_seed == 42
+    assert (torch_args.nproc_per_node, torch_args.nnodes, torch_args.node_rank) == (4, 2, 1)
+    assert (torch_args.rdzv_id, torch_args.rdzv_endpoint, torch_args.master_addr) == (7, "node0:29500", None)
+
+
+def test_defaults_map_to_single_node_all_gpus():
+    params = _params(data_output_dir="/elsewhere")
+    torch_args, train_args = InstructLabTrainingBackend().build_args(params, resolve_torchrun(params, "gpu", env={}))
+    assert (torch_args.nproc_per_node, torch_args.nnodes, torch_args.node_rank) == ("gpu", 1, 0)
+    assert torch_args.rdzv_endpoint is None
+    assert train_args.data_output_dir == "/elsewhere"
+    assert train_args.max_batch_len == 10_000
+
+
+def test_no_cuda_fails_fast_with_a_clear_error(tiny_model, sample_data, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match=r"'instructlab-training' needs a CUDA GPU and this machine has none"):
+        sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def _argv(ckpt: Path) -> list[str]:
+    return json.loads((ckpt / "torchrun_argv.json").read_text())
+
+
+def test_seed_basic_and_custom_usage(fake_gpu, tiny_model, sample_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt))
+    # real upstream data processing ran on the tiny model
+    processed = [json.loads(line) for line in (ckpt / "data" / "data.jsonl").open()]
+    assert processed and {"input_ids", "labels", "len"} <= set(processed[0])
+    assert result.checkpoint == str(ckpt / "hf_format" / f"samples_{len(processed)}")
+    assert Path(result.checkpoint, "config.json").is_file()
+    assert result.metrics["steps"] == 1 and result.metrics["samples_seen"] == len(processed)
+    assert "--standalone" in _argv(ckpt) and "--nproc-per-node=gpu" in _argv(ckpt)
+
+    custom = tmp_path / "custom"
+    result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(custom),
+                 num_epochs=3, learning_rate=1e-5, effective_batch_size=2048, max_seq_len=2048,
+                 backend="instructlab-training")
+    argv = _argv(custom)
+    for expected in ("--num_epochs=3", "--learning_rate=1e-05", "--effective_batch_size=2048", "--max_batch_len=10000"):
+        assert expected in argv
+    assert len(result.checkpoints) == 3 and result.checkpoint == result.checkpoints[-1]
+    assert len(result.full_state) == 3
+    assert result.metrics["first_loss"] > result.metrics["loss"]
+
+
+def test_seed_factory_usage(fake_gpu, tiny_model, sample_data, tmp_path):
+    sft_algo = create_algorithm("sft", "instructlab-training")
+    result = sft_algo.train(model_path=str(tiny_model), data_path=str(sample_data),
+                            ckpt_output_dir=str(tmp_path / "c"), num_epochs=2, learning_rate=2e-6)
+    assert "--learning_rate=2e-06" in _argv(tmp_path / "c")
+    assert len(result.checkpoints) == 2
+    assert list(sft_algo.get_required_params()) == ["model_path", "data_path", "ckpt_output_dir"]
+
+
+@pytest.mark.parametrize("node_rank", [0, 1])
+def test_seed_multi_node_usage(fake_gpu, tiny_model, sample_data, tmp_path, node_rank):
+    ckpt = tmp_path / f"node{node_rank}"
+    sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt),
+        nproc_per_node=4, nnodes=2, node_rank=node_rank, rdzv_id=12345, rdzv_endpoint="node0:29500")
+    argv = _argv(ckpt)
+    for expected in ("--nproc-per-node=4", "--nnodes=2", f"--node-rank={node_rank}", "--rdzv-id=12345",
+                     "--rdzv-endpoint=node0:29500"):
+        assert expected in argv
+    assert (ckpt / f"full_logs_global{node_rank}.log").is_file()
+
+
+def test_seed_single_node_with_empty_endpoint(fake_gpu, tiny_model, sample_data, tmp_path):
+    sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(tmp_path / "c"),
+        nproc_per_node=2, nnodes=1, node_rank=0, rdzv_id=12345, rdzv_endpoint="")
+    argv = _argv(tmp_path / "c")
+    assert "--standalone" in argv and "--nproc-per-node=2" in argv
+
+
+def test_pet_environment_fills_what_arguments_leave_out(fake_gpu, tiny_model, sample_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("PET_NNODES", "3")
+    monkeypatch.setenv("PET_NODE_RANK", "2")
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", "job-0.svc:29400")
+    monkeypatch.setenv("PET_NPROC_PER_NODE", "8")
+    sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(tmp_path / "c"), nproc_per_node=2)
+    argv = _argv(tmp_path / "c")
+    for expected in ("--nnodes=3", "--node-rank=2", "--rdzv-endpoint=job-0.svc:29400", "--nproc-per-node=2"):
+        assert expected in argv
+
+
+def test_failed_run_carries_the_rank_log_tail(fake_gpu, tiny_model, sample_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TORCHRUN_FAIL", "1")
+    with pytest.raises(TrainingFailedError, match=r"(?s)full_logs_global0\.log.*CUDA out of memory"):
+        sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(tmp_path / "c"))
+
+
+def test_torchrun_found_without_the_venv_on_path(monkeypatch, tmp_path):
+    """upstream spawns a bare `torchrun`; with the venv not activated it must still resolve."""
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    assert shutil.which("torchrun") is None
+    with interpreter_bin_on_path():
+        assert shutil.which("torchrun") == str(Path(sys.executable).parent / "torchrun")
+    assert os.environ["PATH"] == f"{tmp_path}:/usr/bin:/bin"

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import pytest
+
+from airflow_provider_training_hub import AlgorithmRegistry, create_algorithm
+from airflow_provider_training_hub.algorithms import SFTAlgorithm
+from airflow_provider_training_hub.algorithms.backends.instructlab import InstructLabTrainingBackend
+
+SEED_OPTIONAL = {
+    "num_epochs", "effective_batch_size", "learning_rate", "max_seq_len", "max_tokens_per_gpu",
+    "data_output_dir", "save_samples", "warmup_steps", "accelerate_full_state_at_epoch",
+    "checkpoint_at_epoch", "nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint",
+}
+
+
+def test_discovery_lists_sft_and_its_default_backend():
+    assert "sft" in AlgorithmRegistry.list_algorithms()
+    assert "instructlab-training" in AlgorithmRegistry.list_backends("sft")
+    assert AlgorithmRegistry.get_algorithm("sft") is SFTAlgorithm
+    assert AlgorithmRegistry.default_backend("sft") == "instructlab-training"
+    assert AlgorithmRegistry.get_backend("sft", "instructlab-training") is InstructLabTrainingBackend
+
+
+def test_create_algorithm_defaults_to_instructlab():
+    algo = create_algorithm("sft")
+    assert isinstance(algo, SFTAlgorithm)
+    assert isinstance(algo.backend, InstructLabTrainingBackend)
+
+
+def test_param_introspection_matches_the_seed_reference():
+    algo = create_algorithm("sft", "instructlab-training")
+    assert algo.get_required_params() == {"model_path": str, "data_path": str, "ckpt_output_dir": str}
+    optional = algo.get_optional_params()
+    assert SEED_OPTIONAL <= set(optional)
+    assert optional["num_epochs"] is int and optional["learning_rate"] is float
+    assert optional["checkpoint_at_epoch"] is bool
+
+
+def test_unknown_algorithm_lists_what_exists():
+    with pytest.raises(ValueError, match=r"Unknown algorithm 'sfft'\. Did you mean 'sft'\? Available: .*sft"):
+        create_algorithm("sfft")
+
+
+def test_unknown_backend_lists_what_exists():
+    with pytest.raises(ValueError, match=r"Unknown backend for 'sft': 'instructlab'.*Available: .*instructlab-training"):
+        create_algorithm("sft", "instructlab")
+
+
+def test_training_side_imports_need_neither_airflow_nor_torch():
+    """A training pod has no Airflow; an Airflow scheduler has no torch (DESIGN.md layering)."""
+    code = (
+        "import sys\n"
+        "import airflow_provider_training_hub, airflow_provider_training_hub.algorithms,"
+        " airflow_provider_training_hub.checkpoints, airflow_provider_training_hub.cli,"
+        " airflow_provider_training_hub.models\n"
+        "from airflow_provider_training_hub.cli import build_parser; build_parser()\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'airflow', 'torch', 'transformers', 'instructlab', 'datasets'})\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,0 +1,75 @@
+"""Every configuration error of the foundation issue raises ValueError, naming the parameter."""
+
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_training_hub import sft
+from airflow_provider_training_hub.algorithms import SFTParams
+
+
+@pytest.fixture
+def valid(tiny_model, sample_data, tmp_path):
+    return {"model_path": str(tiny_model), "data_path": str(sample_data), "ckpt_output_dir": str(tmp_path / "ckpt")}
+
+
+def test_defaults_are_instructlab_trainingargs_defaults():
+    from instructlab.training import TrainingArgs
+
+    ours = SFTParams.model_fields
+    for name in ("num_epochs", "save_samples", "warmup_steps", "checkpoint_at_epoch",
+                 "accelerate_full_state_at_epoch", "random_seed"):
+        assert ours[name].default == TrainingArgs.model_fields[name].default, name
+    # Where TrainingArgs has no default we chose one; they must stay documented on the field.
+    for name in ("effective_batch_size", "learning_rate", "max_seq_len", "max_tokens_per_gpu"):
+        assert TrainingArgs.model_fields[{"max_tokens_per_gpu": "max_batch_len"}.get(name, name)].is_required()
+        assert "TrainingArgs has no default" in ours[name].description
+
+
+def test_string_values_from_templates_and_flags_are_converted():
+    p = SFTParams.parse({"model_path": "m", "data_path": "d", "ckpt_output_dir": "c",
+                         "num_epochs": "3", "learning_rate": "1e-5", "checkpoint_at_epoch": "false"})
+    assert (p.num_epochs, p.learning_rate, p.checkpoint_at_epoch) == (3, 1e-5, False)
+    assert p.processed_data_dir == "c/data"
+    assert p.batch_token_cap == 10_000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"num_epochs": 0}, r"'num_epochs': Input should be greater than or equal to 1 \(got 0\)"),
+        ({"num_epochs": "three"}, r"'num_epochs': Input should be a valid integer.*\(got 'three'\)"),
+        ({"learning_rate": 0}, r"'learning_rate': Input should be greater than 0"),
+        ({"learning_rate": -1e-5}, r"'learning_rate': Input should be greater than 0"),
+        ({"checkpoint_at_epoch": "maybe"}, r"'checkpoint_at_epoch': Input should be a valid boolean"),
+        ({"max_seq_len": 4096, "max_tokens_per_gpu": 2048}, r"max_tokens_per_gpu \(2048\) must be at least max_seq_len \(4096\)"),
+        ({"nnodes": 2, "node_rank": 2}, r"node_rank \(2\) must be in \[0, nnodes\) = \[0, 2\)"),
+        ({"node_rank": -1}, r"'node_rank': Input should be greater than or equal to 0"),
+        ({"rdzv_endpoint": "node0"}, r"rdzv_endpoint must be 'host:port'.*got 'node0'"),
+        ({"rdzv_endpoint": "node0:99999"}, r"rdzv_endpoint must be 'host:port'"),
+        ({"learnin_rate": 1e-5}, r"Unknown parameter 'learnin_rate'\. Did you mean 'learning_rate'\?"),
+        ({"num_epoch": 2}, r"Unknown parameter 'num_epoch'\. Did you mean 'num_epochs'\?"),
+    ],
+)
+def test_bad_values_raise_before_any_work(valid, override, message):
+    with pytest.raises(ValueError, match=message):
+        sft(**valid, **override)
+    assert not Path(valid["ckpt_output_dir"]).exists()
+
+
+def test_missing_required_parameter(valid):
+    del valid["ckpt_output_dir"]
+    with pytest.raises(ValueError, match=r"Missing required parameter 'ckpt_output_dir'"):
+        SFTParams.parse(valid)
+
+
+def test_missing_paths(valid, tmp_path):
+    with pytest.raises(ValueError, match=r"model_path '.*nope' is not a model directory"):
+        sft(**{**valid, "model_path": str(tmp_path / "nope")})
+    with pytest.raises(ValueError, match=r"data_path '.*missing.jsonl' does not exist"):
+        sft(**{**valid, "data_path": str(tmp_path / "missing.jsonl")})
+
+
+def test_unknown_backend_through_sft(valid):
+    with pytest.raises(ValueError, match=r"Unknown backend.*'cuda-magic'.*Available: instructlab-training"):
+        sft(**valid, backend="cuda-magic")
