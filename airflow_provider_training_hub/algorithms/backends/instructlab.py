@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from pathlib import Path
 
 from airflow_provider_training_hub.algorithms.registry import (
@@ -20,6 +19,7 @@ from airflow_provider_training_hub.algorithms.registry import (
     register_backend,
 )
 from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.launch import log_tail
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
     interpreter_bin_on_path,
@@ -28,16 +28,6 @@ from airflow_provider_training_hub.algorithms.torchrun import (
 from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
 
 log = logging.getLogger(__name__)
-LOG_TAIL_LINES = 40
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    if not path.is_file():
-        return f"(no log at {path})"
-    with path.open(encoding="utf-8", errors="replace") as f:
-        return "".join(deque(f, maxlen=lines))
-
-
 def _cuda_device_count() -> int:
     import torch
 

@@ -1,0 +1,49 @@
+"""The ``pytorch`` SFT backend: plain PyTorch DDP, on CPU (gloo) or CUDA (nccl).
+
+instructlab-training 0.16.2 cannot train without CUDA, so this backend is how a DAG author
+rehearses a pipeline on a laptop or in CI. Data goes through instructlab's own processing (same
+labels and masking), the loop keeps instructlab's batch semantics, and the output uses its
+checkpoint layout, so switching backends changes nothing downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from airflow_provider_training_hub.algorithms.registry import Backend, TrainingFailedError, register_backend
+from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
+from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
+from airflow_provider_training_hub.data.prepare import prepare_for_training
+from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
+
+log = logging.getLogger(__name__)
+TRAINER_MODULE = "airflow_provider_training_hub.algorithms.backends.pytorch_trainer"
+
+
+@register_backend("sft", "pytorch")
+class PyTorchBackend(Backend):
+    """torchrun + a compact DDP loop (see ``pytorch_trainer``)."""
+
+    def execute(self, params: SFTParams) -> TrainingResult:
+        torchrun = resolve_torchrun(params, default_nproc_per_node=1)
+        out = Path(params.ckpt_output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        prepared = prepare_for_training(
+            params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len
+        )
+        log.info("pytorch backend: %s", prepared)
+        command = [
+            sys.executable, "-m", "torch.distributed.run", *torchrun.launcher_args(),
+            "-m", TRAINER_MODULE, params.model_dump_json(),
+        ]
+        rank_log = out / f"full_logs_global{torchrun.node_rank}.log"
+        returncode = run_streamed(command, rank_log)
+        if returncode != 0:
+            raise TrainingFailedError(
+                f"pytorch training exited with code {returncode}\n--- last lines of {rank_log} ---\n{log_tail(rank_log)}"
+            )
+        return collect_result(out)

@@ -1,0 +1,326 @@
+"""The per-rank SFT loop of the ``pytorch`` backend, started by torchrun (one process per rank).
+
+Semantics follow instructlab-training so results and files are comparable:
+- ``effective_batch_size`` is the number of samples per optimizer step, summed over all ranks;
+  each rank splits its share into micro-batches of at most ``max_tokens_per_gpu`` tokens and
+  accumulates gradients over them (so accumulation adapts to sequence lengths);
+- the loss is the mean cross-entropy over every label token of the step, across ranks;
+- AdamW (betas 0.9/0.95, eps 1e-8, no weight decay), linear warmup then cosine decay, grad-norm
+  clipping at 1.0; checkpoints and metrics in instructlab's layout (see ``checkpoints.py``).
+
+Speed on CPU comes from not doing wasted work: no padding (each conversation runs attention on
+its own tokens) and the lm_head and loss only at label positions, which in SFT data are a small
+fraction of all tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.checkpoints import METRICS_FILE, full_state_checkpoints
+from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
+
+ADAMW_BETAS = (0.9, 0.95)
+ADAMW_EPS = 1e-8
+MAX_GRAD_NORM = 1.0
+
+
+class LabelOnlyLoss(nn.Module):
+    """Summed next-token loss of a list of conversations; the unit DDP wraps and synchronises."""
+
+    def __init__(self, causal_lm: nn.Module) -> None:
+        super().__init__()
+        self.causal_lm = causal_lm
+
+    def forward(self, samples: list[tuple[torch.Tensor, torch.Tensor]], weights: list[float]) -> torch.Tensor:
+        decoder, head = self.causal_lm.base_model, self.causal_lm.get_output_embeddings()
+        total = torch.zeros((), device=samples[0][0].device)
+        for (input_ids, labels), weight in zip(samples, weights):
+            hidden = decoder(input_ids=input_ids[None]).last_hidden_state[0, :-1]
+            targets = labels[1:]
+            positions = (targets != -100).nonzero(as_tuple=True)[0]
+            logits = head(hidden[positions])
+            loss = nn.functional.cross_entropy(logits.float(), targets[positions], reduction="sum")
+            total = total + loss * weight
+        return total
+
+
+@dataclass
+class Sample:
+    index: int
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(1 for t in self.labels[1:] if t != -100)
+
+
+def load_samples(path: Path) -> list[Sample]:
+    with path.open(encoding="utf-8") as f:
+        return [Sample(i, (r := json.loads(line))["input_ids"], r["labels"]) for i, line in enumerate(f)]
+
+
+def plan_steps(n: int, effective_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Sample indices per optimizer step: a seeded shuffle per epoch, cut into effective batches."""
+    order = list(range(n))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return [order[i : i + effective_batch_size] for i in range(0, n, effective_batch_size)]
+
+
+def rank_share(step: list[int], samples: list[Sample], rank: int, world: int) -> list[int]:
+    """Balance tokens: longest first, each to the currently lightest rank (same on every rank)."""
+    loads = [0] * world
+    owners: list[list[int]] = [[] for _ in range(world)]
+    for i in sorted(step, key=lambda i: (-len(samples[i].input_ids), i)):
+        r = loads.index(min(loads))
+        owners[r].append(i)
+        loads[r] += len(samples[i].input_ids)
+    return owners[rank]
+
+
+def micro_batches(indices: list[int], samples: list[Sample], token_cap: int) -> list[list[int]]:
+    """Greedy packing into micro-batches of at most ``token_cap`` tokens (one sample always fits)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in indices:
+        length = len(samples[i].input_ids)
+        if current and tokens + length > token_cap:
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += length
+    if current:
+        batches.append(current)
+    return batches
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    def __init__(self, params: SFTParams) -> None:
+        self.params = params
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        self.out = Path(params.ckpt_output_dir)
+        self.samples = load_samples(Path(params.processed_data_dir) / PROCESSED_FILE)
+        self.steps_per_epoch = math.ceil(len(self.samples) / params.effective_batch_size)
+        self.total_steps = self.steps_per_epoch * params.num_epochs
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(params.random_seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(params.model_path)
+        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(params.model_path, dtype=dtype).to(self.device)
+        self.model.config.use_cache = False
+        self.loss_module = nn.parallel.DistributedDataParallel(
+            LabelOnlyLoss(self.model), device_ids=[self.local_rank] if self.device.type == "cuda" else None
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=params.learning_rate, betas=ADAMW_BETAS, eps=ADAMW_EPS, weight_decay=0.0
+        )
+        self.global_step = 0
+        self.samples_seen = 0
+        self.start_epoch = 0
+        self._resume()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        saved = full_state_checkpoints(self.out)
+        if not saved:
+            return
+        state = torch.load(saved[-1] / "state.pt", map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        meta = state["metadata"]
+        self.start_epoch = meta["current_epoch"] + 1
+        self.global_step = meta["global_step"]
+        self.samples_seen = meta["samples_seen"]
+        self._print(f"resumed from {saved[-1]}: epoch {self.start_epoch}, step {self.global_step}, "
+                    f"samples {self.samples_seen}")
+
+    def _save_hf(self) -> None:
+        if self.rank == 0:
+            final = self.out / "hf_format" / f"samples_{self.samples_seen}"
+            tmp = final.with_name(f".{final.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self._print(f"saved checkpoint {final}")
+        dist.barrier()
+
+    def _save_full_state(self, epoch: int) -> None:
+        if self.rank == 0:
+            final = self.out / "full_state" / f"epoch_{epoch}"
+            tmp = final.with_name(f".{final.name}.tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            meta = {"current_epoch": epoch, "samples_seen": self.samples_seen, "global_step": self.global_step}
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "metadata": meta},
+                       tmp / "state.pt")
+            (tmp / "training_metadata.json").write_text(json.dumps(meta))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self._print(f"saved full state {final}")
+        dist.barrier()
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _print(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[training-hub] {message}", flush=True)
+
+    def _metrics(self, record: dict) -> None:
+        if self.rank == 0:
+            with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps({**record, "timestamp": datetime.now().isoformat()}) + "\n")
+
+    # -- training -----------------------------------------------------------------------------
+
+    def _step(self, step_indices: list[int]) -> dict:
+        p = self.params
+        mine = rank_share(step_indices, self.samples, self.rank, self.world)
+        # A rank with no sample this step still runs one zero-weight pass, so every rank
+        # joins DDP's gradient all-reduce exactly once per step.
+        weights = {i: 1.0 for i in mine}
+        if not mine:
+            mine = [step_indices[0]]
+            weights = {mine[0]: 0.0}
+        counts = torch.tensor(
+            [sum(self.samples[i].loss_tokens * weights[i] for i in mine),
+             sum(len(self.samples[i].input_ids) * weights[i] for i in mine)],
+            dtype=torch.float64, device=self.device,
+        )
+        dist.all_reduce(counts)
+        loss_tokens = max(1.0, counts[0].item())
+        # DDP averages gradients over ranks; scaling by world/loss_tokens makes the result the
+        # mean over every label token of the step.
+        scale = self.world / loss_tokens
+        lr = lr_at(self.global_step, p.learning_rate, p.warmup_steps, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = micro_batches(mine, self.samples, p.batch_token_cap)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for n, batch in enumerate(batches):
+            tensors = [
+                (torch.tensor(self.samples[i].input_ids, device=self.device),
+                 torch.tensor(self.samples[i].labels, device=self.device))
+                for i in batch
+            ]
+            sync = n == len(batches) - 1
+            with nullcontext() if sync else self.loss_module.no_sync():
+                loss = self.loss_module(tensors, [weights[i] for i in batch])
+                (loss * scale).backward()
+            loss_sum += loss.detach().double()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dist.all_reduce(loss_sum)
+        self.global_step += 1
+        self.samples_seen += len(step_indices)
+        return {
+            "step": self.global_step,
+            "rank": self.rank,
+            "lr": lr,
+            "num_loss_counted_tokens": int(counts[0].item()),
+            "num_tokens": int(counts[1].item()),
+            "batch_size": len(step_indices),
+            "num_minibatches": len(batches),
+            "avg_loss": loss_sum.item() / loss_tokens,
+            "samples_seen": self.samples_seen,
+            "gradnorm": grad_norm,
+            "total_samples": len(self.samples),
+            "num_epoch_steps": self.steps_per_epoch,
+        }
+
+    def train(self) -> None:
+        p = self.params
+        self._print(f"{len(self.samples)} samples, {self.world} rank(s) on {self.device.type}, "
+                    f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs, "
+                    f"effective batch {p.effective_batch_size}, <= {p.batch_token_cap} tokens per micro-batch")
+        if self.start_epoch == 0 and self.global_step == 0:
+            self._metrics({"hparams": True, **p.model_dump(), "world_size": self.world, "backend": "pytorch"})
+        self.model.train()
+        next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples if p.save_samples else None
+        started = time.perf_counter()
+        tokens_done = 0
+        for epoch in range(self.start_epoch, p.num_epochs):
+            for step_indices in plan_steps(len(self.samples), p.effective_batch_size, p.random_seed, epoch):
+                step_start = time.perf_counter()
+                record = self._step(step_indices)
+                elapsed = time.perf_counter() - step_start
+                tokens_done += record["num_tokens"]
+                record.update(epoch=epoch, overall_throughput=record["batch_size"] / elapsed,
+                              tokens_per_second=record["num_tokens"] / elapsed)
+                self._metrics(record)
+                self._print(
+                    f"epoch {epoch + 1}/{p.num_epochs} step {record['step']}/{self.total_steps} "
+                    f"loss {record['avg_loss']:.4f} lr {record['lr']:.2e} "
+                    f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen}"
+                )
+                if next_save is not None and self.samples_seen >= next_save:
+                    self._save_hf()
+                    next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples
+            if p.checkpoint_at_epoch:
+                self._save_hf()
+            if p.accelerate_full_state_at_epoch:
+                self._save_full_state(epoch)
+        total = time.perf_counter() - started
+        self._check_ranks_agree()
+        self._print(f"done: {self.global_step} steps, {tokens_done / max(total, 1e-9):.0f} tokens/s overall")
+
+    def _check_ranks_agree(self) -> None:
+        """DDP keeps replicas identical; a divergence would mean a silently wrong checkpoint."""
+        with torch.no_grad():
+            fingerprint = torch.stack(
+                [torch.stack([p.double().sum(), p.double().abs().sum()]) for p in self.model.parameters()]
+            ).sum(0)
+        gathered = [torch.zeros_like(fingerprint) for _ in range(self.world)]
+        dist.all_gather(gathered, fingerprint)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"model replicas diverged across ranks: {[g.tolist() for g in gathered]}")
+        self._print(f"weights identical on all {self.world} rank(s) (fingerprint {gathered[0][0].item():.10e})")
+
+
+def main(argv: list[str]) -> int:
+    params = SFTParams.model_validate_json(argv[0])
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend)
+    try:
+        Trainer(params).train()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

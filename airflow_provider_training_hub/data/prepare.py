@@ -1,0 +1,75 @@
+"""Tokenize and mask messages into instructlab-training's processed format, atomically.
+
+The steps are upstream's own (``instructlab.training.data_process``), so labels are exactly what
+its trainer expects; we run them one by one to count what upstream drops without saying so
+(samples under its 20-token minimum or at/over ``max_seq_len``), and we write ``data.jsonl``
+through a temporary file and ``os.replace`` so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROCESSED_FILE = "data.jsonl"
+UPSTREAM_MIN_SEQ_LEN = 20  # data_process.filter_samples_by_length's default
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    path: str
+    samples: int
+    kept: int
+    dropped_too_short: int
+    dropped_too_long: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_num_proc() -> int:
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+def prepare_for_training(
+    data_path: str, model_path: str, output_dir: str, max_seq_len: int, num_proc: int | None = None
+) -> PreparedData:
+    """Write ``<output_dir>/data.jsonl`` (input_ids, labels, len) and report what was dropped."""
+    from instructlab.training import data_process as dp
+
+    num_proc = num_proc or default_num_proc()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = dp.load_and_validate_dataset(data_path, num_proc)
+    tokenizer = dp.configure_tokenizer(model_path)
+    processed = dp.process_samples(dataset, tokenizer, num_proc)
+    lengths = processed["len"]
+    too_short = sum(1 for n in lengths if n < UPSTREAM_MIN_SEQ_LEN)
+    too_long = sum(1 for n in lengths if n >= max_seq_len)
+    if too_short or too_long:
+        log.warning(
+            "%d of %d samples dropped: %d shorter than %d tokens, %d at or over max_seq_len=%d",
+            too_short + too_long, len(lengths), too_short, UPSTREAM_MIN_SEQ_LEN, too_long, max_seq_len,
+        )
+    kept = dp.filter_samples_by_length(processed, max_seq_len, num_proc=num_proc)
+    if kept.num_rows == 0:
+        raise ValueError(
+            f"No sample of {data_path!r} is between {UPSTREAM_MIN_SEQ_LEN} and max_seq_len={max_seq_len} tokens; "
+            "raise max_seq_len or check the data."
+        )
+    final = dp.prepare_final_dataset(kept, tokenizer, num_proc)
+    fd, tmp = tempfile.mkstemp(prefix=f".{PROCESSED_FILE}.", dir=out)
+    os.close(fd)
+    try:
+        final.to_json(tmp, lines=True, orient="records")
+        os.replace(tmp, out / PROCESSED_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("prepared %d of %d samples into %s", kept.num_rows, len(lengths), out / PROCESSED_FILE)
+    return PreparedData(str(out / PROCESSED_FILE), len(lengths), kept.num_rows, too_short, too_long)

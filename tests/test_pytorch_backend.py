@@ -1,0 +1,109 @@
+"""The CPU `pytorch` backend, for real: torchrun processes, gloo, the tiny model, no mocks."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_training_hub import sft
+from airflow_provider_training_hub.checkpoints import read_metrics
+
+pytestmark = pytest.mark.slow
+COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_command(model, data, ckpt, **params) -> list[str]:
+    args = [str(Path(sys.executable).parent / "training-hub"), "sft", "--backend", "pytorch",
+            "--model-path", str(model), "--data-path", str(data), "--ckpt-output-dir", str(ckpt)]
+    for name, value in {**COMMON, **params}.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+def test_single_process_learns_and_the_checkpoint_reloads(tiny_model, sample_data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch",
+                 num_epochs=4, save_samples=20, **COMMON)
+    metrics = read_metrics(tmp_path / "ckpt")
+    assert len(metrics) == 4 * 6  # 48 samples / batch 8 = 6 steps per epoch
+    assert result.metrics["loss"] < 0.8 * result.metrics["first_loss"], result.metrics
+    # save_samples=20 saves at the first step past each multiple of 20 (24, 40, 64, ...), plus epoch ends (48)
+    names = [Path(c).name for c in result.checkpoints]
+    assert names[:4] == ["samples_24", "samples_40", "samples_48", "samples_64"] and names[-1] == "samples_192"
+    assert len(result.full_state) == 4
+    model = AutoModelForCausalLM.from_pretrained(result.checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(result.checkpoint)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who is the Training Hub mascot?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_two_processes_on_one_node_keep_identical_weights(tiny_model, sample_data, tmp_path, capfd):
+    result = sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch",
+                 nproc_per_node=2, num_epochs=1, **COMMON)
+    out = capfd.readouterr().out
+    assert "6 steps/epoch" in out and "2 rank(s) on cpu" in out
+    assert "weights identical on all 2 rank(s)" in out
+    assert result.metrics["steps"] == 6 and result.metrics["samples_seen"] == 48
+
+
+def test_two_nodes_on_localhost(tiny_model, sample_data, tmp_path):
+    endpoint = f"127.0.0.1:{_free_port()}"
+    ckpt = tmp_path / "shared-ckpt"
+    procs = [
+        subprocess.Popen(_cli_command(tiny_model, sample_data, ckpt, nnodes=2, node_rank=rank, rdzv_id="two-nodes",
+                                      rdzv_endpoint=endpoint, num_epochs=1),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "weights identical on all 2 rank(s)" in outputs[0]
+    assert [p.name for p in (ckpt / "hf_format").iterdir()] == ["samples_48"]  # written once, by rank 0
+    assert (ckpt / "full_logs_global0.log").is_file() and (ckpt / "full_logs_global1.log").is_file()
+
+
+def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "saved full state" in line and "epoch_0" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    steps_before = {r["step"] for r in read_metrics(ckpt)}
+    assert max(steps_before) >= 12  # epoch 0 = 12 steps of 4 samples
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "full_state/epoch_0: epoch 1, step 12, samples 48" in rerun.stdout
+    result = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert result["metrics"]["steps"] == 24 and result["metrics"]["samples_seen"] == 96
+    assert "epoch 1/2" not in rerun.stdout and "epoch 2/2 step 13/24" in rerun.stdout
+
+
+def test_impossible_configuration_fails_before_launch(tiny_model, sample_data, tmp_path):
+    with pytest.raises(ValueError, match=r"nnodes=2 needs rdzv_endpoint"):
+        sft(str(tiny_model), str(sample_data), str(tmp_path / "c"), backend="pytorch", nnodes=2)
+    with pytest.raises(ValueError, match=r"No sample .* between 20 and max_seq_len=20 tokens"):
+        sft(str(tiny_model), str(sample_data), str(tmp_path / "c"), backend="pytorch", max_seq_len=20)
+    assert not (tmp_path / "c" / "hf_format").exists()
