@@ -31,7 +31,7 @@ def test_plugin_algorithm_and_backend_are_discovered(tiny_model, sample_data, tm
     )
     algorithms, sft_backends, dpo_optional, dpo_ckpt, sft_ckpt = json.loads(out)
     assert algorithms == ["sft", "dpo"]
-    assert sft_backends == ["instructlab-training", "copy-model"]
+    assert sft_backends == ["instructlab-training", "pytorch", "copy-model"]
     assert dpo_optional == ["beta"]
     assert dpo_ckpt == str(tmp_path / "dpo" / "hf_format" / "samples_1")
     assert sft_ckpt == str(tmp_path / "sft" / "hf_format" / "samples_1")

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 import os
 import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -165,31 +166,34 @@ class Trainer:
         self._print(f"resumed from {saved[-1]}: epoch {self.start_epoch}, step {self.global_step}, "
                     f"samples {self.samples_seen}")
 
-    def _save_hf(self) -> None:
+    def _publish(self, final: Path, what: str, write: Callable[[Path], None]) -> None:
+        """Rank 0 writes into a hidden sibling, then renames: readers never see a partial checkpoint."""
         if self.rank == 0:
-            final = self.out / "hf_format" / f"samples_{self.samples_seen}"
             tmp = final.with_name(f".{final.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+            tmp.mkdir(parents=True)
+            write(tmp)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            self._print(f"saved checkpoint {final}")
+            self._print(f"saved {what} {final}")
         dist.barrier()
 
+    def _save_hf(self) -> None:
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        self._publish(self.out / "hf_format" / f"samples_{self.samples_seen}", "checkpoint", write)
+
     def _save_full_state(self, epoch: int) -> None:
-        if self.rank == 0:
-            final = self.out / "full_state" / f"epoch_{epoch}"
-            tmp = final.with_name(f".{final.name}.tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
-            meta = {"current_epoch": epoch, "samples_seen": self.samples_seen, "global_step": self.global_step}
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "metadata": meta},
-                       tmp / "state.pt")
+        meta = {"current_epoch": epoch, "samples_seen": self.samples_seen, "global_step": self.global_step}
+
+        def write(tmp: Path) -> None:
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "metadata": meta}
+            torch.save(state, tmp / "state.pt")
             (tmp / "training_metadata.json").write_text(json.dumps(meta))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            self._print(f"saved full state {final}")
-        dist.barrier()
+
+        self._publish(self.out / "full_state" / f"epoch_{epoch}", "full state", write)
 
     # -- logging ------------------------------------------------------------------------------
 
