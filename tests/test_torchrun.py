@@ -50,4 +50,4 @@ def test_bad_environment_is_named(env, message):
 
 def test_launcher_args():
     assert TorchrunSpec(2, 1, 0, "r").launcher_args()[-1] == "--standalone"
-    assert TorchrunSpec(2, 2, 1, "r", "h:1").launcher_args()[-2:] == ["--rdzv-backend=c10d", "--rdzv-endpoint=h:1"]
+    assert TorchrunSpec(2, 2, 1, "r", "h:1").launcher_args()[-2:] == ["--rdzv-id=r", "--rdzv-endpoint=h:1"]

@@ -40,7 +40,9 @@ class TorchrunSpec:
             args += [f"--master-addr={self.master_addr}", "--rdzv-backend=static"]
             args += [f"--master-port={self.master_port}"] if self.master_port else []
         elif self.rdzv_endpoint:
-            args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}"]
+            # torchrun's default (static) rendezvous honours --node-rank, so global rank 0 is on
+            # node 0 (the pod that reports the result); c10d would assign ranks by arrival.
+            args += [f"--rdzv-endpoint={self.rdzv_endpoint}"]
         else:
             args += ["--standalone"]
         return args
