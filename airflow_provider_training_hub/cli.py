@@ -19,6 +19,7 @@ from airflow_provider_training_hub.algorithms.params import base_types
 from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
 
 EXIT_TRAINING_FAILED = 1
+EXIT_INVALID_DATA = 1
 EXIT_BAD_CONFIG = 2
 
 
@@ -89,6 +90,19 @@ def _models_tiny(args: argparse.Namespace, unknown_flags: list[str]) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+    from airflow_provider_training_hub.data import validate_messages
+
+    report = validate_messages(
+        args.path, on_invalid=args.on_invalid, output_path=args.output, quarantine_path=args.quarantine,
+        model_path=args.model_path, max_seq_len=args.max_seq_len, max_errors=args.max_errors,
+    )
+    print(report.summary())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    return 0 if report.valid else EXIT_INVALID_DATA
+
+
 def _models_smollm2(args: argparse.Namespace, unknown_flags: list[str]) -> int:
     from airflow_provider_training_hub.models import make_smollm2
 
@@ -112,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.add_parser("list", help="algorithms and their backends").set_defaults(handler=_list)
     for name in AlgorithmRegistry.list_algorithms():
         _add_algorithm_command(subparsers, name)
+
+    val = subparsers.add_parser("validate", help="check messages JSONL; statistics; optionally write the valid part")
+    val.add_argument("path", help="local path or fsspec URL; .gz is decompressed")
+    val.add_argument("--model-path", help="tokenizer for token-length statistics")
+    val.add_argument("--max-seq-len", type=int, help="count samples at or over this many tokens")
+    val.add_argument("--on-invalid", choices=["fail", "skip"], default="fail")
+    val.add_argument("--output", help="write the valid samples here (normalised JSONL)")
+    val.add_argument("--quarantine", help="with --on-invalid skip: invalid lines and reasons (default <output>.rejected.jsonl)")
+    val.add_argument("--report", help="write the full report as JSON here")
+    val.add_argument("--max-errors", type=int, default=20, help="errors listed in full (all are counted)")
+    val.set_defaults(handler=_validate)
 
     models = subparsers.add_parser("models", help="make models offline").add_subparsers(
         dest="model", required=True, parser_class=_Parser

@@ -33,12 +33,12 @@ WORDS = ("model data train token batch loss step learn answer question pipeline 
 
 
 def make_data(path: Path, n: int, seed: int = 0) -> None:
-    """Chats of about 180 tokens: a short question and a longer answer, deterministic."""
+    """Chats of about 180 tokens (about 1,450 tokens per optimizer step of 8): a short question and a longer answer, deterministic."""
     rng = random.Random(seed)
     with path.open("w", encoding="utf-8") as f:
         for _ in range(n):
             q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20))) + "?"
-            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(60, 120))) + "."
+            a = " ".join(rng.choice(WORDS) for _ in range(rng.randint(80, 150))) + "."
             f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
 
 
@@ -69,8 +69,17 @@ def run_trl(model: Path, data: Path, steps: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model)
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     losses: list[float] = []
+    step_seconds: list[float] = []
 
-    class Losses(TrainerCallback):
+    class Measure(TrainerCallback):
+        """Times each optimizer step as ours is timed: from step begin to step end."""
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            step_seconds.append(time.perf_counter() - self.began)
+
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(logs["loss"])
@@ -86,7 +95,7 @@ def run_trl(model: Path, data: Path, steps: int) -> dict:
         dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=lm, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[Losses()])
+                         callbacks=[Measure()])
     seen_tokens = []
     collate = trainer.data_collator
 
@@ -95,9 +104,8 @@ def run_trl(model: Path, data: Path, steps: int) -> dict:
         return collate(features)
 
     trainer.data_collator = counting_collator
-    started = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - started
+    seconds = sum(step_seconds)
     tokens = sum(seen_tokens[:steps])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"tokens_per_s": tokens / seconds, "final_loss": losses[-1], "peak_rss_mb": peak,
@@ -121,9 +129,12 @@ def main() -> None:
 
         make_smollm2(model)
     make_data(data, BATCH * args.steps)
+    from airflow_provider_training_hub.data import prepare_for_training
+
+    # Both engines read this one preparation (instructlab's processing): identical tokens and labels.
+    print(prepare_for_training(str(data), str(model), str(WORK / "ours-data"), MAX_LEN), flush=True)
     results: dict[str, list[dict]] = {"ours": [], "trl": []}
-    # ours first once, untimed, so the prepared data both engines read exists
-    for engine in ["ours"] + ["trl", "ours"] * args.pairs:
+    for engine in ["trl", "ours"] * args.pairs:
         proc = subprocess.run([sys.executable, __file__, "--one", engine, "--steps", str(args.steps)],
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -131,7 +142,6 @@ def main() -> None:
             sys.exit(f"{engine} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         results[engine].append(json.loads(line[7:]))
         print(engine, results[engine][-1], flush=True)
-    results["ours"] = results["ours"][1:]
     ratios = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(results["ours"], results["trl"])]
     loss_gaps = [abs(o["final_loss"] - t["final_loss"]) / t["final_loss"] for o, t in zip(results["ours"], results["trl"])]
     summary = {

@@ -1,6 +1,8 @@
 """Tokenize and mask messages into instructlab-training's processed format, atomically.
 
-The steps are upstream's own (``instructlab.training.data_process``), so labels are exactly what
+The data is validated first (``validate.py``): a bad line is a ``ValueError`` naming the line,
+field and reason, not upstream's "Malformed or missing data"; and only the normalised valid
+samples (extra keys dropped) reach upstream's processing. The steps are upstream's own (``instructlab.training.data_process``), so labels are exactly what
 its trainer expects; we run them one by one to count what upstream drops without saying so
 (samples under its 20-token minimum or at/over ``max_seq_len``), and we write ``data.jsonl``
 through a temporary file and ``os.replace`` so a reader never sees half a file.
@@ -17,6 +19,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PROCESSED_FILE = "data.jsonl"
+VALIDATED_FILE = "validated.jsonl"
 UPSTREAM_MIN_SEQ_LEN = 20  # data_process.filter_samples_by_length's default
 
 
@@ -42,10 +45,15 @@ def prepare_for_training(
     """Write ``<output_dir>/data.jsonl`` (input_ids, labels, len) and report what was dropped."""
     from instructlab.training import data_process as dp
 
+    from airflow_provider_training_hub.data.validate import validate_messages
+
     num_proc = num_proc or default_num_proc()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = dp.load_and_validate_dataset(data_path, num_proc)
+    report = validate_messages(data_path, output_path=str(out / VALIDATED_FILE))
+    if not report.valid:
+        raise ValueError(f"data_path {data_path!r} is not valid messages JSONL:\n{report.summary()}")
+    dataset = dp.load_and_validate_dataset(report.output_path, num_proc)
     tokenizer = dp.configure_tokenizer(model_path)
     processed = dp.process_samples(dataset, tokenizer, num_proc)
     lengths = processed["len"]

@@ -9,7 +9,6 @@ return the checkpoints and metrics it left behind).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from airflow_provider_training_hub.algorithms.registry import (
@@ -26,6 +25,7 @@ from airflow_provider_training_hub.algorithms.torchrun import (
     resolve_torchrun,
 )
 from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
+from airflow_provider_training_hub.data.prepare import prepare_for_training
 
 log = logging.getLogger(__name__)
 def _cuda_device_count() -> int:
@@ -83,8 +83,8 @@ class InstructLabTrainingBackend(Backend):
             accelerate_full_state_at_epoch=params.accelerate_full_state_at_epoch,
             checkpoint_at_epoch=params.checkpoint_at_epoch,
             random_seed=params.random_seed,
-            # Upstream's default of 16 worker processes oversubscribes small machines.
-            data_process_num_cpu_procs=max(1, min(16, os.cpu_count() or 1)),
+            # We prepare the data ourselves first (validated, atomic, drops reported).
+            process_data=False,
             # Upstream raises unless flash-attn is importable; without it, SDPA attention is used.
             disable_flash_attn=not _flash_attn_installed(),
         )
@@ -97,6 +97,7 @@ class InstructLabTrainingBackend(Backend):
 
         from instructlab.training import run_training
 
+        prepare_for_training(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len)
         rank_log = Path(params.ckpt_output_dir) / f"full_logs_global{torchrun.node_rank}.log"
         log.info("instructlab-training: %s", torchrun)
         try:

@@ -1,0 +1,121 @@
+"""Messages-JSONL validation throughput and memory, against a raw read and naive baselines.
+
+For each of two deterministic ~1 GB files (short and long chat lines, see synthetic_chat.py),
+in one run, each variant in its own process (so peak RSS is its own), repeated and interleaved:
+
+  raw       for line in f: pass                                   (the ceiling)
+  naive     json.loads + a strict pydantic model per line          (the baseline)
+  pydantic  pydantic-core typed JSON decode per line               (the other library candidate)
+  ours      validate_messages(), the code path of `training-hub validate`, statistics included
+
+    .venv/bin/python benchmarks/validate_throughput.py [--gb 1] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE.parent / ".demo" / "validate-bench"
+VARIANTS = ("raw", "naive", "pydantic", "ours")
+
+
+def _pydantic_model():
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict
+
+    class Message(BaseModel):
+        model_config = ConfigDict(strict=True)
+        role: Literal["system", "user", "assistant", "pretraining"]
+        content: str
+        reasoning_content: str | None = None
+
+    class Sample(BaseModel):
+        model_config = ConfigDict(strict=True)
+        messages: list[Message]
+        unmask: bool = False
+
+    return Sample
+
+
+def run_variant(variant: str, path: str) -> dict:
+    started = time.perf_counter()
+    lines = 0
+    if variant == "ours":
+        from airflow_provider_training_hub.data import validate_messages
+
+        report = validate_messages(path)
+        assert report.valid, report.summary()
+        lines = report.stats["samples"]
+    else:
+        sample = _pydantic_model()
+        with open(path, "rb") as f:
+            if variant == "raw":
+                for _ in f:
+                    lines += 1
+            elif variant == "naive":
+                for line in f:
+                    sample.model_validate(json.loads(line))
+                    lines += 1
+            else:
+                for line in f:
+                    sample.model_validate_json(line)
+                    lines += 1
+    seconds = time.perf_counter() - started
+    size = os.path.getsize(path)
+    return {"mb_per_s": size / 1e6 / seconds, "lines_per_s": lines / seconds, "seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "lines": lines}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "PATH"))
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_variant(*args.one)), flush=True)
+        return
+    sys.path.insert(0, str(HERE))
+    from synthetic_chat import write
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for shape in ("short", "long"):
+        path = WORK / f"{shape}.jsonl"
+        if not path.is_file() or abs(path.stat().st_size - args.gb * 1e9) > 0.01e9:
+            write(path, shape, int(args.gb * 1e9))
+        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        for _ in range(args.reps):
+            for variant in VARIANTS:
+                proc = subprocess.run([sys.executable, __file__, "--one", variant, str(path)],
+                                      capture_output=True, text=True, check=True)
+                runs[variant].append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
+                print(shape, variant, runs[variant][-1], flush=True)
+
+        def ratio(a: str, b: str) -> float:
+            return statistics.median(x["mb_per_s"] / y["mb_per_s"] for x, y in zip(runs[a], runs[b]))
+
+        summary[shape] = {
+            "file_mb": round(path.stat().st_size / 1e6),
+            "lines": runs["raw"][0]["lines"],
+            **{v: {k: round(statistics.median(r[k] for r in runs[v]), 1) for k in ("mb_per_s", "lines_per_s", "peak_rss_mb")}
+               for v in VARIANTS},
+            "ours_vs_naive": round(ratio("ours", "naive"), 2),
+            "ours_vs_raw": round(ratio("ours", "raw"), 3),
+            "pydantic_vs_naive": round(ratio("pydantic", "naive"), 2),
+        }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
