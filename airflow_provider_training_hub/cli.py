@@ -115,7 +115,7 @@ def _generate(args: argparse.Namespace, unknown_flags: list[str]) -> int:
 
     if not Path(args.model_dir).is_dir():
         raise ValueError(f"model directory {args.model_dir!r} does not exist")
-    for question, answer in zip(args.questions, generate(args.model_dir, args.questions, args.max_new_tokens)):
+    for question, answer in zip(args.questions, generate(args.model_dir, args.questions, args.max_new_tokens), strict=True):
         print(f"Q: {question}\nA: {answer}")
     return 0
 

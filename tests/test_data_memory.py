@@ -1,6 +1,5 @@
 """Validation memory stays flat: a file far larger than the bound validates within it."""
 
-import resource
 import subprocess
 import sys
 from pathlib import Path

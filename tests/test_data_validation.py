@@ -50,8 +50,9 @@ def test_statistics(tmp_path):
 
 def test_duplicates_are_counted(tmp_path):
     line = (DATA / "good" / "system_reasoning_unmask.jsonl").read_text().splitlines()[0]
-    (tmp_path / "dups.jsonl").write_text("\n".join([line] * 5 + [line + " "]) + "\n")
-    assert validate_messages(str(tmp_path / "dups.jsonl")).stats["duplicate_samples"] == 5
+    # byte-exact duplicates whatever their line ending; a different byte makes a different sample
+    (tmp_path / "dups.jsonl").write_bytes(("\n".join([line] * 4 + [line + " "]) + "\r\n" + line).encode())
+    assert validate_messages(str(tmp_path / "dups.jsonl")).stats["duplicate_samples"] == 4
 
 
 def test_all_errors_counted_first_n_listed(tmp_path):

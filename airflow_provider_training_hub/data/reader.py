@@ -20,12 +20,18 @@ _CHUNK = 1024 * 1024
 def open_source(path: str) -> Iterator[BinaryIO]:
     """A binary stream of ``path``: a local path or any fsspec URL (``memory://``, ``s3://``...)."""
     import fsspec
+    from fsspec.utils import infer_compression
 
     try:
-        with fsspec.open(path, "rb", compression="infer") as f:
-            yield f
+        if "://" not in path and infer_compression(path) is None:
+            # A plain local file: the builtin reader is twice as fast per line as fsspec's wrapper.
+            f = open(path, "rb")  # noqa: SIM115 (closed below)
+        else:
+            f = fsspec.open(path, "rb", compression="infer").open()
     except FileNotFoundError:
         raise ValueError(f"data_path {path!r} does not exist") from None
+    with f:
+        yield f
 
 
 class LineTooLong(Exception):

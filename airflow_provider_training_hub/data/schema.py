@@ -44,12 +44,14 @@ def pretraining_turns(content: str) -> int:
 
 def semantic_problems(sample: Sample) -> list[tuple[str, str]]:
     """``(location, reason)`` for what types alone do not catch."""
-    if not sample.messages:
+    messages = sample.messages
+    if not messages:
         return [("messages", "must not be empty")]
+    roles = {m.role for m in messages}
+    if "pretraining" not in roles and ("assistant" in roles or (sample.unmask and roles != {"system"})):
+        return []  # the common case, decided without a loop in Python
     problems = []
-    roles = set()
-    for i, message in enumerate(sample.messages):
-        roles.add(message.role)
+    for i, message in enumerate(messages):
         if message.role == "pretraining" and pretraining_turns(message.content) == 0:
             problems.append((
                 f"messages[{i}].content",

@@ -9,7 +9,6 @@ checkpoint layout, so switching backends changes nothing downstream.
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from pathlib import Path
 

@@ -51,7 +51,7 @@ class LabelOnlyLoss(nn.Module):
     def forward(self, samples: list[tuple[torch.Tensor, torch.Tensor]], weights: list[float]) -> torch.Tensor:
         decoder, head = self.causal_lm.base_model, self.causal_lm.get_output_embeddings()
         total = torch.zeros((), device=samples[0][0].device)
-        for (input_ids, labels), weight in zip(samples, weights):
+        for (input_ids, labels), weight in zip(samples, weights, strict=True):
             hidden = decoder(input_ids=input_ids[None]).last_hidden_state[0, :-1]
             targets = labels[1:]
             positions = (targets != -100).nonzero(as_tuple=True)[0]
