@@ -3,7 +3,9 @@
 Upstream's gaps filled here: it dies deep in ``main_ds.py`` without CUDA (we refuse up front),
 it spawns a bare ``torchrun`` (we make the interpreter's bin directory reachable), it reports a
 failed run without its cause (we attach the tail of the rank's log), and it returns None (we
-return the checkpoints and metrics it left behind).
+return the checkpoints and metrics it left behind). Data is validated and prepared beforehand by
+``data.prepare`` (upstream's own processing, run step by step), so ``run_training`` is told
+``process_data=False``.
 """
 
 from __future__ import annotations
