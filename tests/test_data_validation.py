@@ -119,3 +119,11 @@ def test_bad_policy_arguments():
         validate_messages("x", on_invalid="ignore")
     with pytest.raises(ValueError, match="needs output_path"):
         validate_messages("x", on_invalid="skip")
+
+
+def test_token_statistics_with_the_model_tokenizer(tiny_model, sample_data):
+    report = validate_messages(str(sample_data), model_path=str(tiny_model), max_seq_len=40)
+    tokens = report.stats["tokens"]
+    assert 0 < tokens["p50"] <= tokens["p95"] <= tokens["max"]
+    assert tokens["max_seq_len"] == 40 and 0 < tokens["over_max_seq_len"] < report.stats["samples"]
+    assert "over max_seq_len=40" in report.summary()
