@@ -60,10 +60,10 @@ def _add_algorithm_command(subparsers, name: str) -> None:
     cmd.set_defaults(handler=_run_algorithm, algorithm=name, param_names=list(schema.model_fields))
 
 
-def _run_algorithm(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+def _run_algorithm(args: argparse.Namespace) -> int:
     params = load_config(args.config) if args.config else {}
     # Unknown flags go to the schema, which names them and suggests the closest parameter.
-    params.update({f.split("=")[0].lstrip("-").replace("-", "_"): None for f in unknown_flags if f.startswith("--")})
+    params.update({f.split("=")[0].lstrip("-").replace("-", "_"): None for f in args.unknown_flags if f.startswith("--")})
     params.update({k: getattr(args, k) for k in args.param_names if getattr(args, k) is not None})
     algorithm = create_algorithm(args.algorithm, args.backend)
     result = algorithm.train(**params).to_dict()
@@ -74,7 +74,7 @@ def _run_algorithm(args: argparse.Namespace, unknown_flags: list[str]) -> int:
     return 0
 
 
-def _list(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+def _list(args: argparse.Namespace) -> int:
     for name in AlgorithmRegistry.list_algorithms():
         default = AlgorithmRegistry.default_backend(name)
         backends = ", ".join(b + (" (default)" if b == default else "") for b in AlgorithmRegistry.list_backends(name))
@@ -82,7 +82,7 @@ def _list(args: argparse.Namespace, unknown_flags: list[str]) -> int:
     return 0
 
 
-def _models_tiny(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+def _models_tiny(args: argparse.Namespace) -> int:
     from airflow_provider_training_hub.models import make_tiny_model
 
     corpus = Path(args.corpus).read_text(encoding="utf-8").splitlines() if args.corpus else []
@@ -90,7 +90,7 @@ def _models_tiny(args: argparse.Namespace, unknown_flags: list[str]) -> int:
     return 0
 
 
-def _validate(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+def _validate(args: argparse.Namespace) -> int:
     from airflow_provider_training_hub.data import validate_messages
 
     report = validate_messages(
@@ -103,14 +103,14 @@ def _validate(args: argparse.Namespace, unknown_flags: list[str]) -> int:
     return 0 if report.valid else EXIT_INVALID_DATA
 
 
-def _models_smollm2(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+def _models_smollm2(args: argparse.Namespace) -> int:
     from airflow_provider_training_hub.models import make_smollm2
 
     print(make_smollm2(args.output_dir))
     return 0
 
 
-def _generate(args: argparse.Namespace, unknown_flags: list[str]) -> int:
+def _generate(args: argparse.Namespace) -> int:
     from airflow_provider_training_hub.models import generate
 
     if not Path(args.model_dir).is_dir():
@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown_flags = parser.parse_known_args(argv)
     if unknown_flags and args.handler is not _run_algorithm:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
+    args.unknown_flags = unknown_flags
     try:
-        return args.handler(args, unknown_flags)
+        return args.handler(args)
     except ValueError as exc:
         print(f"training-hub: error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

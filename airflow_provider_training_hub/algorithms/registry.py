@@ -133,7 +133,8 @@ class AlgorithmRegistry:
 
     @classmethod
     def get_backend(cls, algorithm_name: str, backend_name: str) -> type[Backend]:
-        backends = cls._backends[cls.get_algorithm(algorithm_name).name]
+        cls.get_algorithm(algorithm_name)
+        backends = cls._backends[algorithm_name]
         if backend_name not in backends:
             raise _unknown(f"backend for {algorithm_name!r}:", backend_name, list(backends))
         return backends[backend_name]

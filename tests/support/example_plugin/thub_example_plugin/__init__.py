@@ -38,7 +38,6 @@ class CopyModelBackend(Backend):
 
 
 def register(registry):
-    DPOAlgorithm.name = "dpo"
     registry.register_algorithm("dpo", DPOAlgorithm)
     registry.register_backend("dpo", "reference", CopyModelBackend)
     registry.register_backend("sft", "copy-model", CopyModelBackend)
