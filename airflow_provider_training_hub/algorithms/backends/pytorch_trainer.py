@@ -63,7 +63,6 @@ class LabelOnlyLoss(nn.Module):
 
 @dataclass
 class Sample:
-    index: int
     input_ids: list[int]
     labels: list[int]
 
@@ -74,7 +73,7 @@ class Sample:
 
 def load_samples(path: Path) -> list[Sample]:
     with path.open(encoding="utf-8") as f:
-        return [Sample(i, (r := json.loads(line))["input_ids"], r["labels"]) for i, line in enumerate(f)]
+        return [Sample((r := json.loads(line))["input_ids"], r["labels"]) for line in f]
 
 
 def plan_steps(n: int, effective_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
