@@ -2,19 +2,20 @@
 
 The data is validated first (``validate.py``): a bad line is a ``ValueError`` naming the line,
 field and reason, not upstream's "Malformed or missing data"; and only the normalised valid
-samples (extra keys dropped) reach upstream's processing. The steps are upstream's own (``instructlab.training.data_process``), so labels are exactly what
-its trainer expects; we run them one by one to count what upstream drops without saying so
-(samples under its 20-token minimum or at/over ``max_seq_len``), and we write ``data.jsonl``
-through a temporary file and ``os.replace`` so a reader never sees half a file.
+samples (extra keys dropped) reach upstream's processing. The steps are upstream's own
+(``instructlab.training.data_process``), so labels are exactly what its trainer expects; we run
+them one by one to count what upstream drops without saying so (samples under its 20-token
+minimum or at/over ``max_seq_len``), and write ``data.jsonl`` atomically.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from airflow_provider_training_hub.data.atomic import AtomicWriter
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,6 @@ class PreparedData:
     kept: int
     dropped_too_short: int
     dropped_too_long: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def default_num_proc() -> int:
@@ -71,13 +69,7 @@ def prepare_for_training(
             "raise max_seq_len or check the data."
         )
     final = dp.prepare_final_dataset(kept, tokenizer, num_proc)
-    fd, tmp = tempfile.mkstemp(prefix=f".{PROCESSED_FILE}.", dir=out)
-    os.close(fd)
-    try:
-        final.to_json(tmp, lines=True, orient="records")
-        os.replace(tmp, out / PROCESSED_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicWriter(str(out / PROCESSED_FILE)) as writer:
+        final.to_json(writer.file, lines=True, orient="records")
     log.info("prepared %d of %d samples into %s", kept.num_rows, len(lengths), out / PROCESSED_FILE)
     return PreparedData(str(out / PROCESSED_FILE), len(lengths), kept.num_rows, too_short, too_long)

@@ -9,18 +9,16 @@ kept in full, and per line only an 8-byte hash (for exact duplicates) and, with 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from array import array
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 from xxhash import xxh3_64_intdigest
 
+from airflow_provider_training_hub.data.atomic import AtomicWriter
 from airflow_provider_training_hub.data.reader import (
     DEFAULT_MAX_LINE_BYTES,
     LineTooLong,
@@ -238,31 +236,6 @@ def chat_token_counter(model_path: str) -> Callable[[Sample], int]:
     return count
 
 
-class _AtomicWriter:
-    """Lines go to a hidden temporary file, renamed over ``path`` only when the run completes."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        self.file = os.fdopen(fd, "wb")
-        self.write = self.file.write
-        self.discarded = False
-
-    def discard(self) -> None:
-        self.discarded = True
-
-    def __enter__(self) -> _AtomicWriter:
-        return self
-
-    def __exit__(self, exc_type, *_) -> None:
-        self.file.close()
-        if exc_type is None and not self.discarded:
-            os.replace(self.tmp, self.path)
-        else:
-            Path(self.tmp).unlink(missing_ok=True)
-
-
 def validate_messages(
     data_path: str,
     *,
@@ -290,8 +263,8 @@ def validate_messages(
 
     with ExitStack() as stack:
         f = stack.enter_context(open_source(data_path))
-        out = stack.enter_context(_AtomicWriter(output_path)) if output_path else None
-        quarantine = stack.enter_context(_AtomicWriter(quarantine_path)) if quarantine_path else None
+        out = stack.enter_context(AtomicWriter(output_path)) if output_path else None
+        quarantine = stack.enter_context(AtomicWriter(quarantine_path)) if quarantine_path else None
         for number, line in iter_lines(f, max_line_bytes):
             if isinstance(line, LineTooLong):
                 sample, problems = None, [("", f"line is {line.length} bytes, over the {max_line_bytes}-byte limit")]

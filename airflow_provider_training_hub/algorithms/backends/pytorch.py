@@ -12,12 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
+from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
 from airflow_provider_training_hub.algorithms.registry import Backend, TrainingFailedError, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
 from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
 from airflow_provider_training_hub.data.prepare import prepare_for_training
-from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
 
 log = logging.getLogger(__name__)
 TRAINER_MODULE = "airflow_provider_training_hub.algorithms.backends.pytorch_trainer"
