@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from airflow_provider_training_hub.algorithms.registry import TrainingFailedErro
 EXIT_TRAINING_FAILED = 1
 EXIT_INVALID_DATA = 1
 EXIT_BAD_CONFIG = 2
+TERMINATION_MESSAGE_LIMIT = 4096
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,9 +50,15 @@ def load_config(path: str) -> dict[str, Any]:
 def _add_algorithm_command(subparsers, name: str) -> None:
     schema = AlgorithmRegistry.get_algorithm(name).params_schema
     cmd = subparsers.add_parser(name, help=f"run {name} (flags override --config)")
-    cmd.add_argument("--config", help="JSON or YAML file of parameters")
+    source = cmd.add_mutually_exclusive_group()
+    source.add_argument("--config", help="JSON or YAML file of parameters")
+    source.add_argument("--config-env", metavar="VAR", help="environment variable holding the parameters as JSON")
     cmd.add_argument("--backend", help=f"default: {AlgorithmRegistry.default_backend(name)}")
-    cmd.add_argument("--result-file", help="also write the result JSON here (e.g. /dev/termination-log)")
+    cmd.add_argument("--result-file", help="also write the result JSON here")
+    cmd.add_argument(
+        "--termination-message", metavar="PATH",
+        help=f"write the result, trimmed to Kubernetes' {TERMINATION_MESSAGE_LIMIT} bytes, here (a pod's /dev/termination-log)",
+    )
     for field_name, field in schema.model_fields.items():
         flag = f"--{field_name.replace('_', '-')}"
         if base_types(field.annotation) == (bool,):
@@ -60,8 +68,34 @@ def _add_algorithm_command(subparsers, name: str) -> None:
     cmd.set_defaults(handler=_run_algorithm, algorithm=name, param_names=list(schema.model_fields))
 
 
+def config_from_env(name: str) -> dict[str, Any]:
+    text = os.environ.get(name)
+    if text is None:
+        raise ValueError(f"--config-env: environment variable {name} is not set")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"environment variable {name} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"environment variable {name} must hold a JSON object of parameters")
+    return data
+
+
+def termination_message(result: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """The result as JSON within ``limit`` bytes: the oldest checkpoints go first, then the
+    full-state list; the newest checkpoint, the directory and the metrics always stay."""
+    result = dict(result)
+    for key in ("checkpoints", "full_state"):
+        while len(json.dumps(result).encode()) > limit and result.get(key):
+            result[key] = result[key][1:]
+    return json.dumps(result)
+
+
 def _run_algorithm(args: argparse.Namespace) -> int:
-    params = load_config(args.config) if args.config else {}
+    if args.config:
+        params = load_config(args.config)
+    else:
+        params = config_from_env(args.config_env) if args.config_env else {}
     # Unknown flags go to the schema, which names them and suggests the closest parameter.
     params.update({f.split("=")[0].lstrip("-").replace("-", "_"): None for f in args.unknown_flags if f.startswith("--")})
     params.update({k: getattr(args, k) for k in args.param_names if getattr(args, k) is not None})
@@ -70,6 +104,8 @@ def _run_algorithm(args: argparse.Namespace) -> int:
     payload = json.dumps(result)
     if args.result_file:
         Path(args.result_file).write_text(payload, encoding="utf-8")
+    if args.termination_message:
+        Path(args.termination_message).write_text(termination_message(result), encoding="utf-8")
     print(payload)
     return 0
 
@@ -115,7 +151,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     if not Path(args.model_dir).is_dir():
         raise ValueError(f"model directory {args.model_dir!r} does not exist")
-    for question, answer in zip(args.questions, generate(args.model_dir, args.questions, args.max_new_tokens), strict=True):
+    answers = generate(args.model_dir, args.questions, args.max_new_tokens)
+    if args.json:
+        print(json.dumps(answers))
+        return 0
+    for question, answer in zip(args.questions, answers, strict=True):
         print(f"Q: {question}\nA: {answer}")
     return 0
 
@@ -153,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("model_dir")
     gen.add_argument("questions", nargs="+")
     gen.add_argument("--max-new-tokens", type=int, default=48)
+    gen.add_argument("--json", action="store_true", help="print the answers as one JSON list")
     gen.set_defaults(handler=_generate)
     return parser
 

@@ -1,0 +1,105 @@
+"""The ``training_hub`` connection's settings: one model gives the UI form, the defaults and the
+checks, so a field is declared once.
+
+Pure pydantic, no Airflow import: ``get_provider_info`` builds the connection form from it, and
+the Kubernetes builders read their pod settings from it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from airflow_provider_training_hub.algorithms.params import ParamSchema
+
+CONN_TYPE = "training_hub"
+DEFAULT_CONN_ID = "training_hub_default"
+
+
+class ConnectionSettings(ParamSchema):
+    """Where and how training runs; an operator argument of the same name overrides a field."""
+
+    execution: Literal["local", "kubernetes"] = Field(
+        "local", title="Execution", description="local: a subprocess on the worker; kubernetes: an Indexed Job."
+    )
+    backend: str | None = Field(
+        None, title="Default backend", description="Backend when a task names none; empty: the algorithm's default."
+    )
+    checkpoint_root: str | None = Field(
+        None,
+        title="Checkpoint root",
+        description=(
+            "Where a task without ckpt_output_dir writes (<root>/<dag>/<run>/<task>); "
+            "empty: $AIRFLOW_HOME/training_hub/checkpoints locally, <pvc mount path>/checkpoints on Kubernetes."
+        ),
+    )
+    kubernetes_conn_id: str = Field(
+        "kubernetes_default", title="Kubernetes connection", description="cncf-kubernetes connection of the cluster."
+    )
+    namespace: str = Field("default", title="Namespace", description="Namespace of the training Jobs.")
+    image: str | None = Field(None, title="Training image", description="Image with `training-hub` and the [train] extra.")
+    pvc_claim: str | None = Field(
+        None, title="PVC claim", description="PersistentVolumeClaim holding models, data and checkpoints."
+    )
+    pvc_mount_path: str = Field("/mnt/training", title="PVC mount path", description="Where the PVC is mounted in pods.")
+    gpu_resource: str = Field("nvidia.com/gpu", title="GPU resource", description="Extended resource name of a GPU.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, title="Node selector", description='JSON object, e.g. {"gpu": "h100"}.'
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, title="Tolerations", description="JSON list of Kubernetes tolerations."
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict, title="Affinity", description="JSON object: a Kubernetes pod affinity."
+    )
+    cpu: str = Field("8", title="CPU per node", description="CPU request of each training pod.")
+    memory: str = Field("64Gi", title="Memory per node", description="Memory request of each training pod.")
+    shm_size: str = Field("16Gi", title="/dev/shm size", description="In-memory /dev/shm of each pod (NCCL needs it).")
+    service_account: str | None = Field(None, title="Service account", description="Service account of the pods.")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, title="Image pull secrets", description='JSON list of secret names, e.g. ["regcred"].'
+    )
+
+    @field_validator("node_selector", "tolerations", "affinity", "image_pull_secrets", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        """The connection form and ``AIRFLOW_CONN_*`` URIs may hand JSON over as text."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
+        return value
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> ConnectionSettings:
+        """Read a connection's ``extra``; keys may carry Airflow 2's ``extra__training_hub__`` prefix.
+
+        Blank form fields mean "default".
+        """
+        prefix = f"extra__{CONN_TYPE}__"
+        values = {k.removeprefix(prefix): v for k, v in extra.items() if v not in (None, "")}
+        try:
+            return cls.parse(values)
+        except ValueError as exc:
+            raise ValueError(f"connection of type {CONN_TYPE!r}: {exc}") from None
+
+
+_JSON_TYPES = {"string", "integer", "number", "boolean", "object", "array"}
+
+
+def connection_form_fields() -> dict[str, dict[str, Any]]:
+    """``conn-fields`` for ``get_provider_info``: the declarative connection form of Airflow >= 3.2."""
+    schema = ConnectionSettings.model_json_schema()
+    fields = {}
+    for name, prop in schema["properties"].items():
+        types = [t["type"] for t in prop.get("anyOf", [prop]) if t.get("type") in _JSON_TYPES]
+        field_schema: dict[str, Any] = {"type": [*types, "null"]}
+        if "enum" in prop:
+            field_schema["enum"] = prop["enum"]
+        if prop.get("default") not in (None, {}, []):
+            field_schema["default"] = prop["default"]
+        fields[name] = {"label": prop["title"], "description": prop["description"], "schema": field_schema}
+    return fields

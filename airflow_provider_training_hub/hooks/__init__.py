@@ -1,0 +1,1 @@
+"""The ``training_hub`` connection and its hook."""

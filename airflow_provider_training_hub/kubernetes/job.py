@@ -1,0 +1,164 @@
+"""One training run as Kubernetes objects: an Indexed ``batch/v1`` Job of ``nnodes`` pods and the
+headless Service that gives pod 0 a stable DNS name for the rendezvous.
+
+Each pod runs ``training-hub <algorithm> --config-env TRAINING_HUB_CONFIG`` (an argument list, no
+shell); the parameters travel as JSON in that variable, and the per-pod torchrun settings as the
+``PET_*`` variables that ``torchrun.py`` reads: the node rank is the Job completion index (downward
+API), the rendezvous endpoint is ``<job>-0.<service>:<port>``. Rank 0's result (checkpoint paths
+and metrics) is its container's termination message, readable without mounting the volume.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
+from airflow_provider_training_hub.connection import ConnectionSettings
+
+CONTAINER = "trainer"
+CONFIG_ENV = "TRAINING_HUB_CONFIG"
+TERMINATION_LOG = "/dev/termination-log"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# Decided by the Job, not by the parameters: per-pod or per-job values travel as PET_* instead.
+TOPOLOGY_PARAMS = ("nnodes", "nproc_per_node", "node_rank", "rdzv_id", "rdzv_endpoint")
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """What to run, and the Job-level knobs; pod settings come from ``ConnectionSettings``."""
+
+    name: str
+    algorithm: str
+    backend: str
+    params: dict[str, Any]
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    rdzv_port: int = 29500
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    backoff_limit: int = 0
+    ttl_seconds_after_finished: int | None = 86400
+
+    @property
+    def rdzv_endpoint(self) -> str:
+        return f"{self.name}-0.{self.name}:{self.rdzv_port}"
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {"batch.kubernetes.io/job-name": self.name}
+
+
+def build_service(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
+    """Headless, and publishing not-ready addresses: rank 0 must resolve before it is Ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": job.name, "namespace": settings.namespace, "labels": job.labels},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": job.selector,
+            "ports": [{"name": "rendezvous", "port": job.rdzv_port, "targetPort": job.rdzv_port}],
+        },
+    }
+
+
+def _env(job: TrainingJob) -> list[dict[str, Any]]:
+    config = {k: v for k, v in job.params.items() if k not in TOPOLOGY_PARAMS and v is not None}
+    return [
+        {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
+        {"name": "PET_NNODES", "value": str(job.nnodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(job.nproc_per_node)},
+        {
+            "name": "PET_NODE_RANK",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
+        {"name": "PET_RDZV_ENDPOINT", "value": job.rdzv_endpoint},
+        {"name": "PET_RDZV_ID", "value": job.name},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+def _resources(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
+    requests: dict[str, str] = {"cpu": settings.cpu, "memory": settings.memory}
+    limits: dict[str, str] = {"memory": settings.memory}
+    if settings.gpu_resource:  # extended resources: request == limit
+        requests[settings.gpu_resource] = limits[settings.gpu_resource] = str(job.nproc_per_node)
+    return {"requests": requests, "limits": limits}
+
+
+def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
+    if not settings.image:
+        raise ValueError("image is not set: name the training image in the connection or the task")
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}}]
+    if settings.pvc_claim:
+        mounts.append({"name": "training-data", "mountPath": settings.pvc_mount_path})
+        volumes.append({"name": "training-data", "persistentVolumeClaim": {"claimName": settings.pvc_claim}})
+    container = {
+        "name": CONTAINER,
+        "image": settings.image,
+        "command": ["training-hub"],
+        "args": [job.algorithm, "--backend", job.backend, "--config-env", CONFIG_ENV,
+                 "--termination-message", TERMINATION_LOG],
+        "env": _env(job),
+        "ports": [{"name": "rendezvous", "containerPort": job.rdzv_port}],
+        "resources": _resources(job, settings),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # a crash reports its last log lines
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": job.name,  # with the Indexed Job's hostname <job>-<index>: <job>-0.<job> resolves
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    optional = {
+        "nodeSelector": settings.node_selector,
+        "tolerations": settings.tolerations,
+        "affinity": settings.affinity,
+        "serviceAccountName": settings.service_account,
+        "imagePullSecrets": [{"name": s} for s in settings.image_pull_secrets],
+    }
+    spec.update({k: v for k, v in optional.items() if v})
+    return spec
+
+
+def build_job(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
+    """The Indexed Job; ``ValueError`` for what the cluster would reject or mis-run."""
+    if job.nnodes < 1 or job.nproc_per_node < 1:
+        raise ValueError(f"nnodes and nproc_per_node must be >= 1, got {job.nnodes} and {job.nproc_per_node}")
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": job.nnodes,
+        "parallelism": job.nnodes,
+        "backoffLimit": job.backoff_limit,
+        "podFailurePolicy": {
+            "rules": [
+                # Bad configuration: every retry would fail the same way.
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                      "values": [EXIT_BAD_CONFIG]}},
+                # Evicted, preempted, node drained: not the training's fault, not counted.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": {
+            "metadata": {"labels": job.labels, "annotations": job.pod_annotations},
+            "spec": _pod_spec(job, settings),
+        },
+    }
+    if job.ttl_seconds_after_finished is not None:
+        spec["ttlSecondsAfterFinished"] = job.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job.name, "namespace": settings.namespace, "labels": job.labels,
+                     "annotations": job.annotations},
+        "spec": spec,
+    }

@@ -1,0 +1,1 @@
+"""Triggers: the deferrable watcher of a training Job."""

@@ -1,0 +1,88 @@
+"""``TrainingJobTrigger``: waits for a training Job in the triggerer, freeing the worker slot.
+
+It keeps no state of its own (the verdict comes from the API objects, see ``kubernetes.status``),
+so a triggerer restart resumes watching where it was. ``cleanup()`` is left alone: it runs on
+every triggerer shutdown and must not stop the training; ``on_kill()``, called when a user marks
+the deferred task failed or clears it, deletes the Job and its Service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from kubernetes_asyncio import client as async_client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from airflow_provider_training_hub.kubernetes.status import FAILED, assess
+
+
+class TrainingJobTrigger(BaseTrigger):
+    def __init__(
+        self, job_name: str, namespace: str, kubernetes_conn_id: str, pending_timeout: float, poll_interval: float = 10
+    ) -> None:
+        super().__init__()
+        self.job_name = job_name
+        self.namespace = namespace
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.pending_timeout = pending_timeout
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job_name": self.job_name,
+                "namespace": self.namespace,
+                "kubernetes_conn_id": self.kubernetes_conn_id,
+                "pending_timeout": self.pending_timeout,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    def _event(self, status: str, message: str = "") -> TriggerEvent:
+        return TriggerEvent({"status": status, "message": message, "job_name": self.job_name, "namespace": self.namespace})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
+        last_phases: dict[str, int] | None = None
+        while True:
+            async with hook.get_conn() as api:
+                try:
+                    job = await async_client.BatchV1Api(api).read_namespaced_job(self.job_name, self.namespace)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        yield self._event(FAILED, f"Job {self.job_name} no longer exists in {self.namespace}")
+                        return
+                    raise
+                pods = await async_client.CoreV1Api(api).list_namespaced_pod(
+                    self.namespace, label_selector=f"batch.kubernetes.io/job-name={self.job_name}"
+                )
+                state = assess(api.sanitize_for_serialization(job), api.sanitize_for_serialization(pods)["items"],
+                               self.pending_timeout)
+            if state.phases != last_phases:
+                self.log.info("Job %s: %s; pods %s", self.job_name, state.status, state.phases)
+                last_phases = state.phases
+            if state.finished:
+                yield self._event(state.status, state.message)
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def on_kill(self) -> None:
+        hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
+        async with hook.get_conn() as api:
+            for delete in (
+                async_client.BatchV1Api(api).delete_namespaced_job(
+                    self.job_name, self.namespace, propagation_policy="Foreground"
+                ),
+                async_client.CoreV1Api(api).delete_namespaced_service(self.job_name, self.namespace),
+            ):
+                try:
+                    await delete
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        self.log.info("Deleted Job and Service %s in %s", self.job_name, self.namespace)

