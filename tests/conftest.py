@@ -1,18 +1,54 @@
-"""Shared fixtures: a tiny real model on disk (made offline) and the bundled sample data."""
+"""Shared fixtures: a tiny real model on disk (made offline), the bundled sample data, and a real
+Airflow on SQLite in a throw-away AIRFLOW_HOME.
+
+Airflow reads its configuration when first imported, so the environment is set here, before any
+test module imports it. The DAG folder holds the repository's ``dags/`` plus ``tests/airflow_dags/``.
+"""
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "airflow_provider_training_hub" / "samples" / "sft_sample.jsonl"
 SUPPORT = Path(__file__).resolve().parent / "support"
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="training-hub-airflow-"))
+DAGS_FOLDER = AIRFLOW_HOME / "dags"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.update(
+    AIRFLOW_HOME=str(AIRFLOW_HOME),
+    AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+)
+DAGS_FOLDER.mkdir()
+for dag_file in [*(REPO / "dags").glob("*.py"), *(Path(__file__).parent / "airflow_dags").glob("*.py")]:
+    shutil.copy(dag_file, DAGS_FOLDER)
+atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
+
+
+def airflow_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real ``airflow`` command of this virtualenv, in the test AIRFLOW_HOME."""
+    airflow = Path(sys.executable).with_name("airflow")
+    return subprocess.run([str(airflow), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """``airflow db migrate`` once per session: a real SQLite metadata database."""
+    proc = airflow_cli("db", "migrate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return AIRFLOW_HOME
 
 
 @pytest.fixture(autouse=True)
@@ -59,3 +95,59 @@ def fake_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(instructlab, "_cuda_device_count", lambda: 1)
     return bin_dir
+
+
+# --- the loopback Kubernetes control plane (k8s-testenv/) ---------------------------------------
+
+GPU_NODES = 16
+GPUS_PER_NODE = 8
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster() -> str:
+    """A kubeconfig for the control plane of k8s-testenv/controlplane.sh, with fake GPU nodes.
+
+    `.ci/run` starts it and exports TRAINING_HUB_KUBECONFIG; otherwise this fixture starts it (the
+    first start builds the binaries, about 15 minutes) and stops it at the end of the session.
+    """
+    kubeconfig = os.environ.get("TRAINING_HUB_KUBECONFIG")
+    script = REPO / "k8s-testenv" / "controlplane.sh"
+    if not kubeconfig:
+        started = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=3600)
+        assert started.returncode == 0, started.stderr[-3000:]
+        kubeconfig = started.stdout.strip().splitlines()[-1]
+        atexit.register(subprocess.run, ["bash", str(script), "stop"], check=False)
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(kubeconfig))
+    existing = {n.metadata.name for n in api.list_node(label_selector="type=kwok").items}
+    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}
+    for i in range(GPU_NODES):
+        if f"gpu-node-{i}" not in existing:
+            api.create_node({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": f"gpu-node-{i}", "labels": {"type": "kwok", "gpu": "h100"}},
+                "status": {"allocatable": capacity, "capacity": capacity},
+            })
+    return kubeconfig
+
+
+@pytest.fixture
+def k8s_namespace(k8s_cluster, request) -> str:
+    """A fresh namespace, and the connections that point at it: `kubernetes_default` (the
+    cncf-kubernetes connection, by kubeconfig) and `training_hub_k8s` (execution kubernetes)."""
+    import secrets
+
+    from kubernetes import client, config
+
+    namespace = f"t-{request.node.name[5:30].replace('_', '-').strip('-')}-{secrets.token_hex(3)}".lower()
+    client.CoreV1Api(config.new_client_from_config(k8s_cluster)).create_namespace({"metadata": {"name": namespace}})
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": k8s_cluster}}
+    )
+    os.environ["AIRFLOW_CONN_TRAINING_HUB_K8S"] = json.dumps({
+        "conn_type": "training_hub",
+        "extra": {"execution": "kubernetes", "namespace": namespace, "image": "registry.example/training-hub:test",
+                  "cpu": "1", "memory": "1Gi", "node_selector": {"gpu": "h100"}},
+    })
+    return namespace

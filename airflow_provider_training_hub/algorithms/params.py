@@ -24,16 +24,34 @@ class ParamSchema(BaseModel):
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> Self:
         """Validate user input; every problem becomes one ``ValueError`` naming the parameters."""
-        unknown = [name for name in values if name not in cls.model_fields]
-        if unknown:
-            raise ValueError("; ".join(_unknown_message(cls, name) for name in unknown))
+        cls._reject_unknown(values)
         try:
             return cls.model_validate(dict(values))
         except ValidationError as exc:
             raise ValueError(format_validation_error(exc)) from None
 
+    @classmethod
+    def check_some(cls, values: Mapping[str, Any]) -> None:
+        """Check the parameters given, ignoring missing required ones: a trigger form's subset."""
+        cls._reject_unknown(values)
+        try:
+            cls.model_validate(dict(values))
+        except ValidationError as exc:
+            errors = [e for e in exc.errors() if e["type"] != "missing"]
+            if errors:
+                raise ValueError(format_validation_error(ValidationError.from_exception_data(exc.title, errors))) from None
 
-def _unknown_message(schema: type[ParamSchema], name: str) -> str:
+    @classmethod
+    def _reject_unknown(cls, values: Mapping[str, Any]) -> None:
+        unknown = [name for name in values if name not in cls.model_fields]
+        if unknown:
+            raise ValueError("; ".join(unknown_parameter_message(cls, name) for name in unknown))
+
+    def check_local_paths(self) -> None:
+        """Raise ``ValueError`` for an input path missing on this machine (where training runs)."""
+
+
+def unknown_parameter_message(schema: type[ParamSchema], name: str) -> str:
     hint = difflib.get_close_matches(name, list(schema.model_fields), n=1, cutoff=0.6)
     suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
     return f"Unknown parameter {name!r}.{suggestion}"

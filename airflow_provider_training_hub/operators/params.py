@@ -1,0 +1,36 @@
+"""DAG trigger-form ``Param``s derived from an algorithm's parameter schema (never retyped)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+
+from airflow_provider_training_hub.algorithms import AlgorithmRegistry
+
+_CONSTRAINTS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "minLength", "pattern")
+
+
+def algorithm_params(algorithm: str, names: list[str], **defaults: Any) -> dict[str, Param]:
+    """``Param``s for ``names`` with the schema's type, bounds, title and help text.
+
+    ``defaults`` replaces the schema default for the form (a demo may want 3 epochs, not 1).
+    """
+    properties = AlgorithmRegistry.get_algorithm(algorithm).params_schema.model_json_schema()["properties"]
+    unknown = [n for n in [*names, *defaults] if n not in properties]
+    if unknown:
+        raise ValueError(f"{algorithm} has no parameter(s) {unknown}; it has {list(properties)}")
+    params = {}
+    for name in names:
+        prop = properties[name]
+        variants = prop.get("anyOf", [prop])
+        types = [v["type"] for v in variants if "type" in v]
+        constraints = {k: v for variant in variants for k, v in variant.items() if k in _CONSTRAINTS}
+        params[name] = Param(
+            defaults.get(name, prop.get("default")),
+            type=types[0] if len(types) == 1 else types,
+            title=prop.get("title", name),
+            description=prop.get("description"),
+            **constraints,
+        )
+    return params

@@ -1,0 +1,198 @@
+"""Training operators: one templated field per parameter of the algorithm's schema.
+
+The fields are generated from the schema when the class is created, so ``SFTTrainOperator``
+gains a field the moment ``SFTParams`` gains a parameter, and a plugin's algorithm gets an
+operator with ``class DPOTrainOperator(TrainOperator, algorithm="dpo")``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any, ClassVar
+
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.configuration import conf
+from airflow.sdk import BaseOperator, Context
+
+from airflow_provider_training_hub.algorithms import AlgorithmRegistry
+from airflow_provider_training_hub.algorithms.params import unknown_parameter_message
+from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
+from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+from airflow_provider_training_hub.kubernetes import TrainingJob, job_name, label_value
+from airflow_provider_training_hub.kubernetes.status import JobState
+from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
+
+_OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
+_UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class TrainOperator(BaseOperator):
+    """Train with ``algorithm`` through ``TrainingHubHook``; XCom is the ``TrainingResult``.
+
+    :param backend: registered backend; default: the connection's, else the algorithm's.
+    :param training_hub_conn_id: ``training_hub`` connection (missing default: local execution).
+    :param connection_overrides: connection fields for this task only, e.g.
+        ``{"node_selector": {...}, "tolerations": [...], "image": "..."}``.
+    :param ckpt_output_dir: unset means ``<checkpoint root>/<dag_id>/<run_id>/<task_id>``: the
+        same directory on every try, so a retry resumes from the last full-state checkpoint.
+    :param deferrable: (Kubernetes) wait in the triggerer instead of holding a worker slot.
+    :param poll_interval: (Kubernetes) seconds between status checks.
+    :param pending_timeout: (Kubernetes) fail, and delete the Job, when a pod cannot be scheduled
+        for this many seconds (no node with enough GPUs, a missing PVC...).
+    :param job_backoff_limit: (Kubernetes) pod failures the Job retries before it fails.
+    :param ttl_seconds_after_finished: (Kubernetes) when Kubernetes deletes the finished Job.
+    :param pod_annotations: (Kubernetes) extra annotations of the training pods.
+
+    Every other keyword that names a parameter of the algorithm is a templated field, and may be
+    an ``XComArg`` (``data_path=validate.output["data_path"]``).
+    """
+
+    algorithm: ClassVar[str]
+    param_names: ClassVar[tuple[str, ...]]
+    template_fields: Sequence[str] = ("backend",)
+    ui_color = "#e8d5f5"
+
+    def __init_subclass__(cls, algorithm: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if algorithm is None:
+            return
+        schema = AlgorithmRegistry.get_algorithm(algorithm).params_schema
+        clashes = sorted(set(schema.model_fields) & (_OPERATOR_ARGS | set(vars(BaseOperator))))
+        if clashes:
+            raise TypeError(f"{algorithm} parameters {clashes} clash with BaseOperator attributes")
+        cls.algorithm = algorithm
+        cls.param_names = tuple(schema.model_fields)
+        cls.template_fields = (
+            "backend", "connection_overrides", "pending_timeout", "job_backoff_limit", "pod_annotations", *cls.param_names
+        )
+
+    def __init__(
+        self,
+        *,
+        backend: str | None = None,
+        training_hub_conn_id: str = DEFAULT_CONN_ID,
+        connection_overrides: dict[str, Any] | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 10,
+        pending_timeout: float = 900,
+        job_backoff_limit: int = 0,
+        ttl_seconds_after_finished: int | None = 86400,
+        pod_annotations: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        values = {name: kwargs.pop(name, None) for name in self.param_names}
+        unknown = [k for k in kwargs if k not in _OPERATOR_ARGS]
+        if unknown:  # a typo must not become BaseOperator's generic "invalid arguments"
+            schema = AlgorithmRegistry.get_algorithm(self.algorithm).params_schema
+            raise ValueError(f"{type(self).__name__}: " + " ".join(unknown_parameter_message(schema, k) for k in unknown))
+        kwargs.setdefault("multiple_outputs", True)  # so that op.output["key"] is an XComArg of one key
+        super().__init__(**kwargs)
+        self.backend = backend
+        self.training_hub_conn_id = training_hub_conn_id
+        self.connection_overrides = connection_overrides or {}
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.pending_timeout = pending_timeout
+        self.job_backoff_limit = job_backoff_limit
+        self.ttl_seconds_after_finished = ttl_seconds_after_finished
+        self.pod_annotations = pod_annotations or {}
+        self._job_name: str | None = None
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    @cached_property
+    def hook(self) -> TrainingHubHook:
+        return TrainingHubHook(self.training_hub_conn_id, **self.connection_overrides)
+
+    def default_ckpt_output_dir(self, context: Context) -> str:
+        ti = context["ti"]
+        parts = [ti.dag_id, ti.run_id, ti.task_id + (f"-{ti.map_index}" if ti.map_index >= 0 else "")]
+        safe = [_UNSAFE_PATH_CHARS.sub("_", p) for p in parts]
+        return "/".join([self.hook.default_checkpoint_root().rstrip("/"), *safe])
+
+    def training_job(self, context: Context, backend: str, params: Any) -> TrainingJob:
+        """This try's Job: its name, labels and annotations follow from the task try alone."""
+        ti = context["ti"]
+        ids = {"dag-id": ti.dag_id, "task-id": ti.task_id, "run-id": ti.run_id, "try-number": str(ti.try_number)}
+        if ti.map_index >= 0:
+            ids["map-index"] = str(ti.map_index)
+        return TrainingJob(
+            name=job_name(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number),
+            algorithm=self.algorithm,
+            backend=backend,
+            params=params.model_dump(mode="json"),
+            nnodes=getattr(params, "nnodes", None) or 1,
+            nproc_per_node=getattr(params, "nproc_per_node", None) or 1,
+            labels={"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
+                    **{f"training-hub/{k}": label_value(v) for k, v in ids.items()}},
+            annotations={f"training-hub/{k}": v for k, v in ids.items()},
+            pod_annotations=self.pod_annotations,
+            backoff_limit=self.job_backoff_limit,
+            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook
+        try:
+            backend = hook.backend_for(self.algorithm, self.backend)
+            values = {n: getattr(self, n) for n in self.param_names if getattr(self, n) is not None}
+            values.setdefault("ckpt_output_dir", self.default_ckpt_output_dir(context))
+            params = hook.parse_params(self.algorithm, values)
+            if hook.settings.execution == "kubernetes":
+                job = self.training_job(context, backend, params)
+                hook.job_manifests(job)  # every pod-spec problem surfaces here, before the cluster
+            else:
+                params.check_local_paths()
+        except ValueError as exc:  # a retry cannot fix a configuration error
+            raise AirflowFailException(f"Invalid {self.algorithm} configuration: {exc}") from exc
+        self.log.info("%s with backend %s; checkpoints in %s", self.algorithm, backend, params.ckpt_output_dir)
+        ti = context["ti"]
+        ti.xcom_push(key="ckpt_output_dir", value=params.ckpt_output_dir)
+        if hook.settings.execution == "kubernetes":
+            return self._execute_on_kubernetes(context, job)
+        result = hook.run_local(
+            self.algorithm, backend, params, run_marker=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.try_number}"
+        )
+        return self._finish(context, result)
+
+    def _execute_on_kubernetes(self, context: Context, job: TrainingJob) -> dict[str, Any]:
+        namespace = self.hook.settings.namespace
+        context["ti"].xcom_push(key="job_name", value=job.name)
+        context["ti"].xcom_push(key="namespace", value=namespace)
+        self.hook.submit_job(job)
+        self._job_name = job.name
+        if self.deferrable:
+            self.defer(
+                trigger=TrainingJobTrigger(
+                    job.name, namespace, self.hook.settings.kubernetes_conn_id, self.pending_timeout, self.poll_interval
+                ),
+                method_name="execute_complete",
+            )
+        state = self.hook.jobs.wait(job.name, self.pending_timeout, self.poll_interval)
+        return self._finish(context, self.hook.job_outcome(job.name, state))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Back from the trigger: the same verdict and result as the polling path."""
+        state = JobState(event["status"], event.get("message", ""))
+        return self._finish(context, self.hook.job_outcome(event["job_name"], state))
+
+    def _finish(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        self.log.info("Newest checkpoint: %s; metrics: %s", result.get("checkpoint"), result.get("metrics"))
+        for outlet in self.outlets:  # a model Asset carries where its checkpoint is
+            context["outlet_events"][outlet].extra = {"checkpoint": result.get("checkpoint"), "metrics": result.get("metrics")}
+        return result
+
+    def on_kill(self) -> None:
+        """Stop the work this try started: the local process group, or the Job and Service."""
+        if self._job_name:
+            self.hook.jobs.delete(self._job_name)
+        else:
+            self.hook.terminate()
+
+
+class SFTTrainOperator(TrainOperator, algorithm="sft"):
+    """Supervised fine-tuning (``sft()``) as a task; see ``SFTParams`` for the parameters."""
+

@@ -1,0 +1,108 @@
+"""``ValidateMessagesDataOperator``: the gate between a data team's file and a training run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import BaseOperator, Context
+
+from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
+from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+
+
+class ValidateMessagesDataOperator(BaseOperator):
+    """Validate messages JSONL (line, field and reason for each error), gather statistics, and
+    optionally tokenize it into instructlab-training's processed format.
+
+    :param data_path: local path or fsspec URL (``.gz`` is decompressed).
+    :param output_path: where the valid samples go, normalised; needed for ``on_invalid="skip"``.
+        When set, the returned ``data_path`` is this file, so training reads only checked data.
+    :param on_invalid: ``fail`` (default) fails the task on any invalid line; ``skip`` writes the
+        invalid lines with their reasons to ``<output_path>.rejected.jsonl`` and goes on.
+    :param model_path: tokenizer for token-length statistics (and for ``prepare_dir``).
+    :param max_seq_len: count (and, when preparing, drop) samples of at least this many tokens.
+    :param prepare_dir: tokenize and mask into ``<prepare_dir>/data.jsonl`` (needs ``model_path``
+        and the ``[train]`` extra on the worker).
+    :param max_errors: errors listed in full in the log and XCom; all are counted.
+
+    XCom: ``{"data_path", "prepared_path", "stats", "errors", "quarantine_path"}`` (the errors
+    listed are those skipped under ``skip``). Each outlet Asset's event
+    carries the same ``data_path`` and the sample count in its ``extra``.
+    """
+
+    template_fields: Sequence[str] = ("data_path", "output_path", "model_path", "max_seq_len", "on_invalid", "prepare_dir")
+    ui_color = "#d5f0e3"
+
+    def __init__(
+        self,
+        *,
+        data_path: str,
+        output_path: str | None = None,
+        on_invalid: str = "fail",
+        model_path: str | None = None,
+        max_seq_len: int | str | None = None,
+        prepare_dir: str | None = None,
+        max_errors: int = 20,
+        training_hub_conn_id: str = DEFAULT_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("multiple_outputs", True)  # so that op.output["key"] is an XComArg of one key
+        super().__init__(**kwargs)
+        self.data_path = data_path
+        self.output_path = output_path
+        self.on_invalid = on_invalid
+        self.model_path = model_path
+        self.max_seq_len = max_seq_len
+        self.prepare_dir = prepare_dir
+        self.max_errors = max_errors
+        self.training_hub_conn_id = training_hub_conn_id
+
+    @cached_property
+    def hook(self) -> TrainingHubHook:
+        return TrainingHubHook(self.training_hub_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        max_seq_len = _optional_int("max_seq_len", self.max_seq_len)
+        if self.prepare_dir and not self.model_path:
+            raise ValueError("prepare_dir needs model_path: the tokenizer that prepares the data")
+        report = self.hook.validate_data(
+            self.data_path, on_invalid=self.on_invalid, output_path=self.output_path or None,
+            model_path=self.model_path or None, max_seq_len=max_seq_len, max_errors=self.max_errors,
+        )
+        for line in report.summary().splitlines():
+            self.log.info("%s", line)
+        if not report.valid:
+            raise AirflowException(
+                f"{self.data_path} is not valid messages JSONL: {report.error_count} error(s), first:\n"
+                + "\n".join(str(e) for e in report.errors)
+            )
+        data_path = report.output_path or self.data_path
+        prepared_path = None
+        if self.prepare_dir:
+            max_seq_len = max_seq_len or SFTParams.model_fields["max_seq_len"].default
+            prepared = self.hook.prepare_data(data_path, self.model_path, self.prepare_dir, max_seq_len)
+            self.log.info("Prepared: %s", prepared)
+            prepared_path = prepared.path
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = {"data_path": data_path, "samples": report.stats.get("samples", 0)}
+        return {
+            "data_path": data_path,
+            "prepared_path": prepared_path,
+            "stats": report.stats,
+            "errors": [str(e) for e in report.errors],
+            "quarantine_path": report.quarantine_path,
+        }
+
+
+def _optional_int(name: str, value: Any) -> int | None:
+    """Templated numbers arrive as text; an unrendered or non-numeric one is a clear error."""
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None

@@ -1,0 +1,25 @@
+"""DAGs for the provider tests only (copied into the test DAG folder by conftest)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_training_hub.operators import SFTTrainOperator
+
+# Every value comes from the trigger's conf, as a UI user or an upstream XCom would supply it.
+with DAG("th_train_from_conf", schedule=None, render_template_as_native_obj=True):
+    SFTTrainOperator(
+        task_id="train",
+        backend="pytorch",
+        model_path="{{ dag_run.conf['model_path'] }}",
+        data_path="{{ dag_run.conf['data_path'] }}",
+        ckpt_output_dir="{{ dag_run.conf.get('ckpt_output_dir') }}",  # None: the per-task default
+        learning_rate="{{ dag_run.conf['learning_rate'] }}",
+        num_epochs="{{ dag_run.conf['num_epochs'] }}",
+        effective_batch_size=8,
+        max_seq_len=256,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+    )

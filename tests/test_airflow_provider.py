@@ -1,0 +1,203 @@
+"""The Airflow provider on a real Airflow (SQLite metadata DB, ``dag.test()`` and the ``airflow``
+CLI): provider metadata, the example DAGs, the operators' XComs, bad configuration, on_kill.
+
+Nothing of Airflow is mocked. Training runs the CPU ``pytorch`` backend on the tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from airflow_runs import run_dag, states, xcoms
+from conftest import REPO, SAMPLE_DATA, airflow_cli
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+# --- metadata and DAG files ---------------------------------------------------------------------
+
+
+def test_example_dags_import_without_errors_or_warnings():
+    from airflow.dag_processing.dagbag import DagBag
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bag = DagBag(str(REPO / "dags"))
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["messages_dataset_publish", "sft_demo", "sft_retrain"]
+    assert [str(w.message) for w in caught] == []
+    for dag in bag.dags.values():
+        assert dag.doc_md and dag.params, dag.dag_id
+
+
+def test_provider_cli_lists_the_package_and_serves_the_connection_form():
+    got = airflow_cli("providers", "get", "airflow-provider-training-hub", "-o", "json")
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert json.loads(got.stdout)[0]["Provider"] == "airflow-provider-training-hub"
+    assert "airflow-provider-training-hub" in airflow_cli("providers", "list").stdout
+
+    widgets = json.loads(airflow_cli("providers", "widgets", "-o", "json").stdout)
+    ours = {w["connection_parameter_name"]: w for w in widgets if w["package_name"] == "airflow-provider-training-hub"}
+    for field in ("execution", "backend", "kubernetes_conn_id", "namespace", "image", "pvc_claim",
+                  "pvc_mount_path", "gpu_resource", "node_selector", "tolerations", "service_account",
+                  "image_pull_secrets"):
+        assert f"extra__training_hub__{field}" in ours
+    behaviours = airflow_cli("providers", "behaviours", "-o", "json").stdout
+    assert "training_hub" in behaviours
+    hooks = airflow_cli("providers", "hooks").stdout
+    assert "TrainingHubHook" in hooks
+
+
+def test_hook_without_a_connection_runs_locally_and_reads_one_when_present(monkeypatch):
+    from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+
+    assert TrainingHubHook().settings.execution == "local"
+    assert TrainingHubHook().test_connection()[0] is True
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TRAINING_HUB_K8S",
+        json.dumps({"conn_type": "training_hub", "extra": {"execution": "kubernetes", "namespace": "ml",
+                                                           "node_selector": '{"gpu": "h100"}'}}),
+    )
+    settings = TrainingHubHook("training_hub_k8s").settings
+    assert (settings.execution, settings.namespace, settings.node_selector) == ("kubernetes", "ml", {"gpu": "h100"})
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_TYPO", json.dumps({"conn_type": "training_hub", "extra": {"namepsace": "x"}}))
+    with pytest.raises(ValueError, match="Unknown parameter 'namepsace'. Did you mean 'namespace'"):
+        TrainingHubHook("training_hub_typo").settings
+
+
+def test_operator_fields_come_from_the_schema_and_typos_are_named():
+    from airflow_provider_training_hub.algorithms import SFTParams
+    from airflow_provider_training_hub.operators import SFTTrainOperator
+
+    operator_fields = {"backend", "connection_overrides", "pending_timeout", "job_backoff_limit", "pod_annotations"}
+    assert set(SFTTrainOperator.template_fields) == operator_fields | set(SFTParams.model_fields)
+    with pytest.raises(ValueError, match="Unknown parameter 'learning_rte'. Did you mean 'learning_rate'"):
+        SFTTrainOperator(task_id="t", model_path="m", data_path="d", learning_rte=1e-4)
+
+
+# --- sft_demo ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft_demo_trains_the_tiny_model_and_reports_through_xcom():
+    run = run_dag("sft_demo", {"model": "tiny", "num_epochs": 3, "learning_rate": 1e-3, "max_seq_len": 256})
+    assert run.state == "success", states(run)
+    got = xcoms(run)
+
+    stats = got[("validate_data", "stats")]
+    assert stats["samples"] == 48 and stats["invalid_lines"] == 0
+    assert Path(got[("validate_data", "data_path")]).is_file()
+
+    checkpoint = got[("train", "checkpoint")]
+    assert Path(checkpoint, "config.json").is_file()
+    assert got[("train", "ckpt_output_dir")] == str(Path(checkpoint).parent.parent)
+    assert checkpoint in got[("train", "checkpoints")]
+    metrics = got[("train", "metrics")]
+    assert metrics["steps"] == 18 and metrics["loss"] < metrics["first_loss"]
+    assert len(got[("ask_before", "return_value")]) == len(got[("ask_after", "return_value")]) == 2
+    assert checkpoint in got[("report", "return_value")]
+
+
+@pytest.mark.parametrize(
+    ("conf", "named"),
+    [({"learning_rate": -1.0}, "learning_rate"), ({"backend": "tensorflow"}, "backend")],
+)
+def test_sft_demo_refuses_bad_values_before_any_task(conf, named):
+    """Airflow checks the Params (derived from the schema) when the run is created: no task runs."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=f"Invalid input for param {named}"):
+        run_dag("sft_demo", {"model": "tiny", **conf})
+
+
+def test_sft_demo_fails_in_its_first_task_on_an_unknown_conf_key(capfd):
+    run = run_dag("sft_demo", {"model": "tiny", "learning_rte": 1e-3})
+    assert run.state == "failed"
+    got = states(run)
+    assert got["check_conf"] == "failed"
+    assert all(state == "upstream_failed" for task, state in got.items() if task != "check_conf"), got
+    assert "unknown conf key(s) ['learning_rte']" in capfd.readouterr().out
+
+
+# --- SFTTrainOperator -------------------------------------------------------------------------
+
+
+def test_bad_parameters_fail_the_task_before_any_process_and_without_retry(tiny_model, tmp_path, capfd):
+    ckpt = tmp_path / "ckpt"
+    run = run_dag("th_train_from_conf", {
+        "model_path": str(tiny_model), "data_path": str(SAMPLE_DATA), "ckpt_output_dir": str(ckpt),
+        "learning_rate": -1, "num_epochs": 1,
+    })
+    assert states(run) == {"train": "failed"}
+    assert run.get_task_instance("train").try_number == 1  # retries=1, but a retry cannot fix a typo
+    out = capfd.readouterr().out
+    assert "Invalid parameter 'learning_rate': Input should be greater than 0 (got -1)" in out
+    assert "Starting local sft training" not in out
+    assert not ckpt.exists()
+
+
+def _processes_with_marker(prefix: str) -> dict[int, str]:
+    """pid -> TRAINING_HUB_RUN of every live process whose marker starts with ``prefix``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours
+            continue
+        for item in env:
+            if item.startswith(b"TRAINING_HUB_RUN=" + prefix.encode()):
+                found[int(entry.name)] = item.split(b"=", 1)[1].decode()
+    return found
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model, tmp_path):
+    """SIGTERM to the task's process (what Airflow sends on mark-failed) calls ``on_kill``: no
+    process of try 1 survives. Try 2 uses the same default ``ckpt_output_dir`` and resumes from
+    try 1's last full-state checkpoint instead of starting over."""
+    conf = {"model_path": str(tiny_model), "data_path": str(SAMPLE_DATA), "learning_rate": 1e-3, "num_epochs": 12}
+    runner = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("airflow_runs.py")), "th_train_from_conf", json.dumps(conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        first_try = _wait_for(lambda: _processes_with_marker("th_train_from_conf/"), 300, "training to start")
+        marker = next(iter(first_try.values()))
+        assert marker.endswith("/1")
+        ckpt_root = Path(os.environ["AIRFLOW_HOME"], "training_hub", "checkpoints", "th_train_from_conf")
+        epoch_1 = _wait_for(lambda: list(ckpt_root.glob("*/train/full_state/epoch_1")), 300, "a full-state checkpoint")
+        assert len(_processes_with_marker(marker)) >= 3  # the CLI, torchrun and its rank
+        runner.send_signal(signal.SIGTERM)
+
+        _wait_for(lambda: _processes_with_marker(marker[:-1] + "2"), 120, "try 2 to start")
+        assert _processes_with_marker(marker) == {}, "a process of the killed try survived"
+        output, _ = runner.communicate(timeout=600)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    result = json.loads(output.rsplit("RESULT ", 1)[1])
+    assert result["states"] == {"train": "success"}, output[-5000:]
+    assert "Stopping the local training process group" in output
+    assert "[training-hub] resumed from" in output
+    assert result["xcoms"]["train.ckpt_output_dir"] == str(epoch_1[0].parent.parent)
+    assert result["xcoms"]["train.metrics"]["steps"] == 72
