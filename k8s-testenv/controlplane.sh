@@ -102,7 +102,7 @@ apiVersion: v1
 kind: Config
 clusters:
 - name: local
-  cluster: {server: "https://127.0.0.1:$APISERVER_PORT", insecure-skip-tls-verify: true}
+  cluster: {server: "https://127.0.0.1:$APISERVER_PORT", certificate-authority: "$state/certs/apiserver.crt"}
 users:
 - name: admin
   user: {token: "$token"}

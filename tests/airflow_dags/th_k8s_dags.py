@@ -1,0 +1,25 @@
+"""Kubernetes-execution DAGs for the k8s tests: everything that varies comes from the conf."""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG
+
+from airflow_provider_training_hub.operators import SFTTrainOperator
+
+for dag_id, deferrable in (("th_k8s_train", False), ("th_k8s_train_deferred", True)):
+    with DAG(dag_id, schedule=None, render_template_as_native_obj=True):
+        SFTTrainOperator(
+            task_id="train",
+            training_hub_conn_id="training_hub_k8s",
+            backend="pytorch",
+            model_path="/mnt/training/models/tiny",
+            data_path="/mnt/training/data/train.jsonl",
+            nnodes="{{ dag_run.conf.get('nnodes', 2) }}",
+            nproc_per_node="{{ dag_run.conf.get('nproc_per_node', 1) }}",
+            connection_overrides="{{ dag_run.conf.get('overrides', {}) }}",
+            pod_annotations="{{ dag_run.conf.get('pod_annotations', {}) }}",
+            pending_timeout="{{ dag_run.conf.get('pending_timeout', 120) }}",
+            job_backoff_limit="{{ dag_run.conf.get('job_backoff_limit', 0) }}",
+            poll_interval=1,
+            deferrable=deferrable,
+        )

@@ -1,0 +1,127 @@
+"""docker/: what can be checked without a Docker engine (none runs here).
+
+- both Dockerfiles parse, and say what the images must be;
+- their Python requirement sets resolve with `pip install --dry-run` (needs PyPI);
+- the package works in an environment with neither Airflow nor torch (the pod's CLI path) and in
+  one without torch (the Airflow side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dockerfile_parse import DockerfileParser
+
+from conftest import REPO, SAMPLE_DATA
+
+sys.path.insert(0, str(REPO / "docker"))
+from requirements import requirement_set  # noqa: E402
+
+UV = ["python3", "-m", "uv"]  # scripts/bootstrap.sh installs it there
+# The CUDA kernels' setup scripts can describe themselves without compiling (no CUDA here).
+SKIP_CUDA_BUILDS = {"FLASH_ATTENTION_SKIP_CUDA_BUILD": "TRUE", "MAMBA_SKIP_CUDA_BUILD": "TRUE",
+                    "CAUSAL_CONV1D_SKIP_CUDA_BUILD": "TRUE"}
+
+
+def _instructions(image: str) -> list[dict]:
+    parser = DockerfileParser(str(REPO / "docker" / image / "Dockerfile"))
+    return parser.structure
+
+
+def _venv(path: Path, *requirements: str, no_deps: tuple[str, ...] = ()) -> Path:
+    """A throw-away virtualenv with pip, made with uv from its (warm) cache."""
+    subprocess.run([*UV, "venv", "--quiet", "--seed", "--python", sys.executable, str(path)], check=True)
+    python = path / "bin" / "python"
+    if requirements:
+        subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), *requirements], check=True)
+    if no_deps:
+        subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), "--no-deps", *no_deps], check=True)
+    return python
+
+
+def _run(python: Path, *args: str, env: dict | None = None) -> str:
+    proc = subprocess.run([str(python), *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_training_dockerfile_parses_and_builds_a_training_hub_image_without_airflow():
+    steps = _instructions("training")
+    kinds = [s["instruction"] for s in steps]
+    assert kinds[kinds.index("FROM") - 1] == "ARG" and "pytorch/pytorch" in steps[kinds.index("FROM") - 1]["value"]
+    assert steps[-2]["instruction"] == "ENTRYPOINT" and json.loads(steps[-2]["value"]) == ["training-hub"]
+    run = " ".join(s["value"] for s in steps if s["instruction"] == "RUN")
+    assert "requirements.py train" in run and "instructlab-training[cuda]" in run and "--no-deps ." in run
+    assert "USER" in kinds
+    for step in steps:
+        if step["instruction"] == "COPY":
+            for source in step["value"].split()[:-1]:
+                assert (REPO / source).exists(), source
+
+
+def test_airflow_dockerfile_parses_and_installs_the_provider_and_dags():
+    steps = _instructions("airflow")
+    assert steps[[s["instruction"] for s in steps].index("FROM")]["value"].startswith("apache/airflow:${AIRFLOW_VERSION}")
+    run = " ".join(s["value"] for s in steps if s["instruction"] == "RUN")
+    assert '"apache-airflow==${AIRFLOW_VERSION}" /opt/training-hub' in run and "import torch" in run
+    assert any(s["instruction"] == "COPY" and s["value"].split()[-2:] == ["dags", "/opt/airflow/dags"] for s in steps)
+
+
+@pytest.mark.slow
+def test_training_image_requirements_resolve_with_pip_dry_run(tmp_path):
+    """As the Dockerfile does: torch present (the base image's), build helpers, no build isolation."""
+    python = _venv(tmp_path / "venv", "torch", "packaging", "ninja", "wheel", "setuptools")
+    requirements = tmp_path / "train.txt"
+    requirements.write_text("\n".join(requirement_set("train")))
+    report = tmp_path / "report.json"
+    _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
+         "--no-build-isolation", "--report", str(report), "-r", str(requirements),
+         "instructlab-training[cuda]==0.16.2", env=SKIP_CUDA_BUILDS)
+    names = {i["metadata"]["name"].lower().replace("_", "-") for i in json.loads(report.read_text())["install"]}
+    assert {"instructlab-training", "flash-attn", "transformers", "pydantic"} <= names
+    assert not {n for n in names if n.startswith("apache-airflow")}
+
+
+@pytest.mark.slow
+def test_airflow_image_requirements_resolve_with_pip_dry_run_and_bring_no_torch(tmp_path):
+    python = _venv(tmp_path / "venv")
+    report = tmp_path / "report.json"
+    _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check", "--report",
+         str(report), "apache-airflow==3.3.2", str(REPO))
+    names = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
+    assert {"apache-airflow", "airflow-provider-training-hub", "apache-airflow-providers-cncf-kubernetes"} <= names
+    assert "torch" not in names and "instructlab-training" not in names
+
+
+@pytest.mark.slow
+def test_pod_cli_works_with_neither_airflow_nor_torch(tmp_path):
+    python = _venv(tmp_path / "venv", *requirement_set("core"), no_deps=(str(REPO),))
+    _run(python, "-c", "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('airflow', 'torch')))")
+    _run(python, "-c", "import airflow_provider_training_hub.kubernetes, airflow_provider_training_hub.checkpoints")
+    assert _run(python, "-m", "airflow_provider_training_hub.cli", "list").strip() == "sft: instructlab-training (default), pytorch"
+    assert "VALID" in _run(python, "-m", "airflow_provider_training_hub.cli", "validate", str(SAMPLE_DATA))
+    bad = subprocess.run([str(python), "-m", "airflow_provider_training_hub.cli", "sft", "--config-env", "CFG"],
+                         capture_output=True, text=True, env={**os.environ, "CFG": '{"learning_rte": 1}'})
+    assert bad.returncode == 2 and "Did you mean 'learning_rate'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_airflow_side_works_without_torch(tmp_path):
+    python = _venv(tmp_path / "venv", str(REPO))
+    _run(python, "-c", "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)")
+    out = _run(python, "-c", (
+        "import os, sys, warnings\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "import airflow_provider_training_hub.operators, airflow_provider_training_hub.triggers.training_job\n"
+        "from airflow_provider_training_hub.get_provider_info import get_provider_info\n"
+        "bag = DagBag(sys.argv[1])\n"
+        "print(sorted(bag.dag_ids), bag.import_errors, get_provider_info()['package-name'])\n"
+        "assert 'torch' not in sys.modules\n"
+    ), str(REPO / "dags"))
+    assert "['messages_dataset_publish', 'sft_demo', 'sft_retrain'] {} airflow-provider-training-hub" in out

@@ -1,0 +1,253 @@
+"""Kubernetes execution against a real control plane on loopback (k8s-testenv/: etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler) with kwok as the kubelet of fake GPU
+nodes.
+
+GPU REPLACED: no container runs. kwok moves pods through Running to Succeeded or Failed as
+k8s-testenv/kwok-stages.yaml says, driven by pod annotations the tests set: how long a pod
+"trains" (training-hub.test/run-ms), which index fails (training-hub.test/fail-index), and the
+termination message a finished pod reports (training-hub.test/result), standing in for what
+`training-hub sft --termination-message` writes (that part is covered for real by
+test_pod_command_replay.py). Everything else, the API server's validation, the Job, garbage
+collection and TTL controllers, the scheduler's placement, Airflow and the operator, is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_runs import run_dag, states, xcoms
+from conftest import GPUS_PER_NODE, airflow_cli
+
+pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
+
+RESULT = {
+    "ckpt_output_dir": "/mnt/training/checkpoints/run",
+    "checkpoint": "/mnt/training/checkpoints/run/hf_format/samples_96",
+    "checkpoints": ["/mnt/training/checkpoints/run/hf_format/samples_48", "/mnt/training/checkpoints/run/hf_format/samples_96"],
+    "full_state": [],
+    "metrics": {"steps": 12, "loss": 1.5, "first_loss": 3.0},
+}
+
+
+@pytest.fixture
+def kube(k8s_cluster):
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(k8s_cluster)
+    return client.CoreV1Api(api), client.BatchV1Api(api)
+
+
+def _objects(kube, namespace: str) -> dict[str, list[str]]:
+    core, batch = kube
+    return {
+        "jobs": [j.metadata.name for j in batch.list_namespaced_job(namespace).items],
+        "services": [s.metadata.name for s in core.list_namespaced_service(namespace).items],
+        "pods": [p.metadata.name for p in core.list_namespaced_pod(namespace).items],
+    }
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _annotations(**extra: str) -> dict[str, str]:
+    return {"training-hub.test/result": json.dumps(RESULT), "training-hub.test/run-ms": "1500", **extra}
+
+
+def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace):
+    core, batch = kube
+    core.create_persistent_volume({
+        "metadata": {"name": f"pv-{k8s_namespace}"},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                 "hostPath": {"path": "/tmp"}},
+    })
+    core.create_namespaced_persistent_volume_claim(k8s_namespace, {
+        "metadata": {"name": "training"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": f"pv-{k8s_namespace}",
+                 "resources": {"requests": {"storage": "10Gi"}}},
+    })
+    run = run_dag("th_k8s_train", {
+        "nnodes": 2, "nproc_per_node": 2, "pod_annotations": _annotations(),
+        "overrides": {"pvc_claim": "training", "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+    })
+    assert states(run) == {"train": "success"}
+    got = xcoms(run)
+    assert got[("train", "checkpoint")] == RESULT["checkpoint"]
+    assert got[("train", "metrics")] == RESULT["metrics"]
+    assert got[("train", "namespace")] == k8s_namespace
+    name = got[("train", "job_name")]
+
+    job = batch.read_namespaced_job(name, k8s_namespace)
+    assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == ("Indexed", 2, 2)
+    assert job.status.succeeded == 2
+    assert job.metadata.labels["training-hub/dag-id"] == "th_k8s_train"
+    service = core.read_namespaced_service(name, k8s_namespace)
+    assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses is True
+
+    pods = core.list_namespaced_pod(k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items
+    by_index = {int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]): p for p in pods}
+    assert sorted(by_index) == [0, 1]
+    assert len({p.spec.node_name for p in pods}) >= 1 and all(p.spec.node_name.startswith("gpu-node-") for p in pods)
+    for index, pod in by_index.items():
+        assert (pod.spec.hostname, pod.spec.subdomain) == (f"{name}-{index}", name)
+        container = pod.spec.containers[0]
+        assert container.command == ["training-hub"] and container.args[:3] == ["sft", "--backend", "pytorch"]
+        env = {e.name: e for e in container.env}
+        assert env["PET_NNODES"].value == "2" and env["PET_NPROC_PER_NODE"].value == "2"
+        assert env["PET_RDZV_ENDPOINT"].value == f"{name}-0.{name}:29500"
+        assert env["PET_NODE_RANK"].value_from.field_ref.field_path.endswith("['batch.kubernetes.io/job-completion-index']")
+        config = json.loads(env["TRAINING_HUB_CONFIG"].value)
+        assert config["model_path"] == "/mnt/training/models/tiny" and "nnodes" not in config
+        assert container.resources.limits["nvidia.com/gpu"] == "2"
+        assert container.resources.requests == {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "2"}
+        mounts = {m.name: m.mount_path for m in container.volume_mounts}
+        assert mounts == {"dshm": "/dev/shm", "training-data": "/mnt/training"}
+        assert pod.spec.node_selector == {"gpu": "h100"} and pod.spec.tolerations[0].key == "gpu"
+
+
+def test_a_failing_pod_fails_the_task_naming_it_after_the_jobs_backoff(kube, k8s_namespace, capfd):
+    core, batch = kube
+    run = run_dag("th_k8s_train", {
+        "nnodes": 2, "job_backoff_limit": 1, "pod_annotations": _annotations(**{"training-hub.test/fail-index": "1"}),
+    })
+    assert states(run) == {"train": "failed"}
+    out = capfd.readouterr().out
+    name = xcoms(run)[("train", "job_name")]
+    job = batch.read_namespaced_job(name, k8s_namespace)
+    assert job.status.failed == 2  # the first failure was retried once (backoffLimit 1), then the Job failed
+    failed = [p.metadata.name for p in core.list_namespaced_pod(k8s_namespace).items if p.status.phase == "Failed"]
+    assert len(failed) == 2
+    assert f"Job {name} failed: BackoffLimitExceeded" in out
+    assert any(f"pod {pod} (index 1) failed: exit code 1, Error" in out for pod in failed)
+    assert "CUDA error: an illegal memory access was encountered" in out
+
+
+def test_unschedulable_job_reports_the_scheduler_and_times_out(kube, k8s_namespace, capfd):
+    run = run_dag("th_k8s_train", {
+        "nnodes": 2, "nproc_per_node": GPUS_PER_NODE * 2, "pending_timeout": 8, "pod_annotations": _annotations(),
+    })
+    assert states(run) == {"train": "failed"}
+    out = capfd.readouterr().out
+    assert "waiting for a node: 0/" in out and "Insufficient nvidia.com/gpu" in out
+    assert "could not be scheduled for 8s" in out
+    _wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+              "the unschedulable Job to be deleted")
+
+
+def _start_dag_in_subprocess(dag_id: str, conf: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("airflow_runs.py")), dag_id, json.dumps(conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _running_pods(kube, namespace: str, count: int):
+    core, _ = kube
+    return lambda: len([p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Running"]) == count
+
+
+def test_on_kill_deletes_job_service_and_pods(kube, k8s_namespace):
+    runner = _start_dag_in_subprocess("th_k8s_train", {
+        "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "600000"}),
+    })
+    try:
+        _wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        runner.send_signal(signal.SIGTERM)  # what Airflow sends a task being marked failed
+        output, _ = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert "Deleted Job and Service" in output
+    _wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+              "the Job, the Service and the pods to be gone")
+
+
+def test_deferred_run_completes_through_the_trigger(k8s_namespace):
+    run = run_dag("th_k8s_train_deferred", {"nnodes": 2, "pod_annotations": _annotations()})
+    assert states(run) == {"train": "success"}
+    assert xcoms(run)[("train", "checkpoint")] == RESULT["checkpoint"]
+
+
+def test_trigger_cleanup_keeps_the_job_and_on_kill_deletes_it(kube, k8s_namespace):
+    from airflow.sdk._shared.module_loading import import_string
+
+    from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+    from airflow_provider_training_hub.kubernetes import TrainingJob
+    from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
+
+    hook = TrainingHubHook("training_hub_k8s")
+    job = TrainingJob(name="th-deferred-kill", algorithm="sft", backend="pytorch",
+                      params={"model_path": "m", "data_path": "d", "ckpt_output_dir": "c"}, nnodes=2,
+                      pod_annotations=_annotations(**{"training-hub.test/run-ms": "600000"}))
+    hook.submit_job(job)
+    _wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+
+    classpath, kwargs = TrainingJobTrigger(job.name, k8s_namespace, "kubernetes_default", 60, 1).serialize()
+    trigger = import_string(classpath)(**kwargs)  # as a (restarted) triggerer rebuilds it
+
+    async def watch_then_stop():
+        runner = trigger.run()
+        watching = asyncio.ensure_future(anext(runner))
+        await asyncio.sleep(3)
+        assert not watching.done(), "the trigger fired while the Job was still running"
+        watching.cancel()
+        await trigger.cleanup()  # a triggerer shutting down: the training must go on
+
+    asyncio.run(watch_then_stop())
+    assert _objects(kube, k8s_namespace)["jobs"] == [job.name]
+    assert _running_pods(kube, k8s_namespace, 2)()
+
+    asyncio.run(trigger.on_kill())  # a user marked the deferred task failed
+    _wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+              "the Job, the Service and the pods to be gone")
+
+
+def test_a_restarted_worker_reattaches_to_its_running_job(kube, k8s_namespace):
+    runner = _start_dag_in_subprocess("th_k8s_train", {
+        "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "15000"}),
+    })
+    try:
+        _wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        runner.kill()  # the worker dies: no on_kill, the Job keeps running
+        runner.wait()
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    (job_name,) = _objects(kube, k8s_namespace)["jobs"]
+    _, batch = kube
+    run_id = batch.read_namespaced_job(job_name, k8s_namespace).metadata.annotations["training-hub/run-id"]
+
+    again = airflow_cli("tasks", "test", "th_k8s_train", "train", run_id, timeout=300)  # the same try, again
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert f"Reattached to Job {job_name}" in again.stdout + again.stderr
+    assert RESULT["checkpoint"] in again.stdout + again.stderr
+    assert _objects(kube, k8s_namespace)["jobs"] == [job_name]
+    assert len(_objects(kube, k8s_namespace)["pods"]) == 2
+
+
+def test_sixty_four_nodes_are_created_and_scheduled(kube, k8s_namespace, capsys):
+    core, _ = kube
+    started = time.monotonic()
+    run = run_dag("th_k8s_train", {"nnodes": 64, "nproc_per_node": 2, "pod_annotations": _annotations()})
+    elapsed = time.monotonic() - started
+    assert states(run) == {"train": "success"}
+    pods = core.list_namespaced_pod(k8s_namespace).items
+    assert len(pods) == 64 and all(p.spec.node_name for p in pods)
+    assert sorted(int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]) for p in pods) == list(range(64))
+    assert {p.spec.hostname for p in pods} == {f"{xcoms(run)[('train', 'job_name')]}-{i}" for i in range(64)}
+    with capsys.disabled():
+        print(f"\n64-node Job: created, scheduled on {len({p.spec.node_name for p in pods})} fake GPU nodes "
+              f"and completed in {elapsed:.1f}s")

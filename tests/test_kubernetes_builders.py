@@ -1,0 +1,104 @@
+"""The pure Kubernetes builders and readers: names, manifests, verdicts (no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from airflow_provider_training_hub.cli import TERMINATION_MESSAGE_LIMIT, termination_message
+from airflow_provider_training_hub.connection import ConnectionSettings
+from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
+from airflow_provider_training_hub.kubernetes.status import FAILED, RUNNING, SUCCEEDED, UNSCHEDULABLE, assess
+
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+@pytest.mark.parametrize("dag_id", ["sft_retrain", "A" * 250, "weird dag/ünïcode", "9starts_with_digit"])
+def test_job_names_are_dns_labels_deterministic_per_try(dag_id):
+    run_id = "scheduled__2026-11-23T03:00:00+00:00"
+    name = job_name(dag_id, "train", run_id, -1, 1)
+    assert DNS_LABEL.match(name) and len(name) <= 58  # room for the pod hostname's "-<index>"
+    assert name == job_name(dag_id, "train", run_id, -1, 1)
+    assert name != job_name(dag_id, "train", run_id, -1, 2)  # the next try gets its own Job
+    assert name != job_name(dag_id, "train", run_id, 0, 1)
+
+
+@pytest.mark.parametrize("value", ["manual__2026-11-26T02:36:31.230958+00:00", "x" * 100, "ok", "-lead", "a b"])
+def test_label_values_fit_kubernetes_rules(value):
+    clean = label_value(value)
+    assert LABEL_VALUE.match(clean) and len(clean) <= 63
+    assert clean == label_value(value)
+    if value == "ok":
+        assert clean == "ok"
+
+
+def _job(**overrides) -> TrainingJob:
+    fields = {"name": "th-x-train-12345678", "algorithm": "sft", "backend": "instructlab-training",
+              "params": {"model_path": "/m", "data_path": "/d", "ckpt_output_dir": "/c", "nnodes": 4, "rdzv_id": 7},
+              "nnodes": 4, "nproc_per_node": 8}
+    return TrainingJob(**{**fields, **overrides})
+
+
+def test_job_manifest_has_the_distributed_training_essentials():
+    settings = ConnectionSettings(image="img", pvc_claim="data", service_account="trainer", image_pull_secrets=["reg"])
+    job = build_job(_job(), settings)
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == ("Indexed", 4, 4, 0)
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["subdomain"] == "th-x-train-12345678"
+    assert pod["serviceAccountName"] == "trainer" and pod["imagePullSecrets"] == [{"name": "reg"}]
+    (container,) = pod["containers"]
+    assert container["command"] == ["training-hub"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(env["TRAINING_HUB_CONFIG"]) == {"model_path": "/m", "data_path": "/d", "ckpt_output_dir": "/c"}
+    assert env["PET_RDZV_ID"] == "th-x-train-12345678" and env["PET_NNODES"] == "4"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert {v["name"] for v in pod["volumes"]} == {"dshm", "training-data"}
+    service = build_service(_job(), settings)
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {
+        "batch.kubernetes.io/job-name": "th-x-train-12345678"}
+
+
+def test_job_without_an_image_is_a_configuration_error():
+    with pytest.raises(ValueError, match="image is not set"):
+        build_job(_job(), ConnectionSettings())
+
+
+def _pod(phase: str, created: datetime, scheduled_message: str | None = None) -> dict:
+    conditions = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": scheduled_message}] \
+        if scheduled_message else []
+    return {"metadata": {"name": "p", "creationTimestamp": created.isoformat(), "annotations": {}},
+            "status": {"phase": phase, "conditions": conditions}}
+
+
+def test_assess_reads_success_failure_and_a_pod_stuck_unscheduled():
+    now = datetime.now(timezone.utc)
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                         "message": "Job has reached the specified backoff limit"}]}}
+    running = {"status": {}}
+    assert assess(done, [], 60).status == SUCCEEDED
+    assert assess(failed, [], 60).status == FAILED and "BackoffLimitExceeded" in assess(failed, [], 60).message
+    young = _pod("Pending", now - timedelta(seconds=10), "0/16 nodes are available: 16 Insufficient nvidia.com/gpu.")
+    old = _pod("Pending", now - timedelta(seconds=120), "0/16 nodes are available: 16 Insufficient nvidia.com/gpu.")
+    assert assess(running, [young], 60, now).status == RUNNING
+    stuck = assess(running, [old], 60, now)
+    assert stuck.status == UNSCHEDULABLE and "Insufficient nvidia.com/gpu" in stuck.message
+
+
+def test_termination_message_keeps_the_newest_checkpoint_within_the_kubernetes_limit():
+    result = {"ckpt_output_dir": "/c", "checkpoint": "/c/hf_format/samples_9999",
+              "checkpoints": [f"/c/hf_format/samples_{i:04d}" for i in range(500)] + ["/c/hf_format/samples_9999"],
+              "full_state": [f"/c/full_state/epoch_{i}" for i in range(50)], "metrics": {"loss": 1.0}}
+    message = termination_message(result)
+    assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT
+    trimmed = json.loads(message)
+    assert trimmed["checkpoint"] == "/c/hf_format/samples_9999" and trimmed["checkpoints"][-1] == trimmed["checkpoint"]
+    assert trimmed["metrics"] == {"loss": 1.0}
