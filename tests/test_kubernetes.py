@@ -68,6 +68,10 @@ def _annotations(**extra: str) -> dict[str, str]:
 
 
 def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace):
+    from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+
+    ok, message = TrainingHubHook("training_hub_k8s").test_connection()
+    assert ok, message
     core, batch = kube
     core.create_persistent_volume({
         "metadata": {"name": f"pv-{k8s_namespace}"},

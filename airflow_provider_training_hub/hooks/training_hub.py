@@ -213,11 +213,8 @@ class TrainingHubHook(BaseHook):
         try:
             settings = self.settings
             if settings.execution == "kubernetes":
-                from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-                k8s = KubernetesHook(conn_id=settings.kubernetes_conn_id)
-                k8s.core_v1_client.list_namespaced_pod(settings.namespace, limit=1)
-                return True, f"Kubernetes API reachable; namespace {settings.namespace!r} readable."
+                self.jobs.hook.batch_v1_client.list_namespaced_job(settings.namespace, limit=1)
+                return True, f"Kubernetes API reachable; Jobs in namespace {settings.namespace!r} readable."
             algorithms = {a: self.list_backends(a) for a in self.list_algorithms()}
             return True, f"Local execution; algorithms and backends: {algorithms}"
         except Exception as exc:  # the UI shows the message; any failure is a failed test
