@@ -11,14 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import pytest
-
 from airflow_runs import run_dag, states, xcoms
-from conftest import REPO, SAMPLE_DATA, airflow_cli
+from conftest import REPO, SAMPLE_DATA, airflow_cli, wait_for
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -128,6 +126,52 @@ def test_sft_demo_fails_in_its_first_task_on_an_unknown_conf_key(capfd):
     assert "unknown conf key(s) ['learning_rte']" in capfd.readouterr().out
 
 
+# --- ValidateMessagesDataOperator ------------------------------------------------------------
+
+
+def test_invalid_data_fails_the_task_with_line_numbers_in_the_log(capfd):
+    run = run_dag("th_validate", {"data_path": str(REPO / "tests" / "data" / "bad" / "bad_role.jsonl")})
+    assert states(run) == {"validate": "failed"}
+    out = capfd.readouterr().out
+    assert "bad_role.jsonl is not valid messages JSONL: 1 error(s)" in out
+    assert "line 2: messages[0].role: invalid value 'bot'" in out
+
+
+def test_skip_policy_quarantines_bad_lines_and_publishes_the_asset(tmp_path):
+    source = tmp_path / "incoming.jsonl"
+    good = SAMPLE_DATA.read_text(encoding="utf-8").splitlines()[:5]
+    source.write_text("\n".join([*good[:2], '{"messages": []}', *good[2:], "not json"]) + "\n", encoding="utf-8")
+    out = tmp_path / "clean.jsonl"
+    run = run_dag("th_validate", {"data_path": str(source), "output_path": str(out), "on_invalid": "skip"})
+    assert states(run) == {"validate": "success"}
+    got = xcoms(run)
+    assert got[("validate", "data_path")] == str(out) and len(out.read_text().splitlines()) == 5
+    assert got[("validate", "stats")]["invalid_lines"] == 2
+    assert [e.split(":")[0] for e in got[("validate", "errors")]] == ["line 3", "line 7"]
+    rejected = [json.loads(line) for line in Path(got[("validate", "quarantine_path")]).read_text().splitlines()]
+    assert [r["line"] for r in rejected] == [3, 7]
+
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id).all()
+        assert [e.extra for e in events] == [{"data_path": str(out), "samples": 5}]
+
+
+@pytest.mark.slow
+def test_prepare_dir_writes_instructlab_processed_data(tiny_model, tmp_path):
+    prepared = tmp_path / "prepared"
+    run = run_dag("th_validate", {"data_path": str(SAMPLE_DATA), "model_path": str(tiny_model),
+                                  "max_seq_len": 512, "prepare_dir": str(prepared)})
+    assert states(run) == {"validate": "success"}
+    got = xcoms(run)
+    assert got[("validate", "prepared_path")] == str(prepared / "data.jsonl")
+    first = json.loads((prepared / "data.jsonl").read_text().splitlines()[0])
+    assert {"input_ids", "labels", "len"} <= set(first) and -100 in first["labels"]
+    assert got[("validate", "stats")]["tokens"]["max_seq_len"] == 512
+
+
 # --- SFTTrainOperator -------------------------------------------------------------------------
 
 
@@ -161,15 +205,6 @@ def _processes_with_marker(prefix: str) -> dict[int, str]:
     return found
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model, tmp_path):
     """SIGTERM to the task's process (what Airflow sends on mark-failed) calls ``on_kill``: no
@@ -181,15 +216,15 @@ def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        first_try = _wait_for(lambda: _processes_with_marker("th_train_from_conf/"), 300, "training to start")
+        first_try = wait_for(lambda: _processes_with_marker("th_train_from_conf/"), 300, "training to start")
         marker = next(iter(first_try.values()))
         assert marker.endswith("/1")
         ckpt_root = Path(os.environ["AIRFLOW_HOME"], "training_hub", "checkpoints", "th_train_from_conf")
-        epoch_1 = _wait_for(lambda: list(ckpt_root.glob("*/train/full_state/epoch_1")), 300, "a full-state checkpoint")
+        epoch_1 = wait_for(lambda: list(ckpt_root.glob("*/train/full_state/epoch_1")), 300, "a full-state checkpoint")
         assert len(_processes_with_marker(marker)) >= 3  # the CLI, torchrun and its rank
         runner.send_signal(signal.SIGTERM)
 
-        _wait_for(lambda: _processes_with_marker(marker[:-1] + "2"), 120, "try 2 to start")
+        wait_for(lambda: _processes_with_marker(marker[:-1] + "2"), 120, "try 2 to start")
         assert _processes_with_marker(marker) == {}, "a process of the killed try survived"
         output, _ = runner.communicate(timeout=600)
     finally:

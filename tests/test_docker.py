@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from dockerfile_parse import DockerfileParser
-
 from conftest import REPO, SAMPLE_DATA
+from dockerfile_parse import DockerfileParser
 
 sys.path.insert(0, str(REPO / "docker"))
 from requirements import requirement_set  # noqa: E402

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from airflow_runs import run_dag, states, xcoms
-from conftest import GPUS_PER_NODE, airflow_cli
+from conftest import GPUS_PER_NODE, airflow_cli, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
 
@@ -52,15 +51,6 @@ def _objects(kube, namespace: str) -> dict[str, list[str]]:
         "services": [s.metadata.name for s in core.list_namespaced_service(namespace).items],
         "pods": [p.metadata.name for p in core.list_namespaced_pod(namespace).items],
     }
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _annotations(**extra: str) -> dict[str, str]:
@@ -147,7 +137,7 @@ def test_unschedulable_job_reports_the_scheduler_and_times_out(kube, k8s_namespa
     out = capfd.readouterr().out
     assert "waiting for a node: 0/" in out and "Insufficient nvidia.com/gpu" in out
     assert "could not be scheduled for 8s" in out
-    _wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+    wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
               "the unschedulable Job to be deleted")
 
 
@@ -168,14 +158,14 @@ def test_on_kill_deletes_job_service_and_pods(kube, k8s_namespace):
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "600000"}),
     })
     try:
-        _wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
         runner.send_signal(signal.SIGTERM)  # what Airflow sends a task being marked failed
         output, _ = runner.communicate(timeout=120)
     finally:
         if runner.poll() is None:
             runner.kill()
     assert "Deleted Job and Service" in output
-    _wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+    wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
               "the Job, the Service and the pods to be gone")
 
 
@@ -197,7 +187,7 @@ def test_trigger_cleanup_keeps_the_job_and_on_kill_deletes_it(kube, k8s_namespac
                       params={"model_path": "m", "data_path": "d", "ckpt_output_dir": "c"}, nnodes=2,
                       pod_annotations=_annotations(**{"training-hub.test/run-ms": "600000"}))
     hook.submit_job(job)
-    _wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+    wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
 
     classpath, kwargs = TrainingJobTrigger(job.name, k8s_namespace, "kubernetes_default", 60, 1).serialize()
     trigger = import_string(classpath)(**kwargs)  # as a (restarted) triggerer rebuilds it
@@ -215,7 +205,7 @@ def test_trigger_cleanup_keeps_the_job_and_on_kill_deletes_it(kube, k8s_namespac
     assert _running_pods(kube, k8s_namespace, 2)()
 
     asyncio.run(trigger.on_kill())  # a user marked the deferred task failed
-    _wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+    wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
               "the Job, the Service and the pods to be gone")
 
 
@@ -224,7 +214,7 @@ def test_a_restarted_worker_reattaches_to_its_running_job(kube, k8s_namespace):
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "15000"}),
     })
     try:
-        _wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
         runner.kill()  # the worker dies: no on_kill, the Job keeps running
         runner.wait()
     finally:

@@ -17,8 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.launch import StreamedProcess
@@ -27,7 +27,13 @@ from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.connection import CONN_TYPE, DEFAULT_CONN_ID, ConnectionSettings
 from airflow_provider_training_hub.hooks.kubernetes_jobs import TrainingJobClient
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service
-from airflow_provider_training_hub.kubernetes.status import SUCCEEDED, UNSCHEDULABLE, JobState, describe_failures, rank0_result
+from airflow_provider_training_hub.kubernetes.status import (
+    SUCCEEDED,
+    UNSCHEDULABLE,
+    JobState,
+    describe_failures,
+    rank0_result,
+)
 
 CLI_MODULE = "airflow_provider_training_hub.cli"
 RUN_MARKER_ENV = "TRAINING_HUB_RUN"

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Asset
 
-from airflow_provider_training_hub.operators import SFTTrainOperator
+from airflow_provider_training_hub.operators import SFTTrainOperator, ValidateMessagesDataOperator
 
 # Every value comes from the trigger's conf, as a UI user or an upstream XCom would supply it.
 with DAG("th_train_from_conf", schedule=None, render_template_as_native_obj=True):
@@ -22,4 +22,16 @@ with DAG("th_train_from_conf", schedule=None, render_template_as_native_obj=True
         max_seq_len=256,
         retries=1,
         retry_delay=timedelta(seconds=0),
+    )
+
+with DAG("th_validate", schedule=None, render_template_as_native_obj=True):
+    ValidateMessagesDataOperator(
+        task_id="validate",
+        data_path="{{ dag_run.conf['data_path'] }}",
+        output_path="{{ dag_run.conf.get('output_path') }}",
+        on_invalid="{{ dag_run.conf.get('on_invalid', 'fail') }}",
+        model_path="{{ dag_run.conf.get('model_path') }}",
+        max_seq_len="{{ dag_run.conf.get('max_seq_len') }}",
+        prepare_dir="{{ dag_run.conf.get('prepare_dir') }}",
+        outlets=[Asset("th_validated_messages")],
     )
