@@ -189,6 +189,19 @@ def test_bad_parameters_fail_the_task_before_any_process_and_without_retry(tiny_
     assert not ckpt.exists()
 
 
+def test_data_the_training_process_refuses_fails_the_task_without_retry(tiny_model, tmp_path, capfd):
+    bad = REPO / "tests" / "data" / "bad" / "bad_role.jsonl"
+    run = run_dag("th_train_from_conf", {
+        "model_path": str(tiny_model), "data_path": str(bad), "ckpt_output_dir": str(tmp_path / "ckpt"),
+        "learning_rate": 1e-3, "num_epochs": 1,
+    })
+    assert states(run) == {"train": "failed"}
+    assert run.get_task_instance("train").try_number == 1
+    out = capfd.readouterr().out
+    assert "Starting local sft training" in out  # this time the process ran, and refused the data
+    assert "line 2: messages[0].role: invalid value 'bot'" in out
+
+
 def _processes_with_marker(prefix: str) -> dict[int, str]:
     """pid -> TRAINING_HUB_RUN of every live process whose marker starts with ``prefix``."""
     found = {}

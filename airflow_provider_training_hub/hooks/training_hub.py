@@ -139,9 +139,7 @@ class TrainingHubHook(BaseHook):
         return json.loads(out.strip().splitlines()[-1])
 
     def _cli(self, *args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", CLI_MODULE, *args], capture_output=True, text=True
-        )
+        proc = subprocess.run([sys.executable, "-m", CLI_MODULE, *args], capture_output=True, text=True)
         if proc.returncode != 0:
             raise AirflowException(f"training-hub {args[0]} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         return proc.stdout

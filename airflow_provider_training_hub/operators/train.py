@@ -153,9 +153,12 @@ class TrainOperator(BaseOperator):
         ti.xcom_push(key="ckpt_output_dir", value=params.ckpt_output_dir)
         if hook.settings.execution == "kubernetes":
             return self._execute_on_kubernetes(context, job)
-        result = hook.run_local(
-            self.algorithm, backend, params, run_marker=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.try_number}"
-        )
+        try:
+            result = hook.run_local(
+                self.algorithm, backend, params, run_marker=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.try_number}"
+            )
+        except ValueError as exc:  # the training process refused its input (exit code 2): no retry either
+            raise AirflowFailException(f"Invalid {self.algorithm} input: {exc}") from exc
         return self._finish(context, result)
 
     def _execute_on_kubernetes(self, context: Context, job: TrainingJob) -> dict[str, Any]:

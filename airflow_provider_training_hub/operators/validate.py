@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
@@ -66,13 +66,16 @@ class ValidateMessagesDataOperator(BaseOperator):
         return TrainingHubHook(self.training_hub_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        max_seq_len = _optional_int("max_seq_len", self.max_seq_len)
-        if self.prepare_dir and not self.model_path:
-            raise ValueError("prepare_dir needs model_path: the tokenizer that prepares the data")
-        report = self.hook.validate_data(
-            self.data_path, on_invalid=self.on_invalid, output_path=self.output_path or None,
-            model_path=self.model_path or None, max_seq_len=max_seq_len, max_errors=self.max_errors,
-        )
+        try:
+            max_seq_len = _optional_int("max_seq_len", self.max_seq_len)
+            if self.prepare_dir and not self.model_path:
+                raise ValueError("prepare_dir needs model_path: the tokenizer that prepares the data")
+            report = self.hook.validate_data(
+                self.data_path, on_invalid=self.on_invalid, output_path=self.output_path or None,
+                model_path=self.model_path or None, max_seq_len=max_seq_len, max_errors=self.max_errors,
+            )
+        except ValueError as exc:  # a retry cannot fix a configuration error
+            raise AirflowFailException(f"Invalid configuration: {exc}") from exc
         for line in report.summary().splitlines():
             self.log.info("%s", line)
         if not report.valid:
