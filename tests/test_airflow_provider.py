@@ -60,6 +60,10 @@ def test_hook_without_a_connection_runs_locally_and_reads_one_when_present(monke
 
     assert TrainingHubHook().settings.execution == "local"
     assert TrainingHubHook().test_connection()[0] is True
+    assert TrainingHubHook.list_backends("sft") == ["instructlab-training", "pytorch"]
+    schema = TrainingHubHook.get_parameters("sft")
+    assert schema["required"] == ["model_path", "data_path", "ckpt_output_dir"]
+    assert schema["properties"]["learning_rate"]["exclusiveMinimum"] == 0
     monkeypatch.setenv(
         "AIRFLOW_CONN_TRAINING_HUB_K8S",
         json.dumps({"conn_type": "training_hub", "extra": {"execution": "kubernetes", "namespace": "ml",
