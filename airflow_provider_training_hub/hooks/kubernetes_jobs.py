@@ -13,8 +13,8 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiException
 
-from airflow_provider_training_hub.kubernetes.job import CONTAINER, TrainingJob
-from airflow_provider_training_hub.kubernetes.status import JobState, assess, completion_index, unscheduled_reason
+from airflow_provider_training_hub.kubernetes.job import CONTAINER, TrainingJob, pod_selector
+from airflow_provider_training_hub.kubernetes.status import JobState, assess, completion_index
 
 
 class TrainingJobClient:
@@ -59,7 +59,7 @@ class TrainingJobClient:
     def read(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         job = self._plain(self.hook.batch_v1_client.read_namespaced_job(name, self.namespace))
         pods = self._plain(
-            self.hook.core_v1_client.list_namespaced_pod(self.namespace, label_selector=f"batch.kubernetes.io/job-name={name}")
+            self.hook.core_v1_client.list_namespaced_pod(self.namespace, label_selector=pod_selector(name))
         )["items"]
         return job, pods
 
@@ -70,11 +70,10 @@ class TrainingJobClient:
         while True:
             job, pods = self.read(name)
             state = assess(job, pods, pending_timeout)
-            reasons = sorted({r for p in pods if (r := unscheduled_reason(p))})
-            progress = (state.status, tuple(sorted(state.phases.items())), tuple(reasons))
+            progress = (state.status, tuple(sorted(state.phases.items())), state.waiting)
             if progress != last:
                 self.log.info("Job %s: %s; pods %s%s", name, state.status, state.phases or "not created yet",
-                              "".join(f"; waiting for a node: {r}" for r in reasons))
+                              "".join(f"; waiting for a node: {r}" for r in state.waiting))
                 last = progress
             self._stream_rank0_log(pods)
             if state.finished:

@@ -21,6 +21,7 @@ CONTAINER = "trainer"
 CONFIG_ENV = "TRAINING_HUB_CONFIG"
 TERMINATION_LOG = "/dev/termination-log"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on each of its pods
 # Decided by the Job, not by the parameters: per-pod or per-job values travel as PET_* instead.
 TOPOLOGY_PARAMS = ("nnodes", "nproc_per_node", "node_rank", "rdzv_id", "rdzv_endpoint")
 
@@ -48,7 +49,12 @@ class TrainingJob:
 
     @property
     def selector(self) -> dict[str, str]:
-        return {"batch.kubernetes.io/job-name": self.name}
+        return {JOB_NAME_LABEL: self.name}
+
+
+def pod_selector(job_name: str) -> str:
+    """The label selector of a Job's pods, for listing them."""
+    return f"{JOB_NAME_LABEL}={job_name}"
 
 
 def build_service(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:

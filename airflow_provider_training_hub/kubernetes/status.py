@@ -22,6 +22,7 @@ class JobState:
     status: str  # running | succeeded | failed | unschedulable
     message: str = ""
     phases: dict[str, int] = field(default_factory=dict)  # pod phase -> count, for progress lines
+    waiting: tuple[str, ...] = ()  # the scheduler's reasons for pods it has not placed yet
 
     @property
     def finished(self) -> bool:
@@ -64,19 +65,22 @@ def assess(job: dict[str, Any], pods: list[dict[str, Any]], pending_timeout: flo
     for pod in pods:
         phase = (pod.get("status") or {}).get("phase") or "Unknown"
         phases[phase] = phases.get(phase, 0) + 1
+    unscheduled = [(pod, reason) for pod in pods if (reason := unscheduled_reason(pod))]
+    waiting = tuple(sorted({reason for _, reason in unscheduled}))
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
-        return JobState(SUCCEEDED, "", phases)
+        return JobState(SUCCEEDED, "", phases, waiting)
     if failed := (_condition(job, "Failed") or _condition(job, "FailureTarget")):
-        return JobState(FAILED, f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": "), phases)
-    for pod in pods:
-        reason = unscheduled_reason(pod)
-        if reason and (now - _created(pod)).total_seconds() > pending_timeout:
+        message = f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip(": ")
+        return JobState(FAILED, message, phases, waiting)
+    for pod, reason in unscheduled:
+        if (now - _created(pod)).total_seconds() > pending_timeout:
             return JobState(
                 UNSCHEDULABLE,
                 f"pod {pod['metadata']['name']} could not be scheduled for {pending_timeout:.0f}s: {reason}",
                 phases,
+                waiting,
             )
-    return JobState(RUNNING, "", phases)
+    return JobState(RUNNING, "", phases, waiting)
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes_asyncio import client as async_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from airflow_provider_training_hub.kubernetes.job import pod_selector
 from airflow_provider_training_hub.kubernetes.status import FAILED, assess
 
 
@@ -59,7 +60,7 @@ class TrainingJobTrigger(BaseTrigger):
                         return
                     raise
                 pods = await async_client.CoreV1Api(api).list_namespaced_pod(
-                    self.namespace, label_selector=f"batch.kubernetes.io/job-name={self.job_name}"
+                    self.namespace, label_selector=pod_selector(self.job_name)
                 )
                 state = assess(api.sanitize_for_serialization(job), api.sanitize_for_serialization(pods)["items"],
                                self.pending_timeout)
