@@ -5,10 +5,11 @@ in one run, each variant in its own process (so peak RSS is its own), repeated a
 
   raw       for line in f: pass                                   (the ceiling)
   naive     json.loads + a strict pydantic model per line          (the baseline)
-  pydantic  pydantic-core typed JSON decode per line               (the other library candidate)
+  pydantic  pydantic-core typed JSON decode per line               (a library candidate)
+  msgspec   msgspec typed decode per line, nothing else            (the library chosen)
   ours      validate_messages(), the code path of `training-hub validate`, statistics included
 
-    .venv/bin/python benchmarks/validate_throughput.py [--gb 1] [--reps 3]
+    .venv/bin/python benchmarks/validate_throughput.py [--gb 1] [--reps 3] [--shapes short,long]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE.parent / ".demo" / "validate-bench"
-VARIANTS = ("raw", "naive", "pydantic", "ours")
+VARIANTS = ("raw", "naive", "pydantic", "msgspec", "ours")
 
 
 def _pydantic_model():
@@ -48,29 +49,34 @@ def _pydantic_model():
 
 
 def run_variant(variant: str, path: str) -> dict:
-    from airflow_provider_training_hub.data import validate_messages  # imports are not timed
+    import msgspec
 
-    sample = _pydantic_model()
+    from airflow_provider_training_hub.data import validate_messages  # imports are not timed
+    from airflow_provider_training_hub.data.schema import Sample
+
+    model = _pydantic_model()
+    decode = msgspec.json.Decoder(Sample).decode
     started = time.perf_counter()
-    lines = 0
     if variant == "ours":
         report = validate_messages(path)
         assert report.valid, report.summary()
-        lines = report.stats["samples"]
     else:
         with open(path, "rb") as f:
             if variant == "raw":
-                for _ in f:
-                    lines += 1
+                for _line in f:
+                    pass
             elif variant == "naive":
                 for line in f:
-                    sample.model_validate(json.loads(line))
-                    lines += 1
+                    model.model_validate(json.loads(line))
+            elif variant == "pydantic":
+                for line in f:
+                    model.model_validate_json(line)
             else:
                 for line in f:
-                    sample.model_validate_json(line)
-                    lines += 1
+                    decode(line)
     seconds = time.perf_counter() - started
+    with open(path, "rb") as f:
+        lines = sum(1 for _ in f)  # not timed
     size = os.path.getsize(path)
     return {"mb_per_s": size / 1e6 / seconds, "lines_per_s": lines / seconds, "seconds": seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "lines": lines}
@@ -80,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gb", type=float, default=1.0)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--shapes", default="short,long")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "PATH"))
     args = parser.parse_args()
     if args.one:
@@ -90,7 +97,7 @@ def main() -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     summary = {}
-    for shape in ("short", "long"):
+    for shape in args.shapes.split(","):
         path = WORK / f"{shape}.jsonl"
         if not path.is_file() or abs(path.stat().st_size - args.gb * 1e9) > 0.01e9:
             write(path, shape, int(args.gb * 1e9))
@@ -113,6 +120,8 @@ def main() -> None:
             "ours_vs_naive": round(ratio("ours", "naive"), 2),
             "ours_vs_raw": round(ratio("ours", "raw"), 3),
             "pydantic_vs_naive": round(ratio("pydantic", "naive"), 2),
+            "msgspec_vs_naive": round(ratio("msgspec", "naive"), 2),
+            "msgspec_vs_raw": round(ratio("msgspec", "raw"), 3),
         }
     print(json.dumps(summary, indent=2))
 

@@ -6,7 +6,9 @@ and an optional boolean ``unmask``. Decided here, and documented in the README:
 - extra keys, on the line or in a message, are allowed and ignored: they are dropped from the
   validated output, so they never reach training (where ``datasets`` would try to infer one
   Arrow type for them across all lines and fail on the first disagreement);
-- ``reasoning_content: null`` means "absent", as upstream treats it;
+- ``reasoning_content: null`` means "absent", as upstream treats it. Both optional fields keep
+  whether they were given at all (``UNSET``, which is falsy, when not), so that the strings of a
+  line can be counted exactly (see ``repeated_keys.py``);
 - a ``pretraining`` message must hold its conversation in its content with the role markers that
   upstream's ``extract_messages_from_pretraining_text`` parses; otherwise upstream silently turns
   it into nothing, and a sample of only that would crash its tokenisation.
@@ -15,6 +17,10 @@ and an optional boolean ``unmask``. Decided here, and documented in the README:
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Literal
 
 import msgspec
@@ -25,15 +31,17 @@ _LEGACY_TURN = re.compile(r"<\|(user|assistant)\|>\n([^<]+)")
 _GENERIC_TURN = re.compile(r"<\|start_of_role\|>(user|assistant)<\|end_of_role\|>\n([^<]+)")
 
 
-class Message(msgspec.Struct, omit_defaults=True):
+# gc=False: these hold only strings and lists, so can never be part of a cycle; untracked, they
+# decode faster and cost the garbage collector nothing.
+class Message(msgspec.Struct, omit_defaults=True, gc=False):
     role: Literal["system", "user", "assistant", "pretraining"]
     content: str
-    reasoning_content: str | None = None
+    reasoning_content: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
-class Sample(msgspec.Struct, omit_defaults=True):
+class Sample(msgspec.Struct, omit_defaults=True, gc=False):
     messages: list[Message]
-    unmask: bool = False
+    unmask: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 def pretraining_turns(content: str) -> int:
@@ -67,3 +75,38 @@ def semantic_problems(sample: Sample) -> list[tuple[str, str]]:
         )
         problems.append(("messages", reason))
     return problems
+
+
+_messages, _unmask, _role, _reasoning = (attrgetter(name) for name in ("messages", "unmask", "role", "reasoning_content"))
+_last = itemgetter(-1)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Decoded samples with the per-field views that the key check and the statistics both read,
+    built once, in C (``map``), rather than by a Python loop per message."""
+
+    samples: list[Sample]
+    messages: list[Message]
+    roles: Counter[str]
+    unmask: list[bool | msgspec.UnsetType]
+    reasoning: list[str | None | msgspec.UnsetType]
+
+    @classmethod
+    def of(cls, samples: list[Sample]) -> Batch:
+        messages = list(chain.from_iterable(map(_messages, samples)))
+        return cls(samples, messages, Counter(map(_role, messages)), list(map(_unmask, samples)),
+                   list(map(_reasoning, messages)))
+
+    def has_problems(self) -> bool:
+        """Whether :func:`semantic_problems` finds anything in any sample. Decided in C when no
+        message is pretraining and every conversation ends with an assistant turn (the usual
+        shape of SFT data); otherwise sample by sample."""
+        if not self.roles["pretraining"]:
+            try:
+                last_roles = list(map(_role, map(_last, map(_messages, self.samples))))
+            except IndexError:  # an empty messages list
+                return True
+            if last_roles.count("assistant") == len(last_roles):
+                return False
+        return any(map(semantic_problems, self.samples))
