@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
+import fsspec
+from fsspec.utils import infer_compression
+
 BOM = b"\xef\xbb\xbf"
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 DEFAULT_BLOCK_BYTES = 256 * 1024  # small enough to stay in the CPU cache between the passes over it
@@ -26,9 +29,6 @@ _DRAIN = 1024 * 1024
 @contextmanager
 def open_source(path: str) -> Iterator[BinaryIO]:
     """A binary stream of ``path``: a local path or any fsspec URL (``memory://``, ``s3://``...)."""
-    import fsspec
-    from fsspec.utils import infer_compression
-
     try:
         if "://" not in path and infer_compression(path) is None:
             f = open(path, "rb")  # noqa: SIM115 (closed below); fsspec's wrapper adds nothing locally
@@ -64,8 +64,6 @@ def iter_blocks(
     number = 1
     first = True
     while chunk := f.read(block_bytes):
-        if first:
-            chunk, first = chunk.removeprefix(BOM), False
         drained = None
         if not chunk.endswith(b"\n"):  # complete the last line, or find that it is too long to hold
             start = chunk.rfind(b"\n") + 1
@@ -80,6 +78,8 @@ def iter_blocks(
                     if piece.endswith(b"\n"):
                         break
                 chunk, drained = chunk[:start], LineTooLong(length)
+        if first:  # once the first line is whole, even with a block smaller than the BOM
+            chunk, first = chunk.removeprefix(BOM), False
         lines: list[bytes | LineTooLong] = BytesIO(chunk).readlines()
         if lines and not chunk.endswith(b"\n"):
             lines[-1] += b"\n"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 
-import msgspec
 import numpy as np
 
 from airflow_provider_training_hub.data.schema import Batch
@@ -28,13 +27,11 @@ _ESCAPED_KEY_CHARACTER = re.compile(rb"\\u00[5-7]")
 
 def expected_strings(batch: Batch) -> int:
     """The strings a batch holds if it holds only the schema's keys, each once."""
-    samples, messages, reasoning = len(batch.samples), len(batch.messages), batch.reasoning
-    reasoning_keys = messages - reasoning.count(msgspec.UNSET)
     return (
-        samples  # "messages"
-        + samples - batch.unmask.count(msgspec.UNSET)  # "unmask" (its value is not a string)
-        + 4 * messages  # "role", its value, "content", its value
-        + 2 * reasoning_keys - reasoning.count(None)  # "reasoning_content" and its value unless null
+        len(batch.samples)  # "messages"
+        + batch.unmask_given  # "unmask" (its value is not a string)
+        + 4 * len(batch.messages)  # "role", its value, "content", its value
+        + 2 * batch.reasoning_given - batch.reasoning_null  # "reasoning_content" and its value unless null
     )
 
 
@@ -57,8 +54,8 @@ def _schema_keys_counted_once(data: bytes, batch: Batch) -> bool:
         data.count(b'"role"') == n
         and data.count(b'"content"') == n
         and data.count(b'"messages"') == samples
-        and data.count(b'"unmask"') == samples - batch.unmask.count(msgspec.UNSET)
-        and data.count(b'"reasoning_content"') == n - batch.reasoning.count(msgspec.UNSET)
+        and data.count(b'"unmask"') == batch.unmask_given
+        and data.count(b'"reasoning_content"') == batch.reasoning_given
         and not (b"\\u00" in data and _ESCAPED_KEY_CHARACTER.search(data))
     )
 

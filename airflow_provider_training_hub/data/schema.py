@@ -83,20 +83,27 @@ _last = itemgetter(-1)
 
 @dataclass(frozen=True)
 class Batch:
-    """Decoded samples with the per-field views that the key check and the statistics both read,
-    built once, in C (``map``), rather than by a Python loop per message."""
+    """Decoded samples with the counts that the key check and the statistics both read, made
+    once, in C (``map``, ``Counter``, ``list.count``), rather than by a Python loop per message."""
 
     samples: list[Sample]
     messages: list[Message]
     roles: Counter[str]
-    unmask: list[bool | msgspec.UnsetType]
-    reasoning: list[str | None | msgspec.UnsetType]
+    unmask_given: int
+    unmask_true: int
+    reasoning_given: int
+    reasoning_null: int
 
     @classmethod
     def of(cls, samples: list[Sample]) -> Batch:
         messages = list(chain.from_iterable(map(_messages, samples)))
-        return cls(samples, messages, Counter(map(_role, messages)), list(map(_unmask, samples)),
-                   list(map(_reasoning, messages)))
+        unmask = list(map(_unmask, samples))
+        reasoning = list(map(_reasoning, messages))
+        return cls(
+            samples, messages, Counter(map(_role, messages)),
+            unmask_given=len(unmask) - unmask.count(msgspec.UNSET), unmask_true=unmask.count(True),
+            reasoning_given=len(reasoning) - reasoning.count(msgspec.UNSET), reasoning_null=reasoning.count(None),
+        )
 
     def has_problems(self) -> bool:
         """Whether :func:`semantic_problems` finds anything in any sample. Decided in C when no

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
-import msgspec
 import numpy as np
 from xxhash import xxh3_64_intdigest
 
@@ -47,12 +46,11 @@ class Statistics:
     def add(self, batch: Batch, lines: list[bytes]) -> None:
         """Valid samples and their lines (each ending in one LF)."""
         self.samples += len(batch.samples)
-        self.unmask += batch.unmask.count(True)
+        self.unmask += batch.unmask_true
         self.roles.update(batch.roles)
         self.characters += sum(map(len, map(_content, batch.messages)))
-        reasoning = batch.reasoning
-        if reasoning.count(msgspec.UNSET) + reasoning.count(None) != len(reasoning):
-            self.characters += sum(len(r) for r in reasoning if isinstance(r, str))
+        if batch.reasoning_given > batch.reasoning_null:  # a loop in Python only for data with reasoning
+            self.characters += sum(len(m.reasoning_content) for m in batch.messages if isinstance(m.reasoning_content, str))
             self.reasoning += sum(any(isinstance(m.reasoning_content, str) for m in s.messages) for s in batch.samples)
         # A 64-bit xxh3 per line (builtin hash() runs at a fraction of its speed on 20 KB lines);
         # the reader gives every line one LF, so LF, CRLF or none do not make samples different.

@@ -1,0 +1,141 @@
+"""Validation a block at a time: the reader's blocks, the repeated-key check, and the promise that
+the block path gives exactly what the line-by-line path gives."""
+
+import json
+import random
+
+import pytest
+
+from airflow_provider_training_hub.data import validate, validate_messages
+from airflow_provider_training_hub.data.reader import BOM, LineTooLong, iter_blocks
+
+
+def _chat(i: int, **extra) -> dict:
+    return {"messages": [{"role": "user", "content": f"question {i}"},
+                         {"role": "assistant", "content": f"answer {i}"}], **extra}
+
+
+# Valid lines that stress the one-pass string count: escaped quotes, escaped backslashes right
+# before a closing quote, \u escapes, the word "role" as a value, null and false optional fields,
+# extra keys, reasoning, and a conversation that does not end with an assistant turn.
+VALID = [
+    json.dumps(_chat(0)),
+    json.dumps({"messages": [{"role": "user", "content": 'Say "hi"'}, {"role": "assistant", "content": 'hi "there"'}]}),
+    json.dumps({"messages": [{"role": "user", "content": "C:\\temp\\"}, {"role": "assistant", "content": "a\\\\b\n"}]}),
+    json.dumps({"messages": [{"role": "user", "content": "café ✓"}, {"role": "assistant", "content": "role"}]}),
+    json.dumps({"messages": [{"role": "user", "content": "q", "reasoning_content": None},
+                             {"role": "assistant", "content": "a", "reasoning_content": "because"}], "unmask": False}),
+    json.dumps(_chat(5, id=5, source={"role": "ignored", "content": "extra keys are ignored"})),
+    json.dumps({"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]}),
+    json.dumps({"messages": [{"role": "user", "content": "teach me"}], "unmask": True}),
+    '{"messages":[{"role":"user","content":"compact"},{"role":"assistant","content":"ok"}]}',
+]
+
+# Lines that only the repeated-key check can refuse (each decodes into a valid sample), and
+# other invalid lines; (text, location).
+REPEATED = [
+    ('{"messages": [{"role": "user", "content": "q", "role": "assistant"}]}', "messages[0].role"),
+    ('{"messages": [{"role": "user", "content": "q", "rol\\u0065": "assistant"}]}', "messages[0].role"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "content": "b"}]}',
+     "messages[1].content"),
+    ('{"messages": [], "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+     "messages"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "unmask": true, "unmask": false}',
+     "unmask"),
+    ('{"id": 1, "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a",'
+     ' "reasoning_content": "x", "reasoning_content": "y"}]}', "messages[1].reasoning_content"),
+]
+OTHER_INVALID = [
+    ('{"messages": [{"role": "user", "content": "q"}]}', "messages"),  # nothing to learn from
+    ('{"messages": [{"role": "bot", "content": "q"}]}', "messages[0].role"),
+    (json.dumps(_chat(1)) + " " + json.dumps(_chat(2)), ""),  # two objects on one line
+    ('{"messages": []}', "messages"),
+]
+
+
+def _mixed_file(path, copies: int = 1000) -> dict[int, tuple[str, bool]]:
+    """Several blocks of valid lines with invalid ones spread among them;
+    line -> (location, whether the reason is a repeated key)."""
+    rng = random.Random(7)
+    bad = REPEATED + OTHER_INVALID
+    lines, expected, inserted = [], {}, 0
+    for i in range(copies):
+        lines += VALID
+        if i % 37 == 3:
+            lines.append("")  # a blank line
+        if i % 23 == 5:
+            text, _ = bad[inserted % len(bad)]
+            lines.insert(rng.randrange(len(lines) - len(VALID), len(lines)), text)
+            inserted += 1
+    for number, line in enumerate(lines, 1):
+        for text, location in bad:
+            if line == text:
+                expected[number] = (location, (text, location) in REPEATED)
+    path.write_text("\n".join(lines) + "\n")
+    return expected
+
+
+def test_repeated_keys_are_found_among_valid_lines(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    expected = _mixed_file(path)
+    assert path.stat().st_size > 3 * 256 * 1024  # several blocks
+    report = validate_messages(str(path), max_errors=1000)
+    found = {e.line: (e.location, e.reason.startswith("duplicate key")) for e in report.errors}
+    assert found == expected
+    assert {location for location, repeated in expected.values() if repeated} == {loc for _, loc in REPEATED}
+    assert report.stats["invalid_lines"] == len(expected)
+
+
+def test_every_valid_line_passes_in_a_block(tmp_path):
+    path = tmp_path / "valid.jsonl"
+    path.write_text("\n".join(VALID * 50) + "\n")
+    report = validate_messages(str(path))
+    assert report.valid, report.summary()
+    assert report.stats["samples"] == len(VALID) * 50
+    assert report.stats["duplicate_samples"] == len(VALID) * 49
+    assert report.stats["reasoning_samples"] == 50 and report.stats["unmask_samples"] == 50
+
+
+def test_the_block_path_gives_what_the_line_path_gives(tmp_path, monkeypatch):
+    """Blocks with a problem are worked line by line anyway; a file of mixed lines, validated with
+    the block shortcut and without it, gives the same report and the same output files."""
+    path = tmp_path / "mixed.jsonl"
+    _mixed_file(path)
+
+    def run(name):
+        out = tmp_path / name / "clean.jsonl"
+        out.parent.mkdir()
+        report = validate_messages(str(path), on_invalid="skip", output_path=str(out), max_errors=50)
+        data = report.to_dict()
+        del data["output_path"], data["quarantine_path"]
+        return data, out.read_bytes(), (tmp_path / name / "clean.jsonl.rejected.jsonl").read_bytes()
+
+    with_blocks = run("blocks")
+    monkeypatch.setattr(validate, "_valid_block", lambda block: None)
+    line_by_line = run("lines")
+    assert with_blocks == line_by_line
+    assert with_blocks[0]["stats"]["samples"] > 3000 and with_blocks[2].count(b"\n") > 10
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 5, 64, 1 << 20])
+def test_blocks_give_back_every_line_at_any_block_size(tmp_path, block_bytes):
+    text = BOM + b'{"a": 1}\r\n\r\n{"b": "x"}\n\n  \n{"c": [1, 2]}\r\n{"d": "no final newline"}'
+    (tmp_path / "f.jsonl").write_bytes(text)
+    with open(tmp_path / "f.jsonl", "rb") as f:
+        blocks = list(iter_blocks(f, block_bytes=block_bytes))
+    lines = [line for block in blocks for line in block.lines]
+    assert lines == [b'{"a": 1}\n', b"\n", b'{"b": "x"}\n', b"\n", b"  \n", b'{"c": [1, 2]}\n',
+                     b'{"d": "no final newline"}\n']
+    numbers = [block.first_line for block in blocks]
+    assert numbers == sorted(numbers) and numbers[0] == 1
+    assert all(b.first_line + len(b.lines) == nxt.first_line for b, nxt in zip(blocks, blocks[1:]))
+
+
+@pytest.mark.parametrize("block_bytes", [3, 100, 1 << 20])
+def test_overlong_lines_are_replaced_wherever_they_fall(tmp_path, block_bytes):
+    text = b'{"a": 1}\n' + b"x" * 50 + b"\n" + b'{"b": 2}\n' + b"y" * 500 + b"\n{}"
+    (tmp_path / "f.jsonl").write_bytes(text)
+    with open(tmp_path / "f.jsonl", "rb") as f:
+        lines = [line for block in iter_blocks(f, max_line_bytes=40, block_bytes=block_bytes) for line in block.lines]
+    assert [line.length if isinstance(line, LineTooLong) else line for line in lines] == [
+        b'{"a": 1}\n', 51, b'{"b": 2}\n', 501, b"{}\n"]
