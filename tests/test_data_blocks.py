@@ -17,7 +17,8 @@ def _chat(i: int, **extra) -> dict:
 
 # Valid lines that stress the one-pass string count: escaped quotes, escaped backslashes right
 # before a closing quote, \u escapes, the word "role" as a value, null and false optional fields,
-# extra keys, reasoning, and a conversation that does not end with an assistant turn.
+# extra keys (one of them repeated, which is ignored like the key), reasoning, and a conversation
+# that does not end with an assistant turn.
 VALID = [
     json.dumps(_chat(0)),
     json.dumps({"messages": [{"role": "user", "content": 'Say "hi"'}, {"role": "assistant", "content": 'hi "there"'}]}),
@@ -29,6 +30,7 @@ VALID = [
     json.dumps({"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]}),
     json.dumps({"messages": [{"role": "user", "content": "teach me"}], "unmask": True}),
     '{"messages":[{"role":"user","content":"compact"},{"role":"assistant","content":"ok"}]}',
+    '{"messages": [{"role": "user", "content": "role"}, {"role": "assistant", "content": "x"}], "id": 1, "id": 2}',
 ]
 
 # Lines that only the repeated-key check can refuse (each decodes into a valid sample), and

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import re
 
+import msgspec
 import numpy as np
 
-from airflow_provider_training_hub.data.schema import Batch
+from airflow_provider_training_hub.data.schema import Batch, Message, Sample
 
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
+# Extra keys are ignored, so a repeated one is too.
+_SCHEMA_KEYS = {f.encode_name for struct in (Sample, Message) for f in msgspec.structs.fields(struct)}
 # A key's letters written as \u escapes ("rol\u0065" is "role" to any JSON decoder).
 _ESCAPED_KEY_CHARACTER = re.compile(rb"\\u00[5-7]")
 
@@ -76,13 +79,13 @@ class _Repeated(Exception):
 
 
 def repeated_key(line: bytes) -> tuple[str, str] | None:
-    """``(location, reason)`` of the first repeated key of a line, if it has one."""
+    """``(location, reason)`` of the first repeated key of the format in a line, if it has one."""
     seen_messages = 0
 
     def hook(pairs):
         nonlocal seen_messages
         keys = [k for k, _ in pairs]
-        repeated = next((k for k in keys if keys.count(k) > 1), None)
+        repeated = next((k for k in keys if k in _SCHEMA_KEYS and keys.count(k) > 1), None)
         is_message = "role" in keys or "content" in keys
         if repeated is not None:
             raise _Repeated(f"messages[{seen_messages}]" if is_message else "", repeated)
