@@ -144,6 +144,35 @@ def _valid_block(block: Block) -> Batch | None:
     return batch
 
 
+def _line_by_line(
+    block: Block, report: ValidationReport, stats: Statistics, quarantine: AtomicWriter | None,
+    max_errors: int, max_line_bytes: int,
+) -> tuple[Batch, list[bytes]]:
+    """Check each line of a block that holds a problem: record blank and invalid lines, and return
+    the valid samples with their lines."""
+    samples, lines = [], []
+    for number, line in enumerate(block.lines, block.first_line):
+        if isinstance(line, LineTooLong):
+            sample, problems = None, [("", f"line is {line.length} bytes, over the {max_line_bytes}-byte limit")]
+        elif line.isspace():
+            stats.blank += 1
+            continue
+        else:
+            sample, problems = check_line(line[:-1])
+        if not problems:
+            samples.append(sample)
+            lines.append(line)
+            continue
+        stats.invalid += 1
+        report.error_count += len(problems)
+        report.errors.extend(LineError(number, loc, why) for loc, why in problems[: max_errors - len(report.errors)])
+        if quarantine is not None:
+            text = "" if isinstance(line, LineTooLong) else line[:10_000].decode("utf-8", "replace").rstrip("\n")
+            record = {"line": number, "errors": [f"{loc}: {why}" if loc else why for loc, why in problems], "text": text}
+            quarantine.write(_encoder.encode(record) + b"\n")
+    return Batch.of(samples), lines
+
+
 def validate_messages(
     data_path: str,
     *,
@@ -175,35 +204,12 @@ def validate_messages(
         quarantine = stack.enter_context(AtomicWriter(quarantine_path)) if quarantine_path else None
         for block in iter_blocks(f, max_line_bytes):
             batch = _valid_block(block)
-            if batch is not None:
-                stats.add(batch, block.lines)
-                if out is not None:
-                    out.write(_encoder.encode_lines(batch.samples))
-                continue
-            samples, lines = [], []  # the valid ones
-            for number, line in enumerate(block.lines, block.first_line):
-                if isinstance(line, LineTooLong):
-                    sample, problems = None, [("", f"line is {line.length} bytes, over the {max_line_bytes}-byte limit")]
-                elif line.isspace():
-                    stats.blank += 1
-                    continue
-                else:
-                    sample, problems = check_line(line[:-1])
-                if problems:
-                    stats.invalid += 1
-                    report.error_count += len(problems)
-                    report.errors.extend(LineError(number, loc, why) for loc, why in problems[: max_errors - len(report.errors)])
-                    if quarantine is not None:
-                        text = "" if isinstance(line, LineTooLong) else line[:10_000].decode("utf-8", "replace").rstrip("\n")
-                        record = {"line": number, "errors": [f"{loc}: {why}" if loc else why for loc, why in problems],
-                                  "text": text}
-                        quarantine.write(_encoder.encode(record) + b"\n")
-                    continue
-                samples.append(sample)
-                lines.append(line)
-            stats.add(Batch.of(samples), lines)
-            if out is not None and samples:
-                out.write(_encoder.encode_lines(samples))
+            lines = block.lines
+            if batch is None:
+                batch, lines = _line_by_line(block, report, stats, quarantine, max_errors, max_line_bytes)
+            stats.add(batch, lines)
+            if out is not None and batch.samples:
+                out.write(_encoder.encode_lines(batch.samples))
         if stats.samples == 0 and stats.invalid == 0:
             report.error_count += 1
             report.errors.append(LineError(0, "", "the file holds no samples"))
