@@ -21,11 +21,12 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
-ROLES = ("system", "user", "assistant", "pretraining")
+Role = Literal["system", "user", "assistant", "pretraining"]
+ROLES: tuple[str, ...] = get_args(Role)
 # The patterns of instructlab.training.data_process.extract_messages_from_pretraining_text.
 _LEGACY_TURN = re.compile(r"<\|(user|assistant)\|>\n([^<]+)")
 _GENERIC_TURN = re.compile(r"<\|start_of_role\|>(user|assistant)<\|end_of_role\|>\n([^<]+)")
@@ -34,7 +35,7 @@ _GENERIC_TURN = re.compile(r"<\|start_of_role\|>(user|assistant)<\|end_of_role\|
 # gc=False: these hold only strings and lists, so can never be part of a cycle; untracked, they
 # decode faster and cost the garbage collector nothing.
 class Message(msgspec.Struct, omit_defaults=True, gc=False):
-    role: Literal["system", "user", "assistant", "pretraining"]
+    role: Role
     content: str
     reasoning_content: str | None | msgspec.UnsetType = msgspec.UNSET
 
