@@ -100,10 +100,12 @@ class Batch:
         messages = list(chain.from_iterable(map(_messages, samples)))
         unmask = list(map(_unmask, samples))
         reasoning = list(map(_reasoning, messages))
+        unmask_given = len(unmask) - unmask.count(msgspec.UNSET)  # counting UNSET is by identity: quick
+        reasoning_given = len(reasoning) - reasoning.count(msgspec.UNSET)
         return cls(
             samples, messages, Counter(map(_role, messages)),
-            unmask_given=len(unmask) - unmask.count(msgspec.UNSET), unmask_true=unmask.count(True),
-            reasoning_given=len(reasoning) - reasoning.count(msgspec.UNSET), reasoning_null=reasoning.count(None),
+            unmask_given, unmask_true=unmask.count(True) if unmask_given else 0,
+            reasoning_given=reasoning_given, reasoning_null=reasoning.count(None) if reasoning_given else 0,
         )
 
     def has_problems(self) -> bool:
