@@ -131,7 +131,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     report = validate_messages(
         args.path, on_invalid=args.on_invalid, output_path=args.output, quarantine_path=args.quarantine,
-        model_path=args.model_path, max_seq_len=args.max_seq_len, max_errors=args.max_errors,
+        model_path=args.model_path, max_seq_len=args.max_seq_len, max_errors=args.max_errors, workers=args.workers,
     )
     print(report.summary())
     if args.report:
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--quarantine", help="with --on-invalid skip: invalid lines and reasons (default <output>.rejected.jsonl)")
     val.add_argument("--report", help="write the full report as JSON here")
     val.add_argument("--max-errors", type=int, default=20, help="errors listed in full (all are counted)")
+    val.add_argument("--workers", type=int, help="processes for a local uncompressed file "
+                     "(default: one per CPU, up to 4, each with at least 64 MiB of the file)")
     val.set_defaults(handler=_validate)
 
     models = subparsers.add_parser("models", help="make models offline").add_subparsers(

@@ -146,7 +146,8 @@ def test_skip_policy_quarantines_bad_lines_and_publishes_the_asset(tmp_path):
     good = SAMPLE_DATA.read_text(encoding="utf-8").splitlines()[:5]
     source.write_text("\n".join([*good[:2], '{"messages": []}', *good[2:], "not json"]) + "\n", encoding="utf-8")
     out = tmp_path / "clean.jsonl"
-    run = run_dag("th_validate", {"data_path": str(source), "output_path": str(out), "on_invalid": "skip"})
+    # two forked workers, each with a share of the lines and one of the bad ones
+    run = run_dag("th_validate", {"data_path": str(source), "output_path": str(out), "on_invalid": "skip", "workers": 2})
     assert states(run) == {"validate": "success"}
     got = xcoms(run)
     assert got[("validate", "data_path")] == str(out) and len(out.read_text().splitlines()) == 5

@@ -64,6 +64,20 @@ def test_bad_configuration_exits_2_with_one_line(args, pattern):
     _one_line_error(_cli(*args), pattern)
 
 
+def test_validate_exits_0_for_valid_data_and_1_for_invalid(sample_data, tmp_path):
+    proc = _cli("validate", str(sample_data), "--workers", "2", "--report", str(tmp_path / "report.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "VALID" in proc.stdout.splitlines()[0]
+    assert json.loads((tmp_path / "report.json").read_text())["stats"]["samples"] > 0
+    (tmp_path / "bad.jsonl").write_text(sample_data.read_text() + '{"messages": [{"role": "bot", "content": "x"}]}\n')
+    proc = _cli("validate", str(tmp_path / "bad.jsonl"))
+    assert proc.returncode == 1 and "INVALID" in proc.stdout and "messages[0].role" in proc.stdout
+
+
+def test_validate_refuses_a_bad_workers_count():
+    _one_line_error(_cli("validate", "x.jsonl", "--workers", "0"), r"workers must be at least 1, got 0")
+
+
 def test_bad_config_file_contents(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     _one_line_error(_cli("sft", "--config", str(tmp_path / "bad.json")), r"is not valid JSON")

@@ -2,11 +2,12 @@
 the block path gives exactly what the line-by-line path gives."""
 
 import json
+import os
 import random
 
 import pytest
 
-from airflow_provider_training_hub.data import validate, validate_messages
+from airflow_provider_training_hub.data import validate, validate_messages, workers
 from airflow_provider_training_hub.data.reader import BOM, LineTooLong, iter_blocks
 
 
@@ -141,3 +142,100 @@ def test_overlong_lines_are_replaced_wherever_they_fall(tmp_path, block_bytes):
         lines = [line for block in iter_blocks(f, max_line_bytes=40, block_bytes=block_bytes) for line in block.lines]
     assert [line.length if isinstance(line, LineTooLong) else line for line in lines] == [
         b'{"a": 1}\n', 51, b'{"b": 2}\n', 501, b"{}\n"]
+
+
+def _report_and_files(path, out_dir, **options):
+    out = out_dir / "clean.jsonl"
+    report = validate_messages(str(path), on_invalid="skip", output_path=str(out), max_errors=50, **options)
+    data = report.to_dict()
+    del data["output_path"], data["quarantine_path"]
+    return data, out.read_bytes(), (out_dir / "clean.jsonl.rejected.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_workers_give_what_one_process_gives(tmp_path, workers):
+    """Forked workers over shares of the file: the same errors on the same lines, the same
+    statistics (duplicates across shares included), the same output and quarantine bytes. The file
+    starts with a BOM, which only the first share may strip."""
+    path = tmp_path / "mixed.jsonl"
+    _mixed_file(path)
+    path.write_bytes(BOM + path.read_bytes())
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    one = _report_and_files(path, tmp_path / "one", workers=1)
+    many = _report_and_files(path, tmp_path / "many", workers=workers)
+    assert len(validate.line_ranges(str(path), workers)) == workers
+    assert many == one
+    assert one[0]["stats"]["duplicate_samples"] > 3000 and one[0]["error_count"] > 40
+    assert list(tmp_path.glob("many/.*")) == []  # no part file is left behind
+
+
+def test_only_the_first_share_strips_a_bom(tmp_path):
+    """A BOM in the middle of a file is a byte of its line, so that line is invalid; here the
+    second worker's share starts with it."""
+    first, second = json.dumps(_chat(1, note="x" * 100)), json.dumps(_chat(2))
+    path = tmp_path / "boms.jsonl"
+    path.write_bytes(BOM + first.encode() + b"\n" + BOM + second.encode() + b"\n")
+    assert [start for start, _ in validate.line_ranges(str(path), 2)] == [0, len(BOM) + len(first) + 1]
+    for workers in (1, 2):
+        report = validate_messages(str(path), workers=workers)
+        assert [(e.line, e.reason) for e in report.errors] == [(2, "malformed JSON at byte 0: invalid character")]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7, 40])
+def test_line_ranges_cover_the_file_and_start_at_lines(tmp_path, parts):
+    text = b'{"a": 1}\n' + b"x" * 300 + b"\n\n" + b'{"b": 2}\r\n' * 5 + b"y" * 50 + b"\n{}"
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(text)
+    ranges = validate.line_ranges(str(path), parts)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(text)
+    assert all(end == nxt for (_, end), (nxt, _) in zip(ranges, ranges[1:]))
+    assert all(start < end and (start == 0 or text[start - 1 : start] == b"\n") for start, end in ranges)
+    assert len(ranges) <= parts  # cuts that fall in the same (long) line merge
+
+
+def test_a_bad_workers_value_is_refused_before_reading(tmp_path):
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        validate_messages(str(tmp_path / "absent.jsonl"), workers=0)
+
+
+def _validate_to_dict(path: str, workers: int) -> dict:
+    return validate_messages(path, workers=workers).to_dict()
+
+
+def test_a_daemonic_process_validates_alone(tmp_path):
+    """A worker (daemonic, as a pool's are) may not fork workers of its own; it reads the file
+    itself instead of failing."""
+    path = tmp_path / "mixed.jsonl"
+    _mixed_file(path, copies=50)
+    assert workers.run_forked(_validate_to_dict, [(str(path), 2)]) == [_validate_to_dict(str(path), 1)]
+
+
+def _divide(a: int, b: int) -> float:
+    return a / b
+
+
+def test_a_worker_exception_is_raised_with_its_traceback():
+    assert workers.run_forked(_divide, [(1, 2), (3, 4)]) == [0.5, 0.75]
+    with pytest.raises(ZeroDivisionError) as info:
+        workers.run_forked(_divide, [(1, 2), (1, 0), (5, 1)])
+    assert "in a validation worker" in "".join(info.value.__notes__) and "_divide" in "".join(info.value.__notes__)
+
+
+def test_a_worker_that_dies_is_reported():
+    with pytest.raises(workers.WorkerFailed, match="exit code 3"):
+        workers.run_forked(os._exit, [(3,)])
+
+
+def test_automatic_workers_follow_the_cpus_and_the_file_size(tmp_path, monkeypatch):
+    cpus = workers.available_cpus()
+    assert 1 <= cpus <= os.cpu_count()
+    path = tmp_path / "valid.jsonl"
+    path.write_text("\n".join(VALID * 100) + "\n")  # ~20 KB
+    assert validate._worker_ranges(str(path), None) == []  # far under 64 MiB a worker
+    monkeypatch.setattr(validate, "MIN_BYTES_PER_WORKER", 1000)
+    wanted = min(cpus, validate.MAX_AUTO_WORKERS)
+    assert len(validate._worker_ranges(str(path), None)) == (wanted if wanted > 1 else 0)  # 0: no fork
+    gz = tmp_path / "valid.jsonl.gz"
+    gz.write_bytes(b"")
+    assert validate._worker_ranges(str(gz), 4) == []  # a compressed file is read from its start

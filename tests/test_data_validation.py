@@ -30,6 +30,13 @@ def test_bad_file_names_line_location_and_reason(name):
     assert re.search(expected["reason"], first_bad.reason), (first_bad, report.summary())
 
 
+@pytest.mark.parametrize("name", sorted([*EXPECTED, *(f"../good/{p.name}" for p in (DATA / "good").iterdir())]))
+def test_workers_report_what_one_process_reports(name):
+    """Each file of the corpus cut in up to three shares, each checked by a forked worker."""
+    path = str(DATA / "bad" / name)
+    assert validate_messages(path, workers=3).to_dict() == validate_messages(path, workers=1).to_dict()
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "good").iterdir()))
 def test_good_files_pass(name):
     report = validate_messages(str(DATA / "good" / name))
@@ -127,3 +134,5 @@ def test_token_statistics_with_the_model_tokenizer(tiny_model, sample_data):
     assert 0 < tokens["p50"] <= tokens["p95"] <= tokens["max"]
     assert tokens["max_seq_len"] == 40 and 0 < tokens["over_max_seq_len"] < report.stats["samples"]
     assert "over max_seq_len=40" in report.summary()
+    # forked workers count with the tokenizer loaded before the fork
+    assert validate_messages(str(sample_data), model_path=str(tiny_model), max_seq_len=40, workers=2).stats == report.stats

@@ -7,15 +7,20 @@ Handled on purpose: a UTF-8 BOM on the first line (stripped), CRLF endings and a
 without a newline (both given a plain LF, so that the same sample reads the same bytes),
 ``.gz`` and other compressions (by extension), and lines longer than ``max_line_bytes``
 (reported, and skipped without ever being held in memory whole).
+
+A local uncompressed file can also be cut into byte ranges that start at line starts
+(:func:`line_ranges`), each read on its own (:class:`RangeReader`) by a worker process.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
-from typing import BinaryIO
+from itertools import pairwise
+from typing import BinaryIO, Protocol
 
 import fsspec
 from fsspec.utils import infer_compression
@@ -26,11 +31,16 @@ DEFAULT_BLOCK_BYTES = 256 * 1024  # small enough to stay in the CPU cache betwee
 _DRAIN = 1024 * 1024
 
 
+def is_plain_local(path: str) -> bool:
+    """A local path to an uncompressed file: one that can be read from any offset."""
+    return "://" not in path and infer_compression(path) is None
+
+
 @contextmanager
 def open_source(path: str) -> Iterator[BinaryIO]:
     """A binary stream of ``path``: a local path or any fsspec URL (``memory://``, ``s3://``...)."""
     try:
-        if "://" not in path and infer_compression(path) is None:
+        if is_plain_local(path):
             f = open(path, "rb")  # noqa: SIM115 (closed below); fsspec's wrapper adds nothing locally
         else:
             f = fsspec.open(path, "rb", compression="infer").open()
@@ -38,6 +48,14 @@ def open_source(path: str) -> Iterator[BinaryIO]:
         raise ValueError(f"data_path {path!r} does not exist") from None
     with f:
         yield f
+
+
+class LineSource(Protocol):
+    """What :func:`iter_blocks` reads from: a binary file, or a :class:`RangeReader` of one."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def readline(self, size: int, /) -> bytes: ...
 
 
 class LineTooLong(Exception):
@@ -58,11 +76,13 @@ class Block:
 
 
 def iter_blocks(
-    f: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, block_bytes: int = DEFAULT_BLOCK_BYTES,
+    f: LineSource, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, block_bytes: int = DEFAULT_BLOCK_BYTES,
+    *, at_file_start: bool = True,
 ) -> Iterator[Block]:
-    """Blocks of about ``block_bytes``, cut at line ends, numbered from line 1."""
+    """Blocks of about ``block_bytes``, cut at line ends, numbered from line 1. A BOM is stripped
+    only ``at_file_start``: anywhere else it is a byte of a line."""
     number = 1
-    first = True
+    first = at_file_start
     while chunk := f.read(block_bytes):
         drained = None
         if not chunk.endswith(b"\n"):  # complete the last line, or find that it is too long to hold
@@ -86,10 +106,49 @@ def iter_blocks(
         if b"\r" in chunk:
             lines = [line[:-2] + b"\n" if line.endswith(b"\r\n") else line for line in lines]
         has_overlong = drained is not None
-        if lines and max(map(len, lines)) > max_line_bytes + 1:
+        if len(chunk) > max_line_bytes + 1 and max(map(len, lines)) > max_line_bytes + 1:
             has_overlong = True
             lines = [LineTooLong(len(line)) if len(line) > max_line_bytes + 1 else line for line in lines]
         if drained is not None:
             lines.append(drained)
         yield Block(number, chunk, lines, has_overlong)
         number += len(lines)
+
+
+def _next_line_start(f: BinaryIO, position: int) -> int:
+    """The offset of the first line that starts at or after ``position``, found without holding
+    a long line whole."""
+    if position == 0:
+        return 0
+    f.seek(position - 1)
+    while piece := f.readline(_DRAIN):
+        if piece.endswith(b"\n"):
+            break
+    return f.tell()
+
+
+def line_ranges(path: str, parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` non-empty byte ranges of about equal size that cover a local file and start
+    at line starts, so that each can be read on its own (see :class:`RangeReader`)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        cuts = sorted({_next_line_start(f, size * k // parts) for k in range(parts)} | {size})
+    return list(pairwise(cuts))
+
+
+class RangeReader:
+    """``read`` and ``readline`` of a binary file that end at ``end``, as ``iter_blocks`` uses them."""
+
+    def __init__(self, f: BinaryIO, start: int, end: int) -> None:
+        f.seek(start)
+        self._f, self._left = f, end - start
+
+    def read(self, size: int) -> bytes:
+        data = self._f.read(min(size, self._left))
+        self._left -= len(data)
+        return data
+
+    def readline(self, size: int) -> bytes:
+        data = self._f.readline(min(size, self._left))
+        self._left -= len(data)
+        return data

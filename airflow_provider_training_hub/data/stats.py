@@ -58,6 +58,21 @@ class Statistics:
         if self.token_length is not None:
             self.tokens.extend(map(self.token_length, batch.samples))
 
+    def __getstate__(self) -> dict[str, Any]:  # a worker's counts travel; its tokenizer stays
+        return {**self.__dict__, "token_length": None}
+
+    def merge(self, other: Statistics) -> None:
+        """Add the counts of another part of the same file."""
+        self.roles.update(other.roles)
+        self.samples += other.samples
+        self.invalid += other.invalid
+        self.blank += other.blank
+        self.characters += other.characters
+        self.unmask += other.unmask
+        self.reasoning += other.reasoning
+        self.hashes.extend(other.hashes)
+        self.tokens.extend(other.tokens)
+
     def result(self) -> dict[str, Any]:
         hashes = np.sort(np.frombuffer(self.hashes, dtype=np.uint64))  # np.unique's hashing is 5x slower
         stats: dict[str, Any] = {

@@ -8,12 +8,20 @@ Lines are checked a block at a time, in C as far as possible (decode through ``m
 pass for repeated keys), because a Python loop per line costs as much as decoding the line. A
 block with any problem in it is checked again line by line, and only that path reports errors,
 so the result does not depend on where blocks are cut.
+
+That is still one core's work (about 0.5 GB/s on short lines here), so a large local file is cut
+into shares, each checked by a forked worker (``workers.py``); their results are merged in file
+order into what one process would have found.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -22,16 +30,26 @@ from airflow_provider_training_hub.data.atomic import AtomicWriter
 from airflow_provider_training_hub.data.reader import (
     DEFAULT_MAX_LINE_BYTES,
     Block,
+    LineSource,
     LineTooLong,
+    RangeReader,
+    is_plain_local,
     iter_blocks,
+    line_ranges,
     open_source,
 )
 from airflow_provider_training_hub.data.repeated_keys import may_repeat_a_key, repeated_key
 from airflow_provider_training_hub.data.schema import ROLES, Batch, Sample, semantic_problems
 from airflow_provider_training_hub.data.stats import Statistics, chat_token_counter
+from airflow_provider_training_hub.data.workers import available_cpus, can_fork, run_forked
 
 OnInvalid = Literal["fail", "skip"]
+Write = Callable[[bytes], object]
 DEFAULT_MAX_ERRORS = 20
+# Automatic workers: one per CPU, at most 4 (each holds ~60 MB), each with at least 64 MiB to read
+# (a fork, the merge and the concatenation of outputs cost a few ms; this keeps them well under 10%).
+MAX_AUTO_WORKERS = 4
+MIN_BYTES_PER_WORKER = 64 * 1024 * 1024
 _decoder = msgspec.json.Decoder(Sample)
 _encoder = msgspec.json.Encoder()
 
@@ -145,7 +163,7 @@ def _valid_block(block: Block) -> Batch | None:
 
 
 def _line_by_line(
-    block: Block, report: ValidationReport, stats: Statistics, quarantine: AtomicWriter | None,
+    block: Block, report: ValidationReport, stats: Statistics, quarantine: Write | None,
     max_errors: int, max_line_bytes: int,
 ) -> tuple[Batch, list[bytes]]:
     """Check each line of a block that holds a problem: record blank and invalid lines, and return
@@ -169,8 +187,97 @@ def _line_by_line(
         if quarantine is not None:
             text = "" if isinstance(line, LineTooLong) else line[:10_000].decode("utf-8", "replace").rstrip("\n")
             record = {"line": number, "errors": [f"{loc}: {why}" if loc else why for loc, why in problems], "text": text}
-            quarantine.write(_encoder.encode(record) + b"\n")
+            quarantine(_encoder.encode(record) + b"\n")
     return Batch.of(samples), lines
+
+
+def _check_stream(
+    f: LineSource, report: ValidationReport, stats: Statistics, out: Write | None, quarantine: Write | None,
+    max_errors: int, max_line_bytes: int, at_file_start: bool = True,
+) -> int:
+    """Check every line of ``f`` into ``report`` and ``stats``; return how many lines it held."""
+    lines_read = 0
+    for block in iter_blocks(f, max_line_bytes, at_file_start=at_file_start):
+        batch = _valid_block(block)
+        lines = block.lines
+        if batch is None:
+            batch, lines = _line_by_line(block, report, stats, quarantine, max_errors, max_line_bytes)
+        stats.add(batch, lines)
+        if out is not None and batch.samples:
+            out(_encoder.encode_lines(batch.samples))
+        lines_read += len(block.lines)
+    return lines_read
+
+
+def _worker_ranges(data_path: str, workers: int | None) -> list[tuple[int, int]]:
+    """The byte ranges of ``data_path`` to check in parallel; none when one process should read it
+    all (a small, remote or compressed file, or where it cannot fork)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not (is_plain_local(data_path) and os.path.isfile(data_path) and can_fork()):
+        return []
+    if workers is None:
+        workers = min(MAX_AUTO_WORKERS, available_cpus(), os.path.getsize(data_path) // MIN_BYTES_PER_WORKER)
+    ranges = line_ranges(data_path, workers) if workers > 1 else []
+    return ranges if len(ranges) > 1 else []
+
+
+@dataclass
+class _RangeResult:
+    lines: int
+    errors: list[LineError]
+    error_count: int
+    stats: Statistics
+
+
+def _check_range(
+    data_path: str, start: int, end: int, out_part: str | None, quarantine_part: str | None,
+    stats: Statistics, max_errors: int, max_line_bytes: int,
+) -> _RangeResult:
+    """One worker's share: the lines that start in ``[start, end)``, numbered from 1, their valid
+    samples and rejects written to the part files."""
+    report = ValidationReport(data_path, "")
+    part_stats = Statistics(stats.token_length, stats.max_seq_len)  # the tokenizer comes with the fork
+    with ExitStack() as stack:
+        f = RangeReader(stack.enter_context(open(data_path, "rb")), start, end)
+        out = stack.enter_context(open(out_part, "wb")).write if out_part else None
+        quarantine = stack.enter_context(open(quarantine_part, "wb")).write if quarantine_part else None
+        lines = _check_stream(f, report, part_stats, out, quarantine, max_errors, max_line_bytes, start == 0)
+    return _RangeResult(lines, report.errors, report.error_count, part_stats)
+
+
+def _check_in_workers(
+    data_path: str, ranges: list[tuple[int, int]], report: ValidationReport, stats: Statistics,
+    out: AtomicWriter | None, quarantine: AtomicWriter | None, max_errors: int, max_line_bytes: int,
+) -> None:
+    """Each range in a forked worker; their results merged in file order, as one process would have
+    found them: line numbers shifted by the lines before, the first errors, the output parts."""
+    parts = [(f"{out.tmp}.{k}" if out else None, f"{quarantine.tmp}.{k}" if quarantine else None)
+             for k in range(len(ranges))]
+    try:
+        results = run_forked(_check_range, [
+            (data_path, start, end, out_part, quarantine_part, stats, max_errors, max_line_bytes)
+            for (start, end), (out_part, quarantine_part) in zip(ranges, parts, strict=True)
+        ])
+        before = 0
+        for result, (out_part, quarantine_part) in zip(results, parts, strict=True):
+            room = max_errors - len(report.errors)
+            report.errors.extend(replace(e, line=e.line + before) for e in result.errors[:room])
+            report.error_count += result.error_count
+            stats.merge(result.stats)
+            if out is not None:
+                with open(out_part, "rb") as part:
+                    shutil.copyfileobj(part, out.file, 1024 * 1024)
+            if quarantine is not None:
+                with open(quarantine_part, "rb") as part:
+                    for line in part:  # rejects are numbered within their range
+                        record = msgspec.json.decode(line)
+                        record["line"] += before
+                        quarantine.write(_encoder.encode(record) + b"\n")
+            before += result.lines
+    finally:
+        for path in (p for pair in parts for p in pair if p):
+            Path(path).unlink(missing_ok=True)
 
 
 def validate_messages(
@@ -183,11 +290,16 @@ def validate_messages(
     max_seq_len: int | None = None,
     max_errors: int = DEFAULT_MAX_ERRORS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    workers: int | None = None,
 ) -> ValidationReport:
     """Validate ``data_path``; with ``output_path``, write its valid samples (normalised) there.
 
     Under ``on_invalid="skip"`` invalid lines go, with their reasons, to ``quarantine_path``
     (default: ``<output_path>.rejected.jsonl``) and the data is valid if any sample survives.
+
+    A local uncompressed file is checked by ``workers`` forked processes, each over a share of its
+    lines (default: one per CPU, up to 4, each with at least 64 MiB); the result is the same as
+    one process gives.
     """
     if on_invalid not in ("fail", "skip"):
         raise ValueError(f"on_invalid must be 'fail' or 'skip', got {on_invalid!r}")
@@ -195,21 +307,19 @@ def validate_messages(
         raise ValueError("on_invalid='skip' needs output_path: where the valid samples go")
     if on_invalid == "skip":
         quarantine_path = quarantine_path or f"{output_path}.rejected.jsonl"
+    ranges = _worker_ranges(data_path, workers)
     report = ValidationReport(data_path, on_invalid, output_path=output_path, quarantine_path=quarantine_path)
     stats = Statistics(chat_token_counter(model_path) if model_path else None, max_seq_len)
 
     with ExitStack() as stack:
-        f = stack.enter_context(open_source(data_path))
+        f = None if ranges else stack.enter_context(open_source(data_path))
         out = stack.enter_context(AtomicWriter(output_path)) if output_path else None
         quarantine = stack.enter_context(AtomicWriter(quarantine_path)) if quarantine_path else None
-        for block in iter_blocks(f, max_line_bytes):
-            batch = _valid_block(block)
-            lines = block.lines
-            if batch is None:
-                batch, lines = _line_by_line(block, report, stats, quarantine, max_errors, max_line_bytes)
-            stats.add(batch, lines)
-            if out is not None and batch.samples:
-                out.write(_encoder.encode_lines(batch.samples))
+        if f is None:
+            _check_in_workers(data_path, ranges, report, stats, out, quarantine, max_errors, max_line_bytes)
+        else:
+            _check_stream(f, report, stats, out.write if out else None, quarantine.write if quarantine else None,
+                          max_errors, max_line_bytes)
         if stats.samples == 0 and stats.invalid == 0:
             report.error_count += 1
             report.errors.append(LineError(0, "", "the file holds no samples"))

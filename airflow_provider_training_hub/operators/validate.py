@@ -28,13 +28,17 @@ class ValidateMessagesDataOperator(BaseOperator):
     :param prepare_dir: tokenize and mask into ``<prepare_dir>/data.jsonl`` (needs ``model_path``
         and the ``[train]`` extra on the worker).
     :param max_errors: errors listed in full in the log and XCom; all are counted.
+    :param workers: processes forked to check a local uncompressed file, each a share of its lines
+        (default: one per CPU the worker may use, up to 4, each with at least 64 MiB); 1 never forks.
 
     XCom: ``{"data_path", "prepared_path", "stats", "errors", "quarantine_path"}`` (the errors
     listed are those skipped under ``skip``). Each outlet Asset's event
     carries the same ``data_path`` and the sample count in its ``extra``.
     """
 
-    template_fields: Sequence[str] = ("data_path", "output_path", "model_path", "max_seq_len", "on_invalid", "prepare_dir")
+    template_fields: Sequence[str] = (
+        "data_path", "output_path", "model_path", "max_seq_len", "on_invalid", "prepare_dir", "workers",
+    )
     ui_color = "#d5f0e3"
 
     def __init__(
@@ -47,6 +51,7 @@ class ValidateMessagesDataOperator(BaseOperator):
         max_seq_len: int | str | None = None,
         prepare_dir: str | None = None,
         max_errors: int = 20,
+        workers: int | str | None = None,
         training_hub_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -59,6 +64,7 @@ class ValidateMessagesDataOperator(BaseOperator):
         self.max_seq_len = max_seq_len
         self.prepare_dir = prepare_dir
         self.max_errors = max_errors
+        self.workers = workers
         self.training_hub_conn_id = training_hub_conn_id
 
     @cached_property
@@ -68,11 +74,13 @@ class ValidateMessagesDataOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             max_seq_len = _optional_int("max_seq_len", self.max_seq_len)
+            workers = _optional_int("workers", self.workers)
             if self.prepare_dir and not self.model_path:
                 raise ValueError("prepare_dir needs model_path: the tokenizer that prepares the data")
             report = self.hook.validate_data(
                 self.data_path, on_invalid=self.on_invalid, output_path=self.output_path or None,
                 model_path=self.model_path or None, max_seq_len=max_seq_len, max_errors=self.max_errors,
+                workers=workers,
             )
         except ValueError as exc:  # a retry cannot fix a configuration error
             raise AirflowFailException(f"Invalid configuration: {exc}") from exc

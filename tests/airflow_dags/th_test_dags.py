@@ -33,5 +33,6 @@ with DAG("th_validate", schedule=None, render_template_as_native_obj=True):
         model_path="{{ dag_run.conf.get('model_path') }}",
         max_seq_len="{{ dag_run.conf.get('max_seq_len') }}",
         prepare_dir="{{ dag_run.conf.get('prepare_dir') }}",
+        workers="{{ dag_run.conf.get('workers') }}",
         outlets=[Asset("th_validated_messages")],
     )
