@@ -8,6 +8,8 @@ in one run, each variant in its own process (so peak RSS is its own), repeated a
   pydantic  pydantic-core typed JSON decode per line               (a library candidate)
   msgspec   msgspec typed decode per line, nothing else            (the library chosen)
   ours      validate_messages(), the code path of `training-hub validate`, statistics included
+            (its default: forked workers, one per CPU up to 4, for a local file of 128 MiB or more)
+  ours-1    the same in one process (workers=1)
 
     .venv/bin/python benchmarks/validate_throughput.py [--gb 1] [--reps 3] [--shapes short,long]
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE.parent / ".demo" / "validate-bench"
-VARIANTS = ("raw", "naive", "pydantic", "msgspec", "ours")
+VARIANTS = ("raw", "naive", "pydantic", "msgspec", "ours", "ours-1")
 
 
 def _pydantic_model():
@@ -57,8 +59,8 @@ def run_variant(variant: str, path: str) -> dict:
     model = _pydantic_model()
     decode = msgspec.json.Decoder(Sample).decode
     started = time.perf_counter()
-    if variant == "ours":
-        report = validate_messages(path)
+    if variant.startswith("ours"):
+        report = validate_messages(path, workers=1 if variant == "ours-1" else None)
         assert report.valid, report.summary()
     else:
         with open(path, "rb") as f:
@@ -79,7 +81,9 @@ def run_variant(variant: str, path: str) -> dict:
         lines = sum(1 for _ in f)  # not timed
     size = os.path.getsize(path)
     return {"mb_per_s": size / 1e6 / seconds, "lines_per_s": lines / seconds, "seconds": seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "lines": lines}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "lines": lines,
+            # the largest of the forked workers (each also counts the pages it shares with this one)
+            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -118,13 +122,17 @@ def main() -> None:
         summary[shape] = {
             "file_mb": round(path.stat().st_size / 1e6),
             "lines": runs["raw"][0]["lines"],
-            **{v: {k: round(statistics.median(r[k] for r in runs[v]), 1) for k in ("mb_per_s", "lines_per_s", "peak_rss_mb")}
+            **{v: {k: round(statistics.median(r[k] for r in runs[v]), 1)
+                  for k in ("mb_per_s", "lines_per_s", "peak_rss_mb", "worker_peak_rss_mb")}
                for v in VARIANTS},
             "ours_vs_naive": round(ratio("ours", "naive"), 2),
             "ours_vs_raw": round(ratio("ours", "raw"), 3),
             "pydantic_vs_naive": round(ratio("pydantic", "naive"), 2),
             "msgspec_vs_naive": round(ratio("msgspec", "naive"), 2),
             "msgspec_vs_raw": round(ratio("msgspec", "raw"), 3),
+            "ours_1_vs_naive": round(ratio("ours-1", "naive"), 2),
+            "ours_1_vs_raw": round(ratio("ours-1", "raw"), 3),
+            "ours_vs_ours_1": round(ratio("ours", "ours-1"), 2),  # what the workers bring
             "best_ours_vs_naive": round(best("ours") / best("naive"), 2),
             "best_ours_vs_raw": round(best("ours") / best("raw"), 3),
         }
