@@ -92,11 +92,7 @@ def iter_blocks(
             if rest.endswith(b"\n") or len(rest) < want:
                 chunk += rest
             else:
-                length = len(chunk) - start + len(rest)
-                while piece := f.readline(_DRAIN):  # the rest of the line, never kept
-                    length += len(piece)
-                    if piece.endswith(b"\n"):
-                        break
+                length = len(chunk) - start + len(rest) + _skip_rest_of_line(f)
                 chunk, drained = chunk[:start], LineTooLong(length)
         if first:  # once the first line is whole, even with a block smaller than the BOM
             chunk, first = chunk.removeprefix(BOM), False
@@ -115,15 +111,22 @@ def iter_blocks(
         number += len(lines)
 
 
+def _skip_rest_of_line(f: LineSource) -> int:
+    """Read to the end of the current line without ever holding it whole; its length."""
+    length = 0
+    while piece := f.readline(_DRAIN):
+        length += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return length
+
+
 def _next_line_start(f: BinaryIO, position: int) -> int:
-    """The offset of the first line that starts at or after ``position``, found without holding
-    a long line whole."""
+    """The offset of the first line that starts at or after ``position``."""
     if position == 0:
         return 0
     f.seek(position - 1)
-    while piece := f.readline(_DRAIN):
-        if piece.endswith(b"\n"):
-            break
+    _skip_rest_of_line(f)
     return f.tell()
 
 
