@@ -99,23 +99,24 @@ def test_every_valid_line_passes_in_a_block(tmp_path):
     assert report.stats["reasoning_samples"] == 50 and report.stats["unmask_samples"] == 50
 
 
+def _report_and_files(path, out_dir, **options):
+    """The report (less its paths), output and quarantine of validating ``path`` under ``skip``."""
+    out_dir.mkdir()
+    out = out_dir / "clean.jsonl"
+    report = validate_messages(str(path), on_invalid="skip", output_path=str(out), max_errors=50, **options)
+    data = report.to_dict()
+    del data["output_path"], data["quarantine_path"]
+    return data, out.read_bytes(), (out_dir / "clean.jsonl.rejected.jsonl").read_bytes()
+
+
 def test_the_block_path_gives_what_the_line_path_gives(tmp_path, monkeypatch):
     """Blocks with a problem are worked line by line anyway; a file of mixed lines, validated with
     the block shortcut and without it, gives the same report and the same output files."""
     path = tmp_path / "mixed.jsonl"
     _mixed_file(path)
-
-    def run(name):
-        out = tmp_path / name / "clean.jsonl"
-        out.parent.mkdir()
-        report = validate_messages(str(path), on_invalid="skip", output_path=str(out), max_errors=50)
-        data = report.to_dict()
-        del data["output_path"], data["quarantine_path"]
-        return data, out.read_bytes(), (tmp_path / name / "clean.jsonl.rejected.jsonl").read_bytes()
-
-    with_blocks = run("blocks")
+    with_blocks = _report_and_files(path, tmp_path / "blocks")
     monkeypatch.setattr(validate, "_valid_block", lambda block: None)
-    line_by_line = run("lines")
+    line_by_line = _report_and_files(path, tmp_path / "lines")
     assert with_blocks == line_by_line
     assert with_blocks[0]["stats"]["samples"] > 3000 and with_blocks[2].count(b"\n") > 10
 
@@ -144,14 +145,6 @@ def test_overlong_lines_are_replaced_wherever_they_fall(tmp_path, block_bytes):
         b'{"a": 1}\n', 51, b'{"b": 2}\n', 501, b"{}\n"]
 
 
-def _report_and_files(path, out_dir, **options):
-    out = out_dir / "clean.jsonl"
-    report = validate_messages(str(path), on_invalid="skip", output_path=str(out), max_errors=50, **options)
-    data = report.to_dict()
-    del data["output_path"], data["quarantine_path"]
-    return data, out.read_bytes(), (out_dir / "clean.jsonl.rejected.jsonl").read_bytes()
-
-
 @pytest.mark.parametrize("workers", [2, 3, 8])
 def test_workers_give_what_one_process_gives(tmp_path, workers):
     """Forked workers over shares of the file: the same errors on the same lines, the same
@@ -160,8 +153,6 @@ def test_workers_give_what_one_process_gives(tmp_path, workers):
     path = tmp_path / "mixed.jsonl"
     _mixed_file(path)
     path.write_bytes(BOM + path.read_bytes())
-    (tmp_path / "one").mkdir()
-    (tmp_path / "many").mkdir()
     one = _report_and_files(path, tmp_path / "one", workers=1)
     many = _report_and_files(path, tmp_path / "many", workers=workers)
     assert len(validate.line_ranges(str(path), workers)) == workers
