@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_training_hub import json_syntax
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm
 from airflow_provider_training_hub.algorithms.params import base_types
 from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
@@ -40,11 +41,21 @@ def load_config(path: str) -> dict[str, Any]:
         raise ValueError(f"cannot read config {path!r}: {exc.strerror}") from None
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"config {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config {path!r} is not valid JSON: {json_syntax.describe(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {path!r} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config {path!r} must hold a mapping of parameter names to values")
     return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """Where a YAML text went wrong. YAML has dozens of problems, so PyYAML's short phrase for the
+    problem ("mapping values are not allowed here") is kept, after a position of our own."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+    return f"{where}: {problem}" if problem else where
 
 
 def _add_algorithm_command(subparsers, name: str) -> None:
@@ -75,7 +86,7 @@ def config_from_env(name: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"environment variable {name} is not valid JSON: {exc}") from None
+        raise ValueError(f"environment variable {name} is not valid JSON: {json_syntax.describe(exc)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"environment variable {name} must hold a JSON object of parameters")
     return data

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema
+from airflow_provider_training_hub.json_syntax import syntax_phrase
 
 CONN_TYPE = "training_hub"
 DEFAULT_CONN_ID = "training_hub_default"
@@ -70,7 +71,7 @@ class ConnectionSettings(ParamSchema):
             try:
                 return json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"is not valid JSON ({exc.msg} at character {exc.pos})") from None
+                raise ValueError(f"is not valid JSON: character {exc.pos + 1}: {syntax_phrase(exc)}.") from None
         return value
 
     @classmethod

@@ -189,7 +189,7 @@ def test_bad_parameters_fail_the_task_before_any_process_and_without_retry(tiny_
     assert states(run) == {"train": "failed"}
     assert run.get_task_instance("train").try_number == 1  # retries=1, but a retry cannot fix a typo
     out = capfd.readouterr().out
-    assert "Invalid parameter 'learning_rate': Input should be greater than 0 (got -1)" in out
+    assert "Invalid parameter 'learning_rate': must be greater than 0 (got -1)." in out
     assert "Starting local sft training" not in out
     assert not ckpt.exists()
 

@@ -53,7 +53,7 @@ def test_config_file_with_flag_overrides_runs_sft(tiny_model, sample_data, tmp_p
     [
         (["sft", "--model-path", "m", "--data-path", "d"], r"Missing required parameter 'ckpt_output_dir'"),
         (["sft", "--model-path", "/nope", "--data-path", "d", "--ckpt-output-dir", "c"], r"model_path '/nope' is not a model directory"),
-        (["sft", "--model-path", "m", "--data-path", "d", "--ckpt-output-dir", "c", "--num-epochs", "x"], r"'num_epochs': Input should be a valid integer"),
+        (["sft", "--model-path", "m", "--data-path", "d", "--ckpt-output-dir", "c", "--num-epochs", "x"], r"'num_epochs': must be a whole number \(got 'x'\)"),
         (["sft", "--model-path", "m", "--data-path", "d", "--ckpt-output-dir", "c", "--lerning-rate", "1"], r"Did you mean 'learning_rate'"),
         (["sft", "--backend", "nope", "--model-path", "m", "--data-path", "d", "--ckpt-output-dir", "c"], r"Unknown backend"),
         (["sft", "--config", "/does/not/exist.yaml"], r"cannot read config '/does/not/exist.yaml'"),
@@ -80,7 +80,10 @@ def test_validate_refuses_a_bad_workers_count():
 
 def test_bad_config_file_contents(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
-    _one_line_error(_cli("sft", "--config", str(tmp_path / "bad.json")), r"is not valid JSON")
+    _one_line_error(_cli("sft", "--config", str(tmp_path / "bad.json")),
+                    r"is not valid JSON: line 1, column 2: expected a key in double quotes$")
+    (tmp_path / "bad.yaml").write_text("model_path: m\n  data_path: d: e\n")
+    _one_line_error(_cli("sft", "--config", str(tmp_path / "bad.yaml")), r"is not valid YAML: line 2, column \d+: ")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     _one_line_error(_cli("sft", "--config", str(tmp_path / "list.yaml")), r"must hold a mapping")
     (tmp_path / "typo.yaml").write_text("model_path: m\ndata_path: d\nckpt_output_dir: c\nnum_epoch: 3\n")

@@ -57,21 +57,69 @@ def unknown_parameter_message(schema: type[ParamSchema], name: str) -> str:
     return f"Unknown parameter {name!r}.{suggestion}"
 
 
+# Each pydantic error type that a parameter can raise, in this project's words: pydantic's own
+# messages ("Input should be ...") are its wording, which a release may change.
+_REASONS = {
+    "missing": "is required",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "literal_error": "must be {expected}",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+}
+UNWORDED = "has a value of the wrong kind"  # for an error type missing above; a test keeps it unused
+_UNION_TAGS = ("int", "float", "str", "bool", "list", "dict", "literal[", "list[", "dict[")
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    template = _REASONS.get(err["type"])
+    ctx = {k: _plain(v) for k, v in err.get("ctx", {}).items()}
+    return template.format(**ctx) if template else UNWORDED
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    """``tolerations[0].key``; a union member's tag (``rdzv_id.int``) is not a place."""
+    parts = [p for p in loc[1:] if not (isinstance(p, str) and p.startswith(_UNION_TAGS))]
+    return str(loc[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts) if loc else ""
+
+
 def format_validation_error(exc: ValidationError) -> str:
-    """``name: reason (got value)`` per problem, without pydantic's URLs and class names."""
-    problems = []
+    """``Invalid parameter 'name': reason (got value).`` per parameter; the alternatives of a
+    union are one problem ("must be a whole number or a string")."""
+    problems: dict[str, tuple[list[str], Any, bool]] = {}
     for err in exc.errors(include_url=False):
-        name = ".".join(str(part) for part in err["loc"])
-        reason = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            problems.append(f"Missing required parameter {name!r}.")
-        elif err["type"] == "value_error":  # our own validators already quote the value
-            problems.append(f"Invalid parameter {name!r}: {reason}." if name else reason)
-        elif name:
-            problems.append(f"Invalid parameter {name!r}: {reason} (got {err['input']!r}).")
-        else:  # a cross-field check, whose message names its parameters itself
-            problems.append(reason)
-    return " ".join(problems)
+        ours = err["type"] == "value_error"  # our own validators, whose message quotes the value
+        reason = err["msg"].removeprefix("Value error, ") if ours else _reason(err)
+        reasons, _, _ = problems.setdefault(_location(err["loc"]), ([], err["input"], ours))
+        if reason not in reasons:
+            reasons.append(reason.removeprefix("must be ") if reasons and reason.startswith("must be ") else reason)
+    out = []
+    for name, (reasons, value, ours) in problems.items():
+        reason = " or ".join(reasons)
+        if reason == _REASONS["missing"]:
+            out.append(f"Missing required parameter {name!r}.")
+        elif not name:  # a cross-field check, whose message names its parameters itself
+            out.append(reason)
+        elif ours:
+            out.append(f"Invalid parameter {name!r}: {reason.rstrip('.')}.")
+        else:
+            out.append(f"Invalid parameter {name!r}: {reason} (got {value!r}).")
+    return " ".join(out)
 
 
 def param_types(schema: type[BaseModel], *, required: bool) -> dict[str, Any]:

@@ -21,12 +21,11 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import Literal, get_args
+from typing import Literal
 
 import msgspec
 
 Role = Literal["system", "user", "assistant", "pretraining"]
-ROLES: tuple[str, ...] = get_args(Role)
 # The patterns of instructlab.training.data_process.extract_messages_from_pretraining_text.
 _LEGACY_TURN = re.compile(r"<\|(user|assistant)\|>\n([^<]+)")
 _GENERIC_TURN = re.compile(r"<\|start_of_role\|>(user|assistant)<\|end_of_role\|>\n([^<]+)")

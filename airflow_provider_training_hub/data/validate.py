@@ -38,8 +38,9 @@ from airflow_provider_training_hub.data.reader import (
     line_ranges,
     open_source,
 )
+from airflow_provider_training_hub.data.line_problems import line_problem
 from airflow_provider_training_hub.data.repeated_keys import may_repeat_a_key, repeated_key
-from airflow_provider_training_hub.data.schema import ROLES, Batch, Sample, semantic_problems
+from airflow_provider_training_hub.data.schema import Batch, Sample, semantic_problems
 from airflow_provider_training_hub.data.stats import Statistics, chat_token_counter
 from airflow_provider_training_hub.data.workers import available_cpus, can_fork, run_forked
 
@@ -105,45 +106,13 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _from_validation_error(exc: msgspec.ValidationError) -> tuple[str, str]:
-    message = str(exc)
-    reason, _, where = message.partition(" - at `")
-    location = where.rstrip("`").removeprefix("$").removeprefix(".")
-    if reason.startswith("Object missing required field `"):
-        name = reason.split("`")[1]
-        return (f"{location}.{name}" if location else name), "missing required field"
-    if not location:
-        got = reason.rsplit("`", 2)[-2] if reason.count("`") >= 4 else "something else"
-        return "", f"each line must be a JSON object, got {got}"
-    reason = reason.replace("Invalid enum value", "invalid value").replace("Expected", "expected")
-    if location.endswith(".role"):
-        reason += f" (allowed: {', '.join(ROLES)})"
-    return location, reason
-
-
-def _from_decode_error(exc: msgspec.DecodeError, line: bytes) -> str:
-    message = str(exc)
-    if "truncated" in message:
-        return "truncated JSON: the line ends inside a value"
-    if "(byte " in message:
-        at = int(message.rsplit("(byte ", 1)[1].rstrip(")"))
-        if line[at:].lstrip(b"-").startswith((b"NaN", b"Infinity")):
-            return "NaN and Infinity are not valid JSON numbers"
-        return f"malformed JSON at byte {at}: {message.split(': ', 1)[-1].rsplit(' (byte', 1)[0]}"
-    return f"malformed JSON: {message}"
-
-
 def check_line(line: bytes) -> tuple[Sample | None, list[tuple[str, str]]]:
     """The sample of one line (without its line ending) and its problems (``(location, reason)``
     pairs)."""
     try:
         sample = _decoder.decode(line)
-    except msgspec.ValidationError as exc:
-        return None, [_from_validation_error(exc)]
-    except msgspec.DecodeError as exc:
-        return None, [("", _from_decode_error(exc, line))]
-    except UnicodeDecodeError as exc:
-        return None, [("", f"invalid UTF-8 at byte {exc.start}")]
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec.ValidationError is a DecodeError
+        return None, [line_problem(line)]
     if may_repeat_a_key(line, Batch.of([sample])) and (repeated := repeated_key(line)):
         return None, [repeated]
     return sample, semantic_problems(sample)
