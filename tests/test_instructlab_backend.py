@@ -23,6 +23,17 @@ def _params(**overrides):
     return SFTParams.parse({"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/ckpt", **overrides})
 
 
+def test_new_parameters_map_onto_upstream_fields():
+    from instructlab.training import PretrainingConfig
+
+    params = _params(beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1, is_pretraining=True, block_size=512,
+                     document_column_name="text")
+    _, train_args = InstructLabTrainingBackend().build_args(params, resolve_torchrun(params, "gpu", env={}))
+    assert (train_args.adamw_betas, train_args.adamw_eps, train_args.adamw_weight_decay) == ((0.8, 0.99), 1e-6, 0.1)
+    assert train_args.pretraining_config == PretrainingConfig(block_size=512, document_column_name="text")
+    assert InstructLabTrainingBackend().build_args(_params(), resolve_torchrun(_params(), "gpu", env={}))[1].pretraining_config is None
+
+
 def test_mapping_onto_real_upstream_args():
     from instructlab.training import TorchrunArgs, TrainingArgs
 
@@ -125,6 +136,33 @@ def test_pet_environment_fills_what_arguments_leave_out(fake_gpu, tiny_model, sa
     argv = _argv(tmp_path / "c")
     for expected in ("--nnodes=3", "--node-rank=2", "--rdzv-endpoint=job-0.svc:29400", "--nproc-per-node=2"):
         assert expected in argv
+
+
+def test_training_hub_0_11_parameters_reach_main_ds(fake_gpu, tiny_model, sample_data, tmp_path):
+    """AdamW settings and master_addr/master_port, as training_hub 0.11.2's sft() takes them."""
+    ckpt = tmp_path / "c"
+    sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt),
+        beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05, nnodes=2, node_rank=1,
+        master_addr="node0", master_port=23456)
+    argv = _argv(ckpt)
+    for expected in ("--adamw_beta1=0.8", "--adamw_beta2=0.99", "--adamw_eps=1e-06", "--adamw_weight_decay=0.05",
+                     "--master-addr=node0", "--master-port=23456", "--nnodes=2", "--node-rank=1"):
+        assert expected in argv
+    assert not any(a.startswith("--rdzv-endpoint") for a in argv)
+
+
+def test_pretraining_reaches_main_ds_with_upstream_document_processing(fake_gpu, tiny_model, tmp_path):
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"body": f"Document {i} about herons.", "extra": [i]}) + "\n" for i in range(5)))
+    ckpt = tmp_path / "c"
+    sft(model_path=str(tiny_model), data_path=str(data), ckpt_output_dir=str(ckpt),
+        is_pretraining=True, block_size=128, document_column_name="body")
+    argv = _argv(ckpt)
+    assert "--block-size=128" in argv and "--document-column-name=body" in argv
+    processed = [json.loads(line) for line in (ckpt / "data" / "data.jsonl").open()]
+    assert len(processed) == 5 and set(processed[0]) == {"input_ids", "len"}  # upstream's document format
+    validated = [json.loads(line) for line in (ckpt / "data" / "validated.jsonl").open()]
+    assert validated[0] == {"body": "Document 0 about herons."}  # the extra key never reaches upstream
 
 
 def test_failed_run_carries_the_rank_log_tail(fake_gpu, tiny_model, sample_data, tmp_path, monkeypatch):

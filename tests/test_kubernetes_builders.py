@@ -38,7 +38,7 @@ def test_label_values_fit_kubernetes_rules(value):
 
 def _job(**overrides) -> TrainingJob:
     fields = {"name": "th-x-train-12345678", "algorithm": "sft", "backend": "instructlab-training",
-              "params": {"model_path": "/m", "data_path": "/d", "ckpt_output_dir": "/c", "nnodes": 4, "rdzv_id": 7},
+              "params": {"model_path": "/m", "data_path": "/d", "ckpt_output_dir": "/c", "nnodes": 4, "nproc_per_node": 8},
               "nnodes": 4, "nproc_per_node": 8}
     return TrainingJob(**{**fields, **overrides})
 
@@ -64,6 +64,21 @@ def test_job_manifest_has_the_distributed_training_essentials():
     service = build_service(_job(), settings)
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {
         "batch.kubernetes.io/job-name": "th-x-train-12345678"}
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"rdzv_endpoint": "h:1", "master_addr": None}, r"^rdzv_endpoint: set by the Job on Kubernetes"),
+    ({"master_addr": "m0", "master_port": 1, "node_rank": 0}, r"^node_rank, master_addr, master_port: set by the Job"),
+])
+def test_parameters_the_job_decides_are_refused(params, message):
+    job = _job(params={"model_path": "/m", "data_path": "/d", "ckpt_output_dir": "/c", **params})
+    with pytest.raises(ValueError, match=message):
+        build_job(job, ConnectionSettings(image="img"))
+
+
+def test_keyword_nproc_per_node_is_refused_on_kubernetes():
+    with pytest.raises(ValueError, match=r"^nproc_per_node='gpu': on Kubernetes give a number, the GPUs each pod requests"):
+        build_job(_job(nproc_per_node="gpu"), ConnectionSettings(image="img"))
 
 
 def test_job_without_an_image_is_a_configuration_error():

@@ -60,12 +60,15 @@ def test_two_processes_on_one_node_keep_identical_weights(tiny_model, sample_dat
     assert result.metrics["steps"] == 6 and result.metrics["samples_seen"] == 48
 
 
-def test_two_nodes_on_localhost(tiny_model, sample_data, tmp_path):
-    endpoint = f"127.0.0.1:{_free_port()}"
+@pytest.mark.parametrize("rendezvous", ["rdzv_endpoint", "master_addr"])
+def test_two_nodes_on_localhost(tiny_model, sample_data, tmp_path, rendezvous):
+    port = _free_port()
+    meet = {"rdzv_endpoint": f"127.0.0.1:{port}"} if rendezvous == "rdzv_endpoint" else {
+        "master_addr": "127.0.0.1", "master_port": port}
     ckpt = tmp_path / "shared-ckpt"
     procs = [
         subprocess.Popen(_cli_command(tiny_model, sample_data, ckpt, nnodes=2, node_rank=rank, rdzv_id="two-nodes",
-                                      rdzv_endpoint=endpoint, num_epochs=1),
+                                      num_epochs=1, **meet),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for rank in (0, 1)
     ]
@@ -98,6 +101,44 @@ def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, 
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert result["metrics"]["steps"] == 24 and result["metrics"]["samples_seen"] == 96
     assert "epoch 1/2" not in rerun.stdout and "epoch 2/2 step 13/24" in rerun.stdout
+
+
+def test_adamw_settings_reach_the_optimizer(tiny_model, sample_data, tmp_path):
+    sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=1,
+        checkpoint_at_epoch=False, accelerate_full_state_at_epoch=False,
+        beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05, **COMMON)
+    hparams = json.loads((tmp_path / "ckpt" / "training_params_and_metrics_global0.jsonl").read_text().splitlines()[0])
+    assert hparams["optimizer"] == {"betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.05}
+
+
+def test_pretraining_trains_on_blocks_of_documents(tiny_model, tmp_path):
+    """is_pretraining: documents under document_column_name, every token learned, cut into blocks."""
+    from transformers import AutoTokenizer
+
+    texts = [f"The heron number {i} wades in the river at dawn and eats a fish." for i in range(12)]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "source": i}) + "\n" for i, t in enumerate(texts)))
+    result = sft(str(tiny_model), str(data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=3,
+                 is_pretraining=True, block_size=32, document_column_name="text",
+                 **{**COMMON, "effective_batch_size": 4})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokens = sum(len(tokenizer.encode(t)) + (tokenizer.encode(t)[-1] != tokenizer.eos_token_id) for t in texts)
+    metrics = read_metrics(tmp_path / "ckpt")
+    blocks = -(-tokens // 32)
+    assert metrics[0]["total_samples"] == blocks  # the documents, concatenated and cut
+    epoch = [m for m in metrics if m["epoch"] == 0]
+    assert sum(m["num_loss_counted_tokens"] for m in epoch) == tokens - blocks  # every next token is a label
+    assert result.metrics["loss"] < 0.8 * result.metrics["first_loss"], result.metrics
+
+
+def test_pretraining_data_errors_name_the_line(tiny_model, tmp_path):
+    data = tmp_path / "docs.jsonl"
+    data.write_text('{"document": "fine"}\n{"text": "wrong column"}\n{"document": ""}\n')
+    with pytest.raises(ValueError) as exc:
+        sft(str(tiny_model), str(data), str(tmp_path / "c"), backend="pytorch", is_pretraining=True, block_size=64)
+    assert "line 2: document: missing required field" in str(exc.value)
+    assert "line 3: document: must not be empty" in str(exc.value)
+    assert not (tmp_path / "c" / "hf_format").exists()
 
 
 def test_impossible_configuration_fails_before_launch(tiny_model, sample_data, tmp_path):

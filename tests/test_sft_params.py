@@ -20,6 +20,12 @@ def test_defaults_are_instructlab_trainingargs_defaults():
     for name in ("num_epochs", "save_samples", "warmup_steps", "checkpoint_at_epoch",
                  "accelerate_full_state_at_epoch", "random_seed"):
         assert ours[name].default == TrainingArgs.model_fields[name].default, name
+    adamw = TrainingArgs.model_fields
+    assert (ours["beta1"].default, ours["beta2"].default) == adamw["adamw_betas"].default
+    assert (ours["eps"].default, ours["weight_decay"].default) == (adamw["adamw_eps"].default, adamw["adamw_weight_decay"].default)
+    from instructlab.training import PretrainingConfig
+
+    assert ours["document_column_name"].default == PretrainingConfig.model_fields["document_column_name"].default
     # Where TrainingArgs has no default we chose one; they must stay documented on the field.
     for name in ("effective_batch_size", "learning_rate", "max_seq_len", "max_tokens_per_gpu"):
         assert TrainingArgs.model_fields[{"max_tokens_per_gpu": "max_batch_len"}.get(name, name)].is_required()
@@ -73,3 +79,24 @@ def test_missing_paths(valid, tmp_path):
 def test_unknown_backend_through_sft(valid):
     with pytest.raises(ValueError, match=r"Unknown backend.*'cuda-magic'.*Available: instructlab-training"):
         sft(**valid, backend="cuda-magic")
+
+
+# training_hub 0.11.2's sft() signature, in its order (training_hub is not a dependency here).
+TRAINING_HUB_0_11_2_SFT = (
+    "model_path data_path ckpt_output_dir backend num_epochs effective_batch_size learning_rate max_seq_len "
+    "max_tokens_per_gpu data_output_dir save_samples warmup_steps accelerate_full_state_at_epoch checkpoint_at_epoch "
+    "is_pretraining block_size document_column_name beta1 beta2 eps weight_decay nproc_per_node nnodes node_rank "
+    "rdzv_id rdzv_endpoint master_addr master_port wandb_project wandb_entity wandb_run_name tensorboard_log_dir "
+    "mlflow_tracking_uri mlflow_experiment_name mlflow_run_name callbacks enable_jit_checkpoint checkpoint_storage"
+).split()
+NOT_YET = {"wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir", "mlflow_tracking_uri",
+           "mlflow_experiment_name", "mlflow_run_name",  # the experiment-tracking issue's
+           "callbacks", "enable_jit_checkpoint", "checkpoint_storage"}
+
+
+def test_every_training_hub_sft_parameter_is_known():
+    from airflow_provider_training_hub import create_algorithm
+
+    algorithm = create_algorithm("sft", "pytorch")
+    known = {*algorithm.get_required_params(), *algorithm.get_optional_params(), "backend"}
+    assert set(TRAINING_HUB_0_11_2_SFT) - NOT_YET - known == set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -74,8 +74,29 @@ class SFTParams(ParamSchema):
     checkpoint_at_epoch: bool = Field(True, description="Save an HF checkpoint at the end of each epoch.")
     random_seed: int = Field(42, description="Seed for data order and initialisation.")
 
-    nproc_per_node: int | None = Field(
-        None, ge=1, description="Processes (GPUs) per node; unset: PET_NPROC_PER_NODE, else the backend's default."
+    is_pretraining: bool = Field(
+        False,
+        description=(
+            "Document-style continual pretraining: every token of the documents in document_column_name "
+            "is learned, in blocks of block_size tokens (no chat template)."
+        ),
+    )
+    block_size: int | None = Field(None, ge=1, description="Tokens per pretraining block; required with is_pretraining.")
+    document_column_name: str = Field(
+        "document", min_length=1, description="The JSONL field holding each raw document, with is_pretraining."
+    )
+
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1: decay of the gradient's running mean.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2: decay of the squared gradient's running mean.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon, added to the denominator for numerical stability.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW (decoupled) weight decay.")
+
+    nproc_per_node: int | Literal["auto", "gpu"] | None = Field(
+        None,
+        description=(
+            "Processes per node: an integer, or 'auto'/'gpu' for one per GPU (CUDA only); "
+            "unset: PET_NPROC_PER_NODE, else the backend's default."
+        ),
     )
     nnodes: int | None = Field(None, ge=1, description="Nodes in the job; unset: PET_NNODES, else 1.")
     node_rank: int | None = Field(None, ge=0, description="This node's rank; unset: PET_NODE_RANK, else 0.")
@@ -85,6 +106,30 @@ class SFTParams(ParamSchema):
     rdzv_endpoint: str | None = Field(
         None, description="Master node 'host:port'; empty or unset: PET_RDZV_ENDPOINT, else single node."
     )
+    master_addr: str | None = Field(
+        None,
+        description=(
+            "Master node address, instead of rdzv_endpoint; unset: PET_MASTER_ADDR or MASTER_ADDR. "
+            "Setting both here is an error; across levels the parameter beats the environment."
+        ),
+    )
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="Master node port, used with master_addr; unset: PET_MASTER_PORT or MASTER_PORT."
+    )
+
+    @field_validator("nproc_per_node", mode="before")
+    @classmethod
+    def _nproc(cls, value: Any) -> Any:
+        """As training_hub: 'auto', 'gpu' (any case) or a positive integer, also as a string."""
+        if isinstance(value, str) and value.strip().lower() in ("auto", "gpu"):
+            return value.strip().lower()
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        if value is None:
+            return value
+        raise ValueError(f"nproc_per_node must be 'auto', 'gpu' or an integer >= 1, got {value!r}")
 
     @field_validator("rdzv_endpoint")
     @classmethod
@@ -100,6 +145,18 @@ class SFTParams(ParamSchema):
             )
         if self.node_rank is not None and self.nnodes is not None and self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank ({self.node_rank}) must be in [0, nnodes) = [0, {self.nnodes}).")
+        if self.master_addr and self.rdzv_endpoint:
+            raise ValueError(
+                f"master_addr ({self.master_addr!r}) and rdzv_endpoint ({self.rdzv_endpoint!r}) are both set: "
+                "they name the same thing, give one."
+            )
+        if self.is_pretraining and self.block_size is None:
+            raise ValueError("block_size is required when is_pretraining=True.")
+        if self.is_pretraining and self.block_size > self.batch_token_cap:
+            raise ValueError(
+                f"block_size ({self.block_size}) must be at most max_tokens_per_gpu ({self.batch_token_cap}): "
+                "a block must fit on a GPU."
+            )
         return self
 
     @property
@@ -123,6 +180,17 @@ def _is_hub_model_id(model_path: str) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         return False
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model_path)) and not model_path.startswith(".")
+
+
+def prepare_data(params: SFTParams):
+    """``<processed_data_dir>/data.jsonl`` for either kind of training data: chats (tokenized and
+    masked) or, with ``is_pretraining``, documents (tokenized whole)."""
+    from airflow_provider_training_hub.data.prepare import prepare_documents, prepare_for_training
+
+    if params.is_pretraining:
+        return prepare_documents(params.data_path, params.model_path, params.processed_data_dir,
+                                 params.document_column_name)
+    return prepare_for_training(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len)
 
 
 @register_algorithm("sft")

@@ -6,6 +6,7 @@ the same ones, so a pod's command line never needs to know its own rank.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from airflow_provider_training_hub.algorithms.sft import SFTParams, check_host_port
 
+log = logging.getLogger(__name__)
 DEFAULT_RDZV_ID = "training-hub"
 NPROC_KEYWORDS = ("gpu", "cpu", "auto")
 
@@ -48,10 +50,7 @@ class TorchrunSpec:
         return args
 
 
-def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return None
+def _as_int(raw: str, name: str, minimum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
@@ -59,6 +58,53 @@ def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
     if value < minimum:
         raise ValueError(f"Environment variable {name} must be >= {minimum}, got {value}.")
     return value
+
+
+def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    raw = env.get(name)
+    return None if raw in (None, "") else _as_int(raw, name, minimum)
+
+
+def _env_pair(env: Mapping[str, str], name: str) -> tuple[str | None, str | None]:
+    """``PET_<NAME>`` or ``<NAME>`` (torchrun reads both), and which one it came from; the two
+    must agree where both are set."""
+    pet, plain = env.get(f"PET_{name}") or None, env.get(name) or None
+    if pet and plain and pet != plain:
+        raise ValueError(f"Conflicting environment variables: PET_{name}={pet!r} and {name}={plain!r}; they must match.")
+    return (pet, f"PET_{name}") if pet else (plain, name if plain else None)
+
+
+def _rendezvous(params: SFTParams, env: Mapping[str, str]) -> tuple[str | None, str | None, int | None]:
+    """``(rdzv_endpoint, master_addr, master_port)``, at most one of the first two, as training_hub
+    decides: a parameter beats the environment (with a warning naming what is ignored); both at
+    the same level is an error (for parameters, ``SFTParams`` already refused it)."""
+    endpoint, endpoint_from = (params.rdzv_endpoint, "rdzv_endpoint") if params.rdzv_endpoint else (
+        env.get("PET_RDZV_ENDPOINT") or None, "PET_RDZV_ENDPOINT")
+    if endpoint and not params.rdzv_endpoint:
+        check_host_port("PET_RDZV_ENDPOINT", endpoint)
+    addr, addr_from = (params.master_addr, "master_addr") if params.master_addr else _env_pair(env, "MASTER_ADDR")
+    if addr and endpoint:
+        addr_is_param, endpoint_is_param = addr_from == "master_addr", endpoint_from == "rdzv_endpoint"
+        if addr_is_param == endpoint_is_param:
+            raise ValueError(f"{addr_from}={addr!r} and {endpoint_from}={endpoint!r} are both set; give one.")
+        winner, loser = (addr_from, endpoint_from) if addr_is_param else (endpoint_from, addr_from)
+        log.warning("Both %s and %s are set; using %s, ignoring %s.", addr_from, endpoint_from, winner, loser)
+        addr, endpoint = (addr, None) if addr_is_param else (None, endpoint)
+    if not addr:
+        return endpoint, None, None
+    if params.master_port is not None:
+        return None, addr, params.master_port
+    port, port_from = _env_pair(env, "MASTER_PORT")
+    return None, addr, _as_int(port, port_from, 1) if port else None
+
+
+def _nproc_keyword(value: str, source: str) -> str:
+    """'auto' and 'gpu' mean one process per GPU, so they need one (training_hub's rule)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"{source}={value!r} needs CUDA GPUs and this machine has none; give a number of processes.")
+    return "gpu"
 
 
 def resolve_torchrun(
@@ -76,18 +122,16 @@ def resolve_torchrun(
     if env_nproc not in NPROC_KEYWORDS:  # torchrun also accepts 'gpu', 'cpu' and 'auto' here
         env_nproc = _env_int(env, "PET_NPROC_PER_NODE", 1)
     nproc = pick(params.nproc_per_node, env_nproc, default_nproc_per_node)
+    if params.nproc_per_node in ("auto", "gpu"):
+        nproc = _nproc_keyword(params.nproc_per_node, "nproc_per_node")
     rdzv_id = pick(params.rdzv_id, env.get("PET_RDZV_ID"), DEFAULT_RDZV_ID)
-    endpoint = pick(params.rdzv_endpoint, env.get("PET_RDZV_ENDPOINT"), None)
-    if endpoint and not params.rdzv_endpoint:
-        check_host_port("PET_RDZV_ENDPOINT", endpoint)
-    master_addr = None if endpoint else env.get("PET_MASTER_ADDR") or None
-    master_port = _env_int(env, "PET_MASTER_PORT", 1) if master_addr else None
+    endpoint, master_addr, master_port = _rendezvous(params, env)
 
     if node_rank >= nnodes:
         raise ValueError(f"node_rank ({node_rank}) must be in [0, nnodes) = [0, {nnodes}).")
     if nnodes > 1 and not (endpoint or master_addr):
         raise ValueError(
-            f"nnodes={nnodes} needs rdzv_endpoint ('host:port' of the node with rank 0) "
+            f"nnodes={nnodes} needs rdzv_endpoint or master_addr (the node with rank 0), "
             "or PET_RDZV_ENDPOINT / PET_MASTER_ADDR in the environment."
         )
     return TorchrunSpec(nproc, nnodes, node_rank, rdzv_id, endpoint, master_addr, master_port)

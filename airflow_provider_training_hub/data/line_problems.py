@@ -7,8 +7,8 @@ So a refused line, a rare event, is examined again here:
 1. its bytes as UTF-8 (the offset comes from ``UnicodeDecodeError.start``);
 2. its text as JSON, with the standard library (the byte offset from ``JSONDecodeError.pos``,
    the phrase from ``json_syntax.py``);
-3. its value against the ``Sample`` struct, walking the struct's own annotations, so the format is
-   still declared once, in ``schema.py``.
+3. its value against the struct it should decode to (``schema.Sample`` for messages), walking the
+   struct's own annotations, so the format is still declared once.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def _reject_constant(name: str) -> None:
     raise _NonFiniteNumber(name)
 
 
-def line_problem(line: bytes) -> Problem:
-    """The first problem of a line (without its line ending) that msgspec refused to decode."""
+def line_problem(line: bytes, struct: type[msgspec.Struct] = Sample) -> Problem:
+    """The first problem of a line (without its line ending) that msgspec refused to decode as
+    ``struct`` (a messages ``Sample``, or a pretraining document's)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -50,7 +51,7 @@ def line_problem(line: bytes) -> Problem:
         return "", _syntax_reason(text, exc)
     except RecursionError:
         return "", "malformed JSON: nested too deeply"
-    problem = _shape_problem(value, Sample, "")
+    problem = _shape_problem(value, struct, "")
     if problem:
         return problem
     if _has_lone_surrogate(value):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,3 +74,28 @@ def prepare_for_training(
         final.to_json(writer.file, lines=True, orient="records")
     log.info("prepared %d of %d samples into %s", kept.num_rows, len(lengths), out / PROCESSED_FILE)
     return PreparedData(str(out / PROCESSED_FILE), len(lengths), kept.num_rows, too_short, too_long)
+
+
+def prepare_documents(
+    data_path: str, model_path: str, output_dir: str, document_column_name: str, num_proc: int | None = None
+) -> PreparedData:
+    """``is_pretraining``: write ``<output_dir>/data.jsonl`` (input_ids, len per document) with
+    upstream's ``process_documents_for_pretraining``; training cuts it into ``block_size`` blocks."""
+    from instructlab.training import data_process as dp
+
+    from airflow_provider_training_hub.data.documents import validate_documents
+
+    num_proc = num_proc or default_num_proc()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = validate_documents(data_path, document_column_name, str(out / VALIDATED_FILE))
+    if not report.valid:
+        raise ValueError(f"data_path {data_path!r} is not valid pretraining JSONL:\n{report.summary()}")
+    with tempfile.TemporaryDirectory(prefix=".documents-", dir=out) as tmp:  # upstream writes in place
+        dp.process_documents_for_pretraining(
+            data_path=str(out / VALIDATED_FILE), data_output_path=tmp, model_path=model_path,
+            num_cpu_procs=num_proc, document_column_name=document_column_name,
+        )
+        os.replace(Path(tmp) / PROCESSED_FILE, out / PROCESSED_FILE)
+    log.info("prepared %d documents into %s", report.documents, out / PROCESSED_FILE)
+    return PreparedData(str(out / PROCESSED_FILE), report.documents, report.documents, 0, 0)

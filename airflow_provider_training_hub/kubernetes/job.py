@@ -23,7 +23,10 @@ TERMINATION_LOG = "/dev/termination-log"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on each of its pods
 # Decided by the Job, not by the parameters: per-pod or per-job values travel as PET_* instead.
-TOPOLOGY_PARAMS = ("nnodes", "nproc_per_node", "node_rank", "rdzv_id", "rdzv_endpoint")
+TOPOLOGY_PARAMS = ("nnodes", "nproc_per_node", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port")
+# Of those, the ones a task cannot choose: each pod's rank is its completion index, and rank 0's
+# pod is the rendezvous, through the headless Service.
+JOB_DECIDES = TOPOLOGY_PARAMS[2:]
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class TrainingJob:
     backend: str
     params: dict[str, Any]
     nnodes: int = 1
-    nproc_per_node: int = 1
+    nproc_per_node: int | str = 1  # a str ('auto', 'gpu') is refused: the pods' GPU request needs a number
     rdzv_port: int = 29500
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
@@ -138,6 +141,17 @@ def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
 
 def build_job(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
     """The Indexed Job; ``ValueError`` for what the cluster would reject or mis-run."""
+    chosen = [name for name in JOB_DECIDES if job.params.get(name) is not None]
+    if chosen:
+        raise ValueError(
+            f"{', '.join(chosen)}: set by the Job on Kubernetes (ranks from completion indexes, the rendezvous "
+            "at rank 0's pod); leave them unset."
+        )
+    if not isinstance(job.nproc_per_node, int):
+        raise ValueError(
+            f"nproc_per_node={job.nproc_per_node!r}: on Kubernetes give a number, the GPUs each pod requests "
+            "(a pod cannot count a node's GPUs before it is scheduled)."
+        )
     if job.nnodes < 1 or job.nproc_per_node < 1:
         raise ValueError(f"nnodes and nproc_per_node must be >= 1, got {job.nnodes} and {job.nproc_per_node}")
     spec: dict[str, Any] = {

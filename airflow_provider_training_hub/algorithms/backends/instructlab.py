@@ -19,7 +19,7 @@ from airflow_provider_training_hub.algorithms.registry import (
     TrainingFailedError,
     register_backend,
 )
-from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.launch import log_tail
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
@@ -27,7 +27,6 @@ from airflow_provider_training_hub.algorithms.torchrun import (
     resolve_torchrun,
 )
 from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
-from airflow_provider_training_hub.data.prepare import prepare_for_training
 
 log = logging.getLogger(__name__)
 def _cuda_device_count() -> int:
@@ -59,7 +58,7 @@ class InstructLabTrainingBackend(Backend):
 
     def build_args(self, params: SFTParams, torchrun: TorchrunSpec):
         """The upstream ``(TorchrunArgs, TrainingArgs)`` for our parameters."""
-        from instructlab.training import TorchrunArgs, TrainingArgs
+        from instructlab.training import PretrainingConfig, TorchrunArgs, TrainingArgs
 
         torch_args = TorchrunArgs(
             nproc_per_node=torchrun.nproc_per_node,
@@ -85,6 +84,12 @@ class InstructLabTrainingBackend(Backend):
             accelerate_full_state_at_epoch=params.accelerate_full_state_at_epoch,
             checkpoint_at_epoch=params.checkpoint_at_epoch,
             random_seed=params.random_seed,
+            adamw_betas=(params.beta1, params.beta2),
+            adamw_eps=params.eps,
+            adamw_weight_decay=params.weight_decay,
+            pretraining_config=PretrainingConfig(
+                block_size=params.block_size, document_column_name=params.document_column_name
+            ) if params.is_pretraining else None,
             # We prepare the data ourselves first (validated, atomic, drops reported).
             process_data=False,
             # Upstream raises unless flash-attn is importable; without it, SDPA attention is used.
@@ -99,7 +104,7 @@ class InstructLabTrainingBackend(Backend):
 
         from instructlab.training import run_training
 
-        prepare_for_training(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len)
+        prepare_data(params)
         rank_log = Path(params.ckpt_output_dir) / f"full_logs_global{torchrun.node_rank}.log"
         log.info("instructlab-training: %s", torchrun)
         try:

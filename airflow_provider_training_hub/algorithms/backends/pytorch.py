@@ -14,10 +14,9 @@ from pathlib import Path
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
 from airflow_provider_training_hub.algorithms.registry import Backend, TrainingFailedError, register_backend
-from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
 from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
-from airflow_provider_training_hub.data.prepare import prepare_for_training
 
 log = logging.getLogger(__name__)
 TRAINER_MODULE = "airflow_provider_training_hub.algorithms.backends.pytorch_trainer"
@@ -31,9 +30,7 @@ class PyTorchBackend(Backend):
         torchrun = resolve_torchrun(params, default_nproc_per_node=1)
         out = Path(params.ckpt_output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        prepared = prepare_for_training(
-            params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len
-        )
+        prepared = prepare_data(params)
         log.info("pytorch backend: %s", prepared)
         command = [
             sys.executable, "-m", "torch.distributed.run", *torchrun.launcher_args(),

@@ -5,8 +5,11 @@ Semantics follow instructlab-training so results and files are comparable:
   each rank splits its share into micro-batches of at most ``max_tokens_per_gpu`` tokens and
   accumulates gradients over them (so accumulation adapts to sequence lengths);
 - the loss is the mean cross-entropy over every label token of the step, across ranks;
-- AdamW (betas 0.9/0.95, eps 1e-8, no weight decay), linear warmup then cosine decay, grad-norm
-  clipping at 1.0; checkpoints and metrics in instructlab's layout (see ``checkpoints.py``).
+- AdamW (``beta1``, ``beta2``, ``eps``, ``weight_decay``; instructlab's defaults 0.9/0.95, 1e-8,
+  0), linear warmup then cosine decay, grad-norm clipping at 1.0; checkpoints and metrics in
+  instructlab's layout (see ``checkpoints.py``);
+- with ``is_pretraining``, the tokenized documents are concatenated and cut into ``block_size``
+  blocks, every token a label, as instructlab's pretraining block dataset does.
 
 Speed on CPU comes from not doing wasted work: no padding (each conversation runs attention on
 its own tokens) and the lm_head and loss only at label positions, which in SFT data are a small
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -36,8 +40,6 @@ from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.checkpoints import METRICS_FILE, full_state_checkpoints
 from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
 
-ADAMW_BETAS = (0.9, 0.95)
-ADAMW_EPS = 1e-8
 MAX_GRAD_NORM = 1.0
 
 
@@ -71,9 +73,14 @@ class Sample:
         return sum(1 for t in self.labels[1:] if t != -100)
 
 
-def load_samples(path: Path) -> list[Sample]:
+def load_samples(path: Path, block_size: int | None = None) -> list[Sample]:
+    """Prepared chats, or with ``block_size`` prepared documents as blocks of that many tokens (the
+    last one shorter), each learned whole."""
     with path.open(encoding="utf-8") as f:
-        return [Sample((r := json.loads(line))["input_ids"], r["labels"]) for line in f]
+        if block_size is None:
+            return [Sample((r := json.loads(line))["input_ids"], r["labels"]) for line in f]
+        tokens = list(chain.from_iterable(json.loads(line)["input_ids"] for line in f))
+    return [Sample(block, block) for block in (tokens[i : i + block_size] for i in range(0, len(tokens), block_size))]
 
 
 def plan_steps(n: int, effective_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -127,7 +134,8 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
         self.out = Path(params.ckpt_output_dir)
-        self.samples = load_samples(Path(params.processed_data_dir) / PROCESSED_FILE)
+        self.samples = load_samples(Path(params.processed_data_dir) / PROCESSED_FILE,
+                                    params.block_size if params.is_pretraining else None)
         self.steps_per_epoch = math.ceil(len(self.samples) / params.effective_batch_size)
         self.total_steps = self.steps_per_epoch * params.num_epochs
 
@@ -142,7 +150,8 @@ class Trainer:
             LabelOnlyLoss(self.model), device_ids=[self.local_rank] if self.device.type == "cuda" else None
         )
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=params.learning_rate, betas=ADAMW_BETAS, eps=ADAMW_EPS, weight_decay=0.0
+            self.model.parameters(), lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps,
+            weight_decay=params.weight_decay,
         )
         self.global_step = 0
         self.samples_seen = 0
@@ -269,7 +278,9 @@ class Trainer:
                     f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs, "
                     f"effective batch {p.effective_batch_size}, <= {p.batch_token_cap} tokens per micro-batch")
         if self.start_epoch == 0 and self.global_step == 0:
-            self._metrics({"hparams": True, **p.model_dump(), "world_size": self.world, "backend": "pytorch"})
+            group = self.optimizer.param_groups[0]  # what AdamW really got, for the record
+            self._metrics({"hparams": True, **p.model_dump(), "world_size": self.world, "backend": "pytorch",
+                           "optimizer": {k: group[k] for k in ("betas", "eps", "weight_decay")}})
         self.model.train()
         next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples if p.save_samples else None
         started = time.perf_counter()
