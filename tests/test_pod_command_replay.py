@@ -52,7 +52,7 @@ def test_two_pods_rendezvous_train_and_report_through_the_termination_message(ti
         name="th-replay-train-0123abcd", algorithm="sft", backend="pytorch", nnodes=2, nproc_per_node=1,
         params={"model_path": str(tiny_model), "data_path": str(sample_data), "ckpt_output_dir": str(ckpt),
                 "num_epochs": 1, "effective_batch_size": 8, "max_seq_len": 512, "learning_rate": 5e-3,
-                "nnodes": 2, "node_rank": 1},  # topology in the parameters is the Job's business: dropped
+                "nnodes": 2},  # travels as PET_NNODES, not in the config (node_rank & co. are refused)
     )
     manifest = build_job(job, ConnectionSettings(image="training-hub:test", gpu_resource=""))
     (container,) = manifest["spec"]["template"]["spec"]["containers"]

@@ -24,13 +24,16 @@ def algorithm_params(algorithm: str, names: list[str], **defaults: Any) -> dict[
     for name in names:
         prop = properties[name]
         variants = prop.get("anyOf", [prop])
-        types = [v["type"] for v in variants if "type" in v]
-        constraints = {k: v for variant in variants for k, v in variant.items() if k in _CONSTRAINTS}
+        if len([v for v in variants if v.get("type") != "null"]) > 1:
+            # Alternatives with their own constraints (an integer, or one of 'auto'/'gpu'): one
+            # merged set would apply the enum of one to the other.
+            schema = {"anyOf": [{k: v for k, v in variant.items() if k in ("type", *_CONSTRAINTS)} for variant in variants]}
+        else:
+            types = [v["type"] for v in variants if "type" in v]
+            constraints = {k: v for variant in variants for k, v in variant.items() if k in _CONSTRAINTS}
+            schema = {"type": types[0] if len(types) == 1 else types, **constraints}
         params[name] = Param(
-            defaults.get(name, prop.get("default")),
-            type=types[0] if len(types) == 1 else types,
-            title=prop.get("title", name),
-            description=prop.get("description"),
-            **constraints,
+            defaults.get(name, prop.get("default")), title=prop.get("title", name),
+            description=prop.get("description"), **schema,
         )
     return params
