@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from airflow_provider_training_hub.data.atomic import AtomicWriter
-from airflow_provider_training_hub.data.line_problems import line_problem
+from airflow_provider_training_hub.data.line_problems import line_problem, overlong_problem
 from airflow_provider_training_hub.data.reader import DEFAULT_MAX_LINE_BYTES, LineTooLong, iter_blocks, open_source
 from airflow_provider_training_hub.data.validate import DEFAULT_MAX_ERRORS, LineError
 
@@ -67,7 +67,7 @@ def validate_documents(
     with AtomicWriter(output_path) as out:
         for number, line in _lines(data_path):
             if isinstance(line, LineTooLong):
-                refuse(number, "", f"line is {line.length} bytes, over the {DEFAULT_MAX_LINE_BYTES}-byte limit")
+                refuse(number, *overlong_problem(line, DEFAULT_MAX_LINE_BYTES))
                 continue
             if line.isspace():
                 continue

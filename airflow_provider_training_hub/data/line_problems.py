@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from airflow_provider_training_hub.data.reader import LineTooLong
 from airflow_provider_training_hub.data.schema import Sample
 from airflow_provider_training_hub.json_syntax import ends_early, syntax_phrase
 
@@ -57,6 +58,11 @@ def line_problem(line: bytes, struct: type[msgspec.Struct] = Sample) -> Problem:
     if _has_lone_surrogate(value):
         return "", "a \\u escape stands for half of a surrogate pair, which is not valid Unicode"
     return "", "not a valid sample"  # msgspec refused what the checks above accept: say no more than that
+
+
+def overlong_problem(line: LineTooLong, max_line_bytes: int) -> Problem:
+    """A line the reader would not hold (``reader.LineTooLong``)."""
+    return "", f"line is {line.length} bytes, over the {max_line_bytes}-byte limit"
 
 
 def _syntax_reason(text: str, exc: json.JSONDecodeError) -> str:

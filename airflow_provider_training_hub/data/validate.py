@@ -38,7 +38,7 @@ from airflow_provider_training_hub.data.reader import (
     line_ranges,
     open_source,
 )
-from airflow_provider_training_hub.data.line_problems import line_problem
+from airflow_provider_training_hub.data.line_problems import line_problem, overlong_problem
 from airflow_provider_training_hub.data.repeated_keys import may_repeat_a_key, repeated_key
 from airflow_provider_training_hub.data.schema import Batch, Sample, semantic_problems
 from airflow_provider_training_hub.data.stats import Statistics, chat_token_counter
@@ -140,7 +140,7 @@ def _line_by_line(
     samples, lines = [], []
     for number, line in enumerate(block.lines, block.first_line):
         if isinstance(line, LineTooLong):
-            sample, problems = None, [("", f"line is {line.length} bytes, over the {max_line_bytes}-byte limit")]
+            sample, problems = None, [overlong_problem(line, max_line_bytes)]
         elif line.isspace():
             stats.blank += 1
             continue
