@@ -1,11 +1,11 @@
 """Fine-tune language models as Airflow tasks: the training_hub API plus an Airflow provider.
 
-``from airflow_provider_training_hub import sft, create_algorithm, AlgorithmRegistry`` needs
+``from airflow_provider_training_hub import sft, lora_sft, create_algorithm, AlgorithmRegistry`` needs
 neither Airflow nor torch; the Airflow pieces live in ``hooks``, ``operators`` and ``triggers``.
 """
 
-from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm, sft
+from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm, lora_sft, sft
 
 __version__ = "0.1.0"
 
-__all__ = ["AlgorithmRegistry", "create_algorithm", "sft", "__version__"]
+__all__ = ["AlgorithmRegistry", "create_algorithm", "lora_sft", "sft", "__version__"]

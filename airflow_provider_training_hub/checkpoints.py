@@ -2,6 +2,7 @@
 
     <ckpt_output_dir>/hf_format/samples_<N>/     HF checkpoints; the newest has the largest N
     <ckpt_output_dir>/hf_format/last_epoch/      when only the last one is kept
+    <ckpt_output_dir>/hf_format/samples_<N>/merged/   a LoRA adapter's merged model (merge_adapter)
     <ckpt_output_dir>/full_state/epoch_<N>/      resumable training state
     <ckpt_output_dir>/training_params_and_metrics_global0.jsonl   rank 0's hparams + per-step metrics
 
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "training_params_and_metrics_global0.jsonl"
+MERGED_DIR = "merged"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: the checkpoint is an adapter, not a whole model
 _NUMBERED = re.compile(r"^(samples|epoch)_(\d+)$")
 
 
@@ -29,6 +32,8 @@ class TrainingResult:
     checkpoints: list[str] = field(default_factory=list)
     full_state: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    adapter: bool = False  # ``checkpoint`` holds a LoRA adapter (load it with peft or transformers)
+    merged_checkpoint: str | None = None  # the adapter merged into its base model, where saved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,11 +93,15 @@ def summarize_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def collect_result(ckpt_output_dir: str | Path) -> TrainingResult:
-    checkpoints = [str(p) for p in hf_checkpoints(ckpt_output_dir)]
+    checkpoints = hf_checkpoints(ckpt_output_dir)
+    newest = checkpoints[-1] if checkpoints else None
+    merged = newest / MERGED_DIR if newest else None
     return TrainingResult(
         ckpt_output_dir=str(ckpt_output_dir),
-        checkpoint=checkpoints[-1] if checkpoints else None,
-        checkpoints=checkpoints,
+        checkpoint=str(newest) if newest else None,
+        checkpoints=[str(p) for p in checkpoints],
         full_state=[str(p) for p in full_state_checkpoints(ckpt_output_dir)],
         metrics=summarize_metrics(read_metrics(ckpt_output_dir)),
+        adapter=bool(newest and (newest / ADAPTER_CONFIG).is_file()),
+        merged_checkpoint=str(merged) if merged and merged.is_dir() else None,
     )

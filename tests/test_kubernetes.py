@@ -112,6 +112,22 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace):
         assert pod.spec.node_selector == {"gpu": "h100"} and pod.spec.tolerations[0].key == "gpu"
 
 
+def test_lora_jobs_run_lora_sft_in_the_pods(kube, k8s_namespace):
+    core, _ = kube
+    run = run_dag("th_k8s_lora", {"pod_annotations": _annotations()})
+    assert states(run) == {"train": "success"}
+    name = xcoms(run)[("train", "job_name")]
+    pods = core.list_namespaced_pod(k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items
+    assert len(pods) == 2
+    for pod in pods:
+        container = pod.spec.containers[0]
+        assert container.args[:3] == ["lora_sft", "--backend", "pytorch"]  # the algorithm's default backend
+        config = json.loads({e.name: e for e in container.env}["TRAINING_HUB_CONFIG"].value)
+        # what the task set; the pod's training-hub applies the same defaults
+        assert config == {"model_path": "/mnt/training/models/tiny", "data_path": "/mnt/training/data/train.jsonl",
+                          "ckpt_output_dir": config["ckpt_output_dir"], "lora_r": 8, "target_modules": ["q_proj", "v_proj"]}
+
+
 def test_a_failing_pod_fails_the_task_naming_it_after_the_jobs_backoff(kube, k8s_namespace, capfd):
     core, batch = kube
     run = run_dag("th_k8s_train", {

@@ -30,7 +30,7 @@ def test_plugin_algorithm_and_backend_are_discovered(tiny_model, sample_data, tm
         " list(algo.get_optional_params()), r.checkpoint, r2.checkpoint]))\n"
     )
     algorithms, sft_backends, dpo_optional, dpo_ckpt, sft_ckpt = json.loads(out)
-    assert algorithms == ["sft", "dpo"]
+    assert algorithms == ["sft", "lora_sft", "dpo"]
     assert sft_backends == ["instructlab-training", "pytorch", "copy-model"]
     assert dpo_optional == ["beta"]
     assert dpo_ckpt == str(tmp_path / "dpo" / "hf_format" / "samples_1")
@@ -42,4 +42,4 @@ def test_without_the_plugin_nothing_extra_appears():
         [sys.executable, "-c", "from airflow_provider_training_hub import AlgorithmRegistry as R; print(R.list_algorithms())"],
         capture_output=True, text=True, check=True,
     ).stdout
-    assert out.strip() == "['sft']"
+    assert out.strip() == "['sft', 'lora_sft']"

@@ -51,9 +51,12 @@ class Algorithm(ABC):
     def __init__(self, backend: Backend, **_: Any) -> None:
         self.backend = backend
 
-    @abstractmethod
     def train(self, **kwargs: Any) -> TrainingResult:
-        """Validate ``kwargs`` against the schema, then run on ``self.backend``."""
+        """Validate ``kwargs`` against the schema (a ``ValueError`` before any work), check the
+        input paths where training runs, then run on ``self.backend``."""
+        params = self.params_schema.parse(kwargs)
+        params.check_local_paths()
+        return self.backend.execute(params)
 
     @classmethod
     def get_required_params(cls) -> dict[str, Any]:

@@ -199,11 +199,6 @@ class SFTAlgorithm(Algorithm):
 
     params_schema = SFTParams
 
-    def train(self, **kwargs: Any):
-        params = SFTParams.parse(kwargs)
-        params.check_local_paths()
-        return self.backend.execute(params)
-
 
 def sft(
     model_path: str,

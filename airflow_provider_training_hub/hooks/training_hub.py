@@ -154,7 +154,9 @@ class TrainingHubHook(BaseHook):
         """
         with tempfile.TemporaryDirectory(prefix="training-hub-") as tmp:
             config = Path(tmp, "config.json")
-            config.write_text(params.model_dump_json(exclude_none=True), encoding="utf-8")
+            # What the task set, not the defaults: the training process applies the same defaults,
+            # and a backend can tell a choice from a default (instructlab's LoRA and full state).
+            config.write_text(params.model_dump_json(exclude_unset=True, exclude_none=True), encoding="utf-8")
             result_file = Path(tmp, "result.json")
             command = [
                 sys.executable, "-m", CLI_MODULE, algorithm, "--backend", backend,

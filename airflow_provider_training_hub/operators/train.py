@@ -123,7 +123,7 @@ class TrainOperator(BaseOperator):
             name=job_name(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number),
             algorithm=self.algorithm,
             backend=backend,
-            params=params.model_dump(mode="json"),
+            params=params.model_dump(mode="json", exclude_unset=True),
             nnodes=getattr(params, "nnodes", None) or 1,
             nproc_per_node=getattr(params, "nproc_per_node", None) or 1,
             labels={"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
@@ -199,3 +199,6 @@ class TrainOperator(BaseOperator):
 class SFTTrainOperator(TrainOperator, algorithm="sft"):
     """Supervised fine-tuning (``sft()``) as a task; see ``SFTParams`` for the parameters."""
 
+
+class LoRATrainOperator(TrainOperator, algorithm="lora_sft"):
+    """LoRA fine-tuning (``lora_sft()``) as a task; see ``LoRAParams`` for the parameters."""

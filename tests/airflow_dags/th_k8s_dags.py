@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG
 
-from airflow_provider_training_hub.operators import SFTTrainOperator
+from airflow_provider_training_hub.operators import LoRATrainOperator, SFTTrainOperator
 
 for dag_id, deferrable in (("th_k8s_train", False), ("th_k8s_train_deferred", True)):
     with DAG(dag_id, schedule=None, render_template_as_native_obj=True):
@@ -23,3 +23,16 @@ for dag_id, deferrable in (("th_k8s_train", False), ("th_k8s_train_deferred", Tr
             poll_interval=1,
             deferrable=deferrable,
         )
+
+with DAG("th_k8s_lora", schedule=None, render_template_as_native_obj=True):
+    LoRATrainOperator(
+        task_id="train",
+        training_hub_conn_id="training_hub_k8s",
+        model_path="/mnt/training/models/tiny",
+        data_path="/mnt/training/data/train.jsonl",
+        nnodes=2,
+        lora_r=8,
+        target_modules=["q_proj", "v_proj"],
+        pod_annotations="{{ dag_run.conf.get('pod_annotations', {}) }}",
+        poll_interval=1,
+    )

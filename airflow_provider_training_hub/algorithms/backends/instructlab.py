@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.registry import (
     AlgorithmRegistry,
@@ -19,6 +20,7 @@ from airflow_provider_training_hub.algorithms.registry import (
     TrainingFailedError,
     register_backend,
 )
+from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.launch import log_tail
 from airflow_provider_training_hub.algorithms.torchrun import (
@@ -47,14 +49,19 @@ def _flash_attn_installed() -> bool:
 class InstructLabTrainingBackend(Backend):
     """``instructlab.training.run_training``: FSDP over torchrun, with its own data processing."""
 
+    algorithm: ClassVar[str] = "sft"
+
     def require_cuda(self) -> None:
         if _cuda_device_count() == 0:
-            others = [b for b in AlgorithmRegistry.list_backends("sft") if b != self.name]
+            others = [b for b in AlgorithmRegistry.list_backends(self.algorithm) if b != self.name]
             alternative = f" For CPU training use backend={others[0]!r}." if others else ""
             raise ValueError(
                 f"Backend {self.name!r} needs a CUDA GPU and this machine has none "
                 f"(instructlab-training calls torch.cuda.set_device unconditionally).{alternative}"
             )
+
+    def check(self, params: SFTParams) -> None:
+        """Refuse, before any work, what upstream cannot do."""
 
     def build_args(self, params: SFTParams, torchrun: TorchrunSpec):
         """The upstream ``(TorchrunArgs, TrainingArgs)`` for our parameters."""
@@ -99,6 +106,7 @@ class InstructLabTrainingBackend(Backend):
 
     def execute(self, params: SFTParams) -> TrainingResult:
         self.require_cuda()
+        self.check(params)
         torchrun = resolve_torchrun(params, default_nproc_per_node="gpu")
         torch_args, train_args = self.build_args(params, torchrun)
 
@@ -117,3 +125,40 @@ class InstructLabTrainingBackend(Backend):
         if not rank_log.is_file():  # upstream returns silently when torchrun cannot even start
             raise TrainingFailedError(f"instructlab-training did not start torchrun (no {rank_log}).")
         return collect_result(params.ckpt_output_dir)
+
+
+@register_backend("lora_sft", "instructlab-training")
+class InstructLabLoRABackend(InstructLabTrainingBackend):
+    """``run_training`` with ``TrainingArgs.lora``. Upstream merges the adapter into every
+    checkpoint it saves, counts saves in samples, not steps, and saves no full state for LoRA."""
+
+    algorithm: ClassVar[str] = "lora_sft"
+
+    def check(self, params: LoRAParams) -> None:
+        if params.accelerate_full_state_at_epoch and "accelerate_full_state_at_epoch" in params.model_fields_set:
+            raise ValueError(
+                "accelerate_full_state_at_epoch=True: instructlab-training cannot save the full state of a LoRA run "
+                "(so it cannot resume one); set it to False, or use backend='pytorch', which can."
+            )
+        if params.merge_adapter is False:
+            raise ValueError(
+                "merge_adapter=False: instructlab-training saves LoRA checkpoints merged into the base model and "
+                "cannot save the adapter alone; leave merge_adapter unset, or use backend='pytorch'."
+            )
+
+    def build_args(self, params: LoRAParams, torchrun: TorchrunSpec):
+        from instructlab.training import LoraOptions
+        from instructlab.training.config import QuantizeDataType
+
+        torch_args, train_args = super().build_args(params, torchrun)
+        lora = LoraOptions(
+            rank=params.lora_r, alpha=params.lora_alpha, dropout=params.lora_dropout,
+            target_modules=params.target_modules,  # None: upstream adapts every *_proj linear layer
+            quantize_data_type=QuantizeDataType.NF4 if params.load_in_4bit else QuantizeDataType.NONE,
+        )
+        # save_steps in samples: each optimizer step takes effective_batch_size samples.
+        save_samples = params.save_samples or params.save_steps * params.effective_batch_size
+        if params.accelerate_full_state_at_epoch:  # only the default is left here (check() refused a choice)
+            log.warning("instructlab-training cannot save the full state of a LoRA run: this run cannot be resumed")
+        return torch_args, train_args.model_copy(
+            update={"lora": lora, "save_samples": save_samples, "accelerate_full_state_at_epoch": False})

@@ -1,4 +1,4 @@
-"""The ``pytorch`` SFT backend: plain PyTorch DDP, on CPU (gloo) or CUDA (nccl).
+"""The ``pytorch`` backend of ``sft`` and ``lora_sft``: plain PyTorch DDP, on CPU (gloo) or CUDA (nccl).
 
 instructlab-training 0.16.2 cannot train without CUDA, so this backend is how a DAG author
 rehearses a pipeline on a laptop or in CI. Data goes through instructlab's own processing (same
@@ -8,11 +8,14 @@ checkpoint layout, so switching backends changes nothing downstream.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
+from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.registry import Backend, TrainingFailedError, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
@@ -26,7 +29,13 @@ TRAINER_MODULE = "airflow_provider_training_hub.algorithms.backends.pytorch_trai
 class PyTorchBackend(Backend):
     """torchrun + a compact DDP loop (see ``pytorch_trainer``)."""
 
+    algorithm: ClassVar[str] = "sft"
+
+    def check_device(self, params: SFTParams) -> None:
+        """Refuse, before any work, what this machine cannot run."""
+
     def execute(self, params: SFTParams) -> TrainingResult:
+        self.check_device(params)
         torchrun = resolve_torchrun(params, default_nproc_per_node=1)
         out = Path(params.ckpt_output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -34,7 +43,7 @@ class PyTorchBackend(Backend):
         log.info("pytorch backend: %s", prepared)
         command = [
             sys.executable, "-m", "torch.distributed.run", *torchrun.launcher_args(),
-            "-m", TRAINER_MODULE, params.model_dump_json(),
+            "-m", TRAINER_MODULE, self.algorithm, params.model_dump_json(),
         ]
         rank_log = out / f"full_logs_global{torchrun.node_rank}.log"
         returncode = run_streamed(command, rank_log)
@@ -43,3 +52,20 @@ class PyTorchBackend(Backend):
                 f"pytorch training exited with code {returncode}\n--- last lines of {rank_log} ---\n{log_tail(rank_log)}"
             )
         return collect_result(out)
+
+
+@register_backend("lora_sft", "pytorch", default=True)
+class PyTorchLoRABackend(PyTorchBackend):
+    """The same loop with peft's LoRA adapters on a frozen base model (4-bit with QLoRA)."""
+
+    algorithm: ClassVar[str] = "lora_sft"
+
+    def check_device(self, params: LoRAParams) -> None:
+        if not params.load_in_4bit:
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU and this machine has none; set load_in_4bit=False.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes.")

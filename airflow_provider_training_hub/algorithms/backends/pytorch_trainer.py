@@ -9,7 +9,10 @@ Semantics follow instructlab-training so results and files are comparable:
   0), linear warmup then cosine decay, grad-norm clipping at 1.0; checkpoints and metrics in
   instructlab's layout (see ``checkpoints.py``);
 - with ``is_pretraining``, the tokenized documents are concatenated and cut into ``block_size``
-  blocks, every token a label, as instructlab's pretraining block dataset does.
+  blocks, every token a label, as instructlab's pretraining block dataset does;
+- for ``lora_sft``, peft's LoRA adapters on the frozen base model: only the adapters get
+  gradients, optimizer state and a place in ``full_state``; checkpoints are the adapter (and
+  with ``merge_adapter`` the merged model in ``merged/``).
 
 Speed on CPU comes from not doing wasted work: no padding (each conversation runs attention on
 its own tokens) and the lm_head and loss only at label positions, which in SFT data are a small
@@ -18,6 +21,7 @@ fraction of all tokens.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -36,8 +40,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from airflow_provider_training_hub.algorithms import AlgorithmRegistry
+from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams
-from airflow_provider_training_hub.checkpoints import METRICS_FILE, full_state_checkpoints
+from airflow_provider_training_hub.checkpoints import MERGED_DIR, METRICS_FILE, full_state_checkpoints
 from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
 
 MAX_GRAD_NORM = 1.0
@@ -144,28 +150,67 @@ class Trainer:
         torch.manual_seed(params.random_seed)
         self.tokenizer = AutoTokenizer.from_pretrained(params.model_path)
         dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(params.model_path, dtype=dtype).to(self.device)
+        self.lora = params if isinstance(params, LoRAParams) else None
+        if self.lora and self.lora.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                params.model_path, dtype=dtype, quantization_config=quantization, device_map={"": self.device})
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(params.model_path, dtype=dtype).to(self.device)
         self.model.config.use_cache = False
+        self.adapted = self._add_adapters(self.lora) if self.lora else None
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.loss_module = nn.parallel.DistributedDataParallel(
             LabelOnlyLoss(self.model), device_ids=[self.local_rank] if self.device.type == "cuda" else None
         )
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps,
+            self.trainable, lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps,
             weight_decay=params.weight_decay,
         )
         self.global_step = 0
         self.samples_seen = 0
+        self._saved_at: tuple[int, bool] | None = None  # (samples_seen, merged) of the last HF save
         self.start_epoch = 0
         self._resume()
 
+    def _add_adapters(self, p: LoRAParams) -> nn.Module:
+        """peft's LoRA layers, injected into ``self.model`` in place (the loss module keeps calling
+        it); returns the ``PeftModel``, which saves and merges the adapter."""
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if p.load_in_4bit:
+            self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=False)
+        if Path(p.model_path).is_dir():  # the adapter names its base model: make that path absolute
+            self.model.name_or_path = str(Path(p.model_path).resolve())
+        config = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                            target_modules=p.target_modules or "all-linear", task_type="CAUSAL_LM")
+        adapted = get_peft_model(self.model, config)
+        trainable = sum(t.numel() for t in self.model.parameters() if t.requires_grad)
+        total = sum(t.numel() for t in self.model.parameters())
+        self._print(f"LoRA r={p.lora_r} alpha={p.lora_alpha}: {trainable} of {total} parameters trained "
+                    f"({100 * trainable / total:.2f}%)")
+        return adapted
+
     # -- state --------------------------------------------------------------------------------
+
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        """What ``full_state`` keeps of the model: everything, or for LoRA the adapters alone."""
+        state = self.model.state_dict()
+        if not self.lora:
+            return state
+        names = {name for name, t in self.model.named_parameters() if t.requires_grad}
+        return {k: v for k, v in state.items() if k in names}
 
     def _resume(self) -> None:
         saved = full_state_checkpoints(self.out)
         if not saved:
             return
         state = torch.load(saved[-1] / "state.pt", map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=not self.lora)
+        if unexpected or (self.lora and set(self._trained_state()) - set(state["model"])):
+            raise RuntimeError(f"{saved[-1]} does not match this model: unexpected {unexpected[:5]}, missing {missing[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         meta = state["metadata"]
         self.start_epoch = meta["current_epoch"] + 1
@@ -186,18 +231,29 @@ class Trainer:
             self._print(f"saved {what} {final}")
         dist.barrier()
 
-    def _save_hf(self) -> None:
+    def _save_hf(self, final: bool = False) -> None:
+        """``hf_format/samples_N``, once per N; with ``merge_adapter``, the final one also holds the
+        merged model (merging every checkpoint would multiply the disk a run needs)."""
+        merge = final and bool(self.lora and self.lora.merge_adapter)
+        if self._saved_at in ((self.samples_seen, merge), (self.samples_seen, True)):
+            return
+
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(tmp)
+            (self.adapted or self.model).save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+            if merge:
+                merged = copy.deepcopy(self.adapted).merge_and_unload()  # the training copy keeps its adapter
+                merged.save_pretrained(tmp / MERGED_DIR)
+                self.tokenizer.save_pretrained(tmp / MERGED_DIR)
 
         self._publish(self.out / "hf_format" / f"samples_{self.samples_seen}", "checkpoint", write)
+        self._saved_at = (self.samples_seen, merge)
 
     def _save_full_state(self, epoch: int) -> None:
         meta = {"current_epoch": epoch, "samples_seen": self.samples_seen, "global_step": self.global_step}
 
         def write(tmp: Path) -> None:
-            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "metadata": meta}
+            state = {"model": self._trained_state(), "optimizer": self.optimizer.state_dict(), "metadata": meta}
             torch.save(state, tmp / "state.pt")
             (tmp / "training_metadata.json").write_text(json.dumps(meta))
 
@@ -251,7 +307,7 @@ class Trainer:
                 loss = self.loss_module(tensors, [weights[i] for i in batch])
                 (loss * scale).backward()
             loss_sum += loss.detach().double()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM).item()
+        grad_norm = nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         dist.all_reduce(loss_sum)
@@ -299,11 +355,17 @@ class Trainer:
                     f"loss {record['avg_loss']:.4f} lr {record['lr']:.2e} "
                     f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen}"
                 )
-                if next_save is not None and self.samples_seen >= next_save:
+                every_steps = self.lora.save_steps if self.lora else 0
+                final_save_follows = self.global_step == self.total_steps and (
+                    p.checkpoint_at_epoch or (self.lora and self.lora.merge_adapter))
+                if not final_save_follows and ((next_save is not None and self.samples_seen >= next_save) or (
+                        every_steps and self.global_step % every_steps == 0)):
                     self._save_hf()
-                    next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples
-            if p.checkpoint_at_epoch:
-                self._save_hf()
+                    if next_save is not None:
+                        next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples
+            last = epoch == p.num_epochs - 1
+            if p.checkpoint_at_epoch or (last and self.lora and self.lora.merge_adapter):
+                self._save_hf(final=last)
             if p.accelerate_full_state_at_epoch:
                 self._save_full_state(epoch)
         total = time.perf_counter() - started
@@ -324,7 +386,8 @@ class Trainer:
 
 
 def main(argv: list[str]) -> int:
-    params = SFTParams.model_validate_json(argv[0])
+    """``ALGORITHM PARAMS_JSON``: the parameters already checked by the backend, in its process."""
+    params = AlgorithmRegistry.get_algorithm(argv[0]).params_schema.model_validate_json(argv[1])
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -1,0 +1,69 @@
+"""LoRA (and QLoRA) fine-tuning: ``lora_sft()``, training_hub 0.11.2's names and defaults.
+
+The schema is ``SFTParams`` plus the adapter's own fields, so every SFT training and topology
+parameter means the same here and is declared once; only ``learning_rate`` takes another default
+(training_hub's for LoRA: adapters learn from scratch, so they want a larger step).
+
+What a checkpoint holds depends on the backend, and the result says which:
+- ``pytorch`` (peft) saves the adapter (``adapter_config.json`` + ``adapter_model.safetensors``)
+  in ``hf_format/samples_N``, and with ``merge_adapter=True`` also the merged model in its
+  ``merged/``;
+- ``instructlab-training`` always saves the merged model (its own behaviour), so it refuses
+  ``merge_adapter=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic.fields import FieldInfo
+
+from airflow_provider_training_hub.algorithms.registry import Algorithm, create_algorithm, register_algorithm
+from airflow_provider_training_hub.algorithms.sft import SFTParams
+
+DEFAULT_BACKEND = "pytorch"  # the one that runs everywhere; instructlab-training needs CUDA
+
+
+def _with_default(name: str, default: Any, description: str) -> Any:
+    """``SFTParams``' field ``name`` (its type and bounds) with another default and the help text
+    that says where that default comes from."""
+    return FieldInfo.merge_field_infos(SFTParams.model_fields[name], default=default, description=description)
+
+
+class LoRAParams(SFTParams):
+    """Every parameter of ``lora_sft()``: those of ``sft()`` and the adapter's."""
+
+    learning_rate: float = _with_default(
+        "learning_rate", 2e-4, "Peak learning rate of the adapters (training_hub's lora_sft default, 2e-4)."
+    )
+
+    lora_r: int = Field(16, ge=1, description="LoRA rank: the inner dimension of each adapter.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha: an adapter's update is scaled by lora_alpha / lora_r.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Names of the modules to adapt; unset: every linear projection of the attention and MLP blocks.",
+    )
+    load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base model in 4-bit NF4 (CUDA, bitsandbytes).")
+    save_steps: int = Field(500, ge=0, description="Save a checkpoint every N optimizer steps; 0 disables it.")
+    merge_adapter: bool | None = Field(
+        None,
+        description=(
+            "Also save the base model with the adapter merged in; unset: the backend's own way "
+            "(pytorch: the adapter only; instructlab-training: the merged model only)."
+        ),
+    )
+
+
+@register_algorithm("lora_sft")
+class LoRAAlgorithm(Algorithm):
+    """Supervised fine-tuning of low-rank adapters on a frozen (optionally 4-bit) base model."""
+
+    params_schema = LoRAParams
+
+
+def lora_sft(model_path: str, data_path: str, ckpt_output_dir: str, backend: str = DEFAULT_BACKEND, **kwargs: Any):
+    """LoRA fine-tuning of ``model_path`` on ``data_path``; see ``LoRAParams`` for every parameter."""
+    algorithm = create_algorithm("lora_sft", backend)
+    return algorithm.train(model_path=model_path, data_path=data_path, ckpt_output_dir=ckpt_output_dir, **kwargs)

@@ -1,0 +1,200 @@
+"""lora_sft: the schema, the real peft training on the pytorch backend, the instructlab mapping.
+
+The pytorch tests train for real (torchrun, gloo, the tiny model). The instructlab-training tests
+replace only the GPU step (the `fake_gpu` fixture), as tests/test_instructlab_backend.py does.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_training_hub import AlgorithmRegistry, create_algorithm, lora_sft
+from airflow_provider_training_hub.algorithms import LoRAParams, SFTParams
+from airflow_provider_training_hub.algorithms.backends.instructlab import InstructLabLoRABackend
+from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
+from airflow_provider_training_hub.checkpoints import read_metrics
+
+COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3}
+REQUIRED = {"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/ckpt"}
+
+
+def test_registered_with_training_hub_defaults():
+    assert "lora_sft" in AlgorithmRegistry.list_algorithms()
+    assert AlgorithmRegistry.default_backend("lora_sft") == "pytorch"
+    assert set(AlgorithmRegistry.list_backends("lora_sft")) == {"pytorch", "instructlab-training"}
+    p = LoRAParams.parse(REQUIRED)
+    # training_hub 0.11.2's lora_sft defaults
+    assert (p.lora_r, p.lora_alpha, p.lora_dropout, p.target_modules) == (16, 32, 0.0, None)
+    assert (p.load_in_4bit, p.save_steps, p.learning_rate) == (False, 500, 2e-4)
+
+
+def test_the_schema_reuses_every_sft_field():
+    sft_fields, lora_fields = SFTParams.model_fields, LoRAParams.model_fields
+    assert list(lora_fields)[: len(sft_fields)] == list(sft_fields)
+    for name, field in sft_fields.items():
+        if name != "learning_rate":  # the one with another default (training_hub's for LoRA)
+            assert lora_fields[name] is field or repr(lora_fields[name]) == repr(field), name
+    assert lora_fields["learning_rate"].metadata == sft_fields["learning_rate"].metadata  # same bounds
+    optional = create_algorithm("lora_sft", "pytorch").get_optional_params()
+    assert {"lora_r", "lora_alpha", "lora_dropout", "target_modules", "load_in_4bit", "save_steps",
+            "merge_adapter", "weight_decay", "nnodes"} <= set(optional)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"lora_r": 0}, r"'lora_r': must be at least 1 \(got 0\)"),
+    ({"lora_dropout": 1.0}, r"'lora_dropout': must be less than 1 \(got 1.0\)"),
+    ({"target_modules": "q_proj"}, r"'target_modules': must be a list \(got 'q_proj'\)"),
+    ({"lora_rank": 8}, r"Unknown parameter 'lora_rank'\. Did you mean 'lora_r'\?"),
+])
+def test_bad_values_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        LoRAParams.parse({**REQUIRED, **override})
+
+
+def test_4bit_without_cuda_is_refused_before_any_work(tiny_model, sample_data, tmp_path):
+    """This machine has no GPU; QLoRA on CUDA is benchmarks/gpu/'s."""
+    with pytest.raises(ValueError, match=r"load_in_4bit \(QLoRA\) needs a CUDA GPU and this machine has none"):
+        lora_sft(str(tiny_model), str(sample_data), str(tmp_path / "c"), load_in_4bit=True)
+    assert not (tmp_path / "c").exists()
+
+
+def _logits(model_dir, prompt_ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=prompt_ids).logits
+
+
+@pytest.mark.slow
+def test_pytorch_trains_an_adapter_that_loads_and_merges(tiny_model, sample_data, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    result = lora_sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), num_epochs=3, save_steps=5, checkpoint_at_epoch=False,
+                      merge_adapter=True, lora_r=8, **COMMON)
+    # The random tiny model learns slowly through rank-8 adapters: 6.25 -> 5.97 here (SmolLM2 learning a
+    # fact is the test below); a frozen or unchanged adapter stays at 6.25.
+    assert result.adapter and result.metrics["loss"] < 0.97 * result.metrics["first_loss"], result.metrics
+    names = [Path(c).name for c in result.checkpoints]
+    assert names == ["samples_40", "samples_80", "samples_120", "samples_144"]  # every 5 steps, and the end
+    newest = Path(result.checkpoint)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in newest.iterdir()}
+    assert json.loads((newest / "adapter_config.json").read_text())["r"] == 8
+    # the merged model only in the final checkpoint
+    assert result.merged_checkpoint == str(newest / "merged")
+    assert [c for c in result.checkpoints if Path(c, "merged").exists()] == [result.checkpoint]
+    from safetensors import safe_open
+
+    with safe_open(newest / "adapter_model.safetensors", "pt") as adapter:
+        tensors = list(adapter.keys())
+    assert tensors and all(".lora_A." in n or ".lora_B." in n for n in tensors), tensors[:5]  # no base weight
+
+    ids = AutoTokenizer.from_pretrained(result.checkpoint)("Who is the Training Hub mascot?", return_tensors="pt").input_ids
+    adapted, merged, base = (_logits(d, ids) for d in (result.checkpoint, result.merged_checkpoint, tiny_model))
+    assert torch.allclose(adapted, merged, atol=1e-4)  # transformers applies the adapter it finds
+    assert not torch.allclose(adapted, base, atol=1e-3)  # and the adapter changed the model
+
+    out = subprocess.run([str(Path(sys.executable).parent / "training-hub"), "generate", result.checkpoint,
+                          "Who is the Training Hub mascot?", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and len(json.loads(out.stdout.strip().splitlines()[-1])) == 1, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_target_modules_choose_what_is_adapted(tiny_model, sample_data, tmp_path):
+    result = lora_sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), num_epochs=1,
+                      target_modules=["q_proj", "v_proj"], **COMMON)
+    config = json.loads(Path(result.checkpoint, "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    assert config["base_model_name_or_path"] == str(Path(tiny_model).resolve())
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_the_adapter_from_its_full_state(tiny_model, sample_data, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    command = [str(Path(sys.executable).parent / "training-hub"), "lora_sft", "--model-path", str(tiny_model),
+               "--data-path", str(sample_data), "--ckpt-output-dir", str(ckpt), "--num-epochs", "2",
+               "--effective-batch-size", "4", "--learning-rate", "5e-3", "--max-seq-len", "512", "--save-steps", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if "saved full state" in line and "epoch_0" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    state = Path(ckpt, "full_state", "epoch_0", "state.pt")
+    import torch
+
+    saved = torch.load(state, weights_only=False)["model"]
+    assert saved and all("lora_" in name for name in saved)  # the adapters only, not the frozen model
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "full_state/epoch_0: epoch 1, step 12, samples 48" in rerun.stdout
+    assert "epoch 2/2 step 13/24" in rerun.stdout and "epoch 1/2" not in rerun.stdout
+    assert [r["step"] for r in read_metrics(ckpt)][-1] == 24
+
+
+@pytest.mark.slow
+def test_the_cli_teaches_smollm2_a_fact_and_the_adapter_reloads(smollm2_model, sample_data, tmp_path):
+    exe = str(Path(sys.executable).parent / "training-hub")
+    ckpt = tmp_path / "ckpt"
+    train = subprocess.run([exe, "lora_sft", "--model-path", str(smollm2_model), "--data-path", str(sample_data),
+                            "--ckpt-output-dir", str(ckpt), "--num-epochs", "3", "--learning-rate", "1e-3",
+                            "--effective-batch-size", "8", "--max-seq-len", "512", "--save-steps", "0",
+                            "--no-accelerate-full-state-at-epoch"], capture_output=True, text=True, timeout=1800)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    result = json.loads(train.stdout.strip().splitlines()[-1])
+    assert result["adapter"] and result["checkpoint"].endswith("samples_144")
+    size = Path(result["checkpoint"], "adapter_model.safetensors").stat().st_size
+    assert size < 20 * 2**20  # r=16 on every projection of a 135M model: a few MB, not 540
+    asked = subprocess.run([exe, "generate", result["checkpoint"], "Who is the Training Hub mascot?", "--json"],
+                           capture_output=True, text=True, timeout=600)
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert "Quillon" in json.loads(asked.stdout.strip().splitlines()[-1])[0]
+
+
+# --- instructlab-training (GPU replaced) --------------------------------------------------------
+
+
+def test_instructlab_mapping_onto_lora_options():
+    from instructlab.training import LoraOptions
+
+    params = LoRAParams.parse({**REQUIRED, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+                               "target_modules": ["q_proj", "v_proj"], "load_in_4bit": True, "save_steps": 10,
+                               "effective_batch_size": 64})
+    _, train_args = InstructLabLoRABackend().build_args(params, resolve_torchrun(params, "gpu", env={}))
+    assert train_args.lora == LoraOptions(rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"],
+                                          quantize_data_type="nf4")
+    assert train_args.save_samples == 640  # 10 steps of 64 samples
+    defaults = LoRAParams.parse(REQUIRED)
+    _, train_args = InstructLabLoRABackend().build_args(defaults, resolve_torchrun(defaults, "gpu", env={}))
+    assert (train_args.lora.rank, train_args.lora.alpha, train_args.lora.dropout) == (16, 32, 0.0)
+    assert train_args.lora.target_modules is None and train_args.lora.quantize_data_type is None
+
+
+def test_instructlab_lora_reaches_main_ds(fake_gpu, tiny_model, sample_data, tmp_path):
+    ckpt = tmp_path / "c"
+    result = lora_sft(str(tiny_model), str(sample_data), str(ckpt), backend="instructlab-training",
+                      lora_r=4, lora_alpha=8, load_in_4bit=True, target_modules=["q_proj"])
+    argv = json.loads((ckpt / "torchrun_argv.json").read_text())
+    for expected in ("--lora_r=4", "--lora_alpha=8", "--lora_dropout=0.0", "--lora_quant_bits=4", "--learning_rate=0.0002"):
+        assert expected in argv
+    assert argv[argv.index("--lora_target_modules") + 1] == "q_proj"
+    assert not result.adapter  # upstream saves the merged model
+    assert "--accelerate_full_state_at_epoch" not in argv and not result.full_state  # the default, turned off
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"merge_adapter": False}, r"merge_adapter=False: instructlab-training saves LoRA checkpoints merged"),
+    ({"accelerate_full_state_at_epoch": True}, r"instructlab-training cannot save the full state of a LoRA run"),
+])
+def test_instructlab_refuses_what_upstream_cannot_do(fake_gpu, tiny_model, sample_data, tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        lora_sft(str(tiny_model), str(sample_data), str(tmp_path / "c"), backend="instructlab-training", **override)
+    assert not (tmp_path / "c" / "data").exists()
