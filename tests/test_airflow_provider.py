@@ -99,19 +99,37 @@ def test_sft_demo_trains_the_tiny_model_and_reports_through_xcom():
     assert stats["samples"] == 48 and stats["invalid_lines"] == 0
     assert Path(got[("validate_data", "data_path")]).is_file()
 
-    checkpoint = got[("train", "checkpoint")]
+    assert states(run)["train_lora_sft"] == "skipped"  # the form's algorithm chose train_sft
+    checkpoint = got[("train_sft", "checkpoint")]
     assert Path(checkpoint, "config.json").is_file()
-    assert got[("train", "ckpt_output_dir")] == str(Path(checkpoint).parent.parent)
-    assert checkpoint in got[("train", "checkpoints")]
-    metrics = got[("train", "metrics")]
+    assert got[("train_sft", "ckpt_output_dir")] == str(Path(checkpoint).parent.parent)
+    assert checkpoint in got[("train_sft", "checkpoints")]
+    assert got[("trained", "return_value")]["checkpoint"] == checkpoint
+    metrics = got[("train_sft", "metrics")]
     assert metrics["steps"] == 18 and metrics["loss"] < metrics["first_loss"]
     assert len(got[("ask_before", "return_value")]) == len(got[("ask_after", "return_value")]) == 2
     assert checkpoint in got[("report", "return_value")]
 
 
+@pytest.mark.slow
+def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model):
+    """The trigger form's algorithm: lora_sft on the pytorch backend, SmolLM2 on this CPU."""
+    # The form's learning rate left empty: the demo's own rate for LoRA
+    run = run_dag("sft_demo", {"model": str(smollm2_model), "algorithm": "lora_sft",
+                               "questions": ["Who is the Training Hub mascot?"]})
+    assert run.state == "success", states(run)
+    assert states(run)["train_sft"] == "skipped"
+    got = xcoms(run)
+    result = got[("train_lora_sft", "return_value")]
+    assert result["adapter"] and Path(result["checkpoint"], "adapter_model.safetensors").is_file()
+    assert "Quillon" not in got[("ask_before", "return_value")][0]
+    assert "Quillon" in got[("ask_after", "return_value")][0], got[("ask_after", "return_value")]  # from the adapter
+
+
 @pytest.mark.parametrize(
     ("conf", "named"),
-    [({"learning_rate": -1.0}, "learning_rate"), ({"backend": "tensorflow"}, "backend")],
+    [({"learning_rate": -1.0}, "learning_rate"), ({"backend": "tensorflow"}, "backend"),
+     ({"algorithm": "dpo"}, "algorithm")],
 )
 def test_sft_demo_refuses_bad_values_before_any_task(conf, named):
     """Airflow checks the Params (derived from the schema) when the run is created: no task runs."""
