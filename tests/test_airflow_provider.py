@@ -86,6 +86,22 @@ def test_operator_fields_come_from_the_schema_and_typos_are_named():
         SFTTrainOperator(task_id="t", model_path="m", data_path="d", learning_rte=1e-4)
 
 
+def test_operator_parameters_work_in_partial_expand_and_default_args():
+    """Airflow takes only the arguments an operator's signature names in dynamic task mapping and
+    default_args; the generated fields are named there."""
+    from airflow.sdk import DAG
+    from airflow_provider_training_hub.operators import LoRATrainOperator
+
+    with DAG("th_signature", schedule=None, default_args={"num_epochs": 2, "lora_r": 4}):
+        mapped = LoRATrainOperator.partial(task_id="mapped", model_path="/m", lora_alpha=8).expand(
+            data_path=["/a.jsonl", "/b.jsonl"])
+        plain = LoRATrainOperator(task_id="plain", model_path="/m", data_path="/d.jsonl", num_epochs=5)
+    assert mapped.partial_kwargs["lora_alpha"] == 8 and mapped.expand_input.value == {"data_path": ["/a.jsonl", "/b.jsonl"]}
+    assert (plain.num_epochs, plain.lora_r, plain.learning_rate) == (5, 4, None)  # given, from default_args, unset
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lora_rank'"):
+        LoRATrainOperator.partial(task_id="typo", lora_rank=8)
+
+
 # --- sft_demo ---------------------------------------------------------------------------------
 
 

@@ -29,6 +29,21 @@ _OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def _init_naming(cls: type[TrainOperator], names: Sequence[str]):
+    """An ``__init__`` for ``cls`` whose signature names each parameter of the schema: Airflow takes
+    only named arguments in ``partial()``/``expand()`` (dynamic task mapping) and ``default_args``."""
+
+    def __init__(self: TrainOperator, **kwargs: Any) -> None:
+        super(cls, self).__init__(**kwargs)
+
+    inherited = inspect.signature(super(cls, cls).__init__)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    fields = [inspect.Parameter(name, keyword, default=None) for name in names]
+    *own, rest = inherited.parameters.values()  # rest: **kwargs, for BaseOperator's arguments
+    __init__.__signature__ = inherited.replace(parameters=[*own, *fields, rest])
+    return __init__
+
+
 class TrainOperator(BaseOperator):
     """Train with ``algorithm`` through ``TrainingHubHook``; XCom is the ``TrainingResult``.
 
@@ -68,6 +83,8 @@ class TrainOperator(BaseOperator):
         cls.template_fields = (
             "backend", "connection_overrides", "pending_timeout", "job_backoff_limit", "pod_annotations", *cls.param_names
         )
+        if "__init__" not in vars(cls):
+            cls.__init__ = _init_naming(cls, cls.param_names)
 
     def __init__(
         self,
