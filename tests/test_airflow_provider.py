@@ -31,7 +31,7 @@ def test_example_dags_import_without_errors_or_warnings():
         warnings.simplefilter("always")
         bag = DagBag(str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["messages_dataset_publish", "sft_demo", "sft_retrain"]
+    assert sorted(bag.dag_ids) == ["lora_adapters", "messages_dataset_publish", "sft_demo", "sft_retrain"]
     assert [str(w.message) for w in caught] == []
     for dag in bag.dags.values():
         assert dag.doc_md and dag.params, dag.dag_id
@@ -140,6 +140,34 @@ def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model):
     assert result["adapter"] and Path(result["checkpoint"], "adapter_model.safetensors").is_file()
     assert "Quillon" not in got[("ask_before", "return_value")][0]
     assert "Quillon" in got[("ask_after", "return_value")][0], got[("ask_after", "return_value")]  # from the adapter
+
+
+@pytest.mark.slow
+def test_lora_adapters_trains_one_adapter_per_dataset_as_mapped_tasks(tiny_model, tmp_path):
+    lines = SAMPLE_DATA.read_text(encoding="utf-8").splitlines()
+    support, billing = tmp_path / "support.jsonl", tmp_path / "billing.jsonl"
+    support.write_text("\n".join(lines[:24]) + "\n", encoding="utf-8")
+    billing.write_text("\n".join([*lines[24:], '{"messages": "not a list"}']) + "\n", encoding="utf-8")
+    run = run_dag("lora_adapters", {"model_path": str(tiny_model), "datasets": [str(support), str(billing)],
+                                    "validated_dir": str(tmp_path / "validated"), "num_epochs": 1,
+                                    "learning_rate": 1e-3, "max_seq_len": 512, "lora_r": 4})
+    assert run.state == "success", states(run)
+    rows = xcoms(run)[("catalog", "return_value")]
+    assert [row["dataset"] for row in rows] == [str(support), str(billing)]
+    checkpoints = [Path(row["checkpoint"]) for row in rows]
+    assert [c.parent.parent.name for c in checkpoints] == ["adapter-0", "adapter-1"]  # one directory per map index
+    for checkpoint in checkpoints:
+        assert json.loads((checkpoint / "adapter_config.json").read_text())["r"] == 4
+    assert checkpoints[0].name == checkpoints[1].name == "samples_24"  # billing's bad line did not reach training
+    rejected = list((tmp_path / "validated").rglob("1-billing.jsonl.rejected.jsonl"))
+    assert [json.loads(line)["line"] for line in rejected[0].read_text().splitlines()] == [25]
+
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id).all()
+        assert sorted(e.extra["checkpoint"] for e in events) == [str(c) for c in checkpoints]
 
 
 @pytest.mark.parametrize(

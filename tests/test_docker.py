@@ -136,4 +136,4 @@ def test_airflow_side_works_without_torch(tmp_path):
         "print(sorted(bag.dag_ids), bag.import_errors, get_provider_info()['package-name'])\n"
         "assert 'torch' not in sys.modules\n"
     ), str(REPO / "dags"))
-    assert "['messages_dataset_publish', 'sft_demo', 'sft_retrain'] {} airflow-provider-training-hub" in out
+    assert "['lora_adapters', 'messages_dataset_publish', 'sft_demo', 'sft_retrain'] {} airflow-provider-training-hub" in out
