@@ -101,9 +101,10 @@ def test_pytorch_trains_an_adapter_that_loads_and_merges(tiny_model, sample_data
     assert torch.allclose(adapted, merged, atol=1e-4)  # transformers applies the adapter it finds
     assert not torch.allclose(adapted, base, atol=1e-3)  # and the adapter changed the model
 
-    out = subprocess.run([str(Path(sys.executable).parent / "training-hub"), "generate", result.checkpoint,
-                          "Who is the Training Hub mascot?", "--json"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and len(json.loads(out.stdout.strip().splitlines()[-1])) == 1, out.stderr[-2000:]
+    for model_dir in (result.checkpoint, result.merged_checkpoint):
+        out = subprocess.run([str(Path(sys.executable).parent / "training-hub"), "generate", model_dir,
+                              "Who is the Training Hub mascot?", "--json"], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and len(json.loads(out.stdout.strip().splitlines()[-1])) == 1, out.stderr[-2000:]
 
 
 @pytest.mark.slow
