@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from airflow_provider_training_hub import AlgorithmRegistry, create_algorithm
-from airflow_provider_training_hub.algorithms import SFTAlgorithm
+from airflow_provider_training_hub.algorithms import Backend, SFTAlgorithm
 from airflow_provider_training_hub.algorithms.backends.instructlab import InstructLabTrainingBackend
 
 SEED_OPTIONAL = {
@@ -28,6 +28,29 @@ def test_create_algorithm_defaults_to_instructlab():
     assert isinstance(algo.backend, InstructLabTrainingBackend)
 
 
+class _Capture(Backend):
+    """Returns the parameters it was given instead of training: what reaches a backend."""
+
+    def execute(self, params):
+        return params
+
+
+def test_create_algorithm_checks_its_keyword_arguments_and_train_starts_from_them(tmp_path):
+    """training_hub keeps create_algorithm's keyword arguments as the algorithm's config; here they
+    are checked like any parameter, and each train() call starts from them."""
+    with pytest.raises(ValueError, match=r"Unknown parameter 'num_epoch'\. Did you mean 'num_epochs'\?"):
+        create_algorithm("sft", "pytorch", num_epoch=3)
+    with pytest.raises(ValueError, match=r"Invalid parameter 'num_epochs': must be at least 1 \(got 0\)"):
+        create_algorithm("sft", "pytorch", num_epochs=0)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "d.jsonl").write_text("")
+    algo = SFTAlgorithm(backend=_Capture(), num_epochs=3, learning_rate=1e-4)
+    assert algo.config == {"num_epochs": 3, "learning_rate": 1e-4}
+    params = algo.train(model_path=str(tmp_path / "model"), data_path=str(tmp_path / "d.jsonl"),
+                        ckpt_output_dir=str(tmp_path / "c"), learning_rate=5e-5)
+    assert (params.num_epochs, params.learning_rate) == (3, 5e-5)  # from the config; train()'s own wins
+
+
 def test_param_introspection_matches_the_seed_reference():
     algo = create_algorithm("sft", "instructlab-training")
     assert algo.get_required_params() == {"model_path": str, "data_path": str, "ckpt_output_dir": str}
@@ -48,7 +71,7 @@ def test_unknown_backend_lists_what_exists():
 
 
 def test_training_side_imports_need_neither_airflow_nor_torch():
-    """A training pod has no Airflow; an Airflow scheduler has no torch (DESIGN.md layering)."""
+    """A training pod has no Airflow; an Airflow scheduler has no torch (README, "How it fits together")."""
     code = (
         "import sys\n"
         "import airflow_provider_training_hub, airflow_provider_training_hub.algorithms,"

@@ -48,13 +48,18 @@ class Algorithm(ABC):
     name: ClassVar[str]
     params_schema: ClassVar[type[ParamSchema]]
 
-    def __init__(self, backend: Backend, **_: Any) -> None:
+    def __init__(self, backend: Backend, **config: Any) -> None:
+        """``config``: parameters every ``train()`` of this instance starts from (training_hub keeps
+        ``create_algorithm``'s keyword arguments as ``config`` too); checked now, so a misspelt name
+        fails here instead of being dropped."""
+        self.params_schema.check_some(config)
         self.backend = backend
+        self.config = config
 
     def train(self, **kwargs: Any) -> TrainingResult:
-        """Validate ``kwargs`` against the schema (a ``ValueError`` before any work), check the
-        input paths where training runs, then run on ``self.backend``."""
-        params = self.params_schema.parse(kwargs)
+        """Validate ``config`` updated with ``kwargs`` against the schema (a ``ValueError`` before
+        any work), check the input paths where training runs, then run on ``self.backend``."""
+        params = self.params_schema.parse({**self.config, **kwargs})
         params.check_local_paths()
         return self.backend.execute(params)
 
