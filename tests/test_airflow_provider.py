@@ -269,6 +269,21 @@ def test_data_the_training_process_refuses_fails_the_task_without_retry(tiny_mod
     assert "line 2: messages[0].role: invalid value 'bot'" in out
 
 
+def test_a_refused_configuration_keeps_its_whole_message(tiny_model, tmp_path):
+    """The training process's error may span lines (a data error lists its lines): all of them
+    reach the ValueError, not only the first one, which ends in a colon."""
+    from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+
+    bad = REPO / "tests" / "data" / "bad" / "bad_role.jsonl"
+    params = TrainingHubHook.parse_params("sft", {"model_path": str(tiny_model), "data_path": str(bad),
+                                                  "ckpt_output_dir": str(tmp_path / "ckpt")})
+    with pytest.raises(ValueError) as refused:
+        TrainingHubHook().run_local("sft", "pytorch", params)
+    lines = str(refused.value).splitlines()
+    assert lines[0] == f"data_path '{bad}' is not valid messages JSONL:", lines
+    assert any(line.strip().startswith("line 2: messages[0].role: invalid value 'bot'") for line in lines[1:]), lines
+
+
 def _processes_with_marker(prefix: str) -> dict[int, str]:
     """pid -> TRAINING_HUB_RUN of every live process whose marker starts with ``prefix``."""
     found = {}

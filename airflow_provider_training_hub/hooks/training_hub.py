@@ -169,9 +169,9 @@ class TrainingHubHook(BaseHook):
             if returncode == 0 and result_file.is_file():
                 return json.loads(result_file.read_text(encoding="utf-8"))
             tail = "".join(self._process.tail)
-        if returncode == EXIT_BAD_CONFIG:
-            errors = [line for line in tail.splitlines() if line.startswith("training-hub: error:")]
-            raise ValueError(errors[-1].removeprefix("training-hub: error: ") if errors else tail)
+        if returncode == EXIT_BAD_CONFIG:  # the message is the last error line and the lines after it
+            _, marker, message = tail.rpartition("training-hub: error: ")
+            raise ValueError(message.rstrip() if marker else tail)
         how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
         raise AirflowException(f"Local {algorithm} training {how}.\n--- last lines ---\n{tail}")
 
