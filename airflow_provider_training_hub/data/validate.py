@@ -47,7 +47,7 @@ from airflow_provider_training_hub.data.workers import available_cpus, can_fork,
 OnInvalid = Literal["fail", "skip"]
 Write = Callable[[bytes], object]
 DEFAULT_MAX_ERRORS = 20
-# Automatic workers: one per CPU, at most 4 (each holds ~60 MB), each with at least 64 MiB to read
+# Automatic workers: one per CPU, at most 4 (each holds ~45 MB), each with at least 64 MiB to read
 # (a fork, the merge and the concatenation of outputs cost a few ms; this keeps them well under 10%).
 MAX_AUTO_WORKERS = 4
 MIN_BYTES_PER_WORKER = 64 * 1024 * 1024

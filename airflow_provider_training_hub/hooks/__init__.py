@@ -1,1 +1,1 @@
-"""The ``training_hub`` connection and its hook."""
+"""Airflow hooks: ``TrainingHubHook`` (the registry, local runs, Job submission) and the Kubernetes Job client."""

@@ -26,14 +26,6 @@ def _dns_chars(text: str) -> str:
     return clean if clean and clean[0].isalpha() else "x-" + clean
 
 
-def dns_label(text: str, max_len: int = MAX_LABEL) -> str:
-    """A DNS-1123 label (which also satisfies DNS-1035: it starts with a letter)."""
-    clean = _dns_chars(text)
-    if clean == text and len(clean) <= max_len:
-        return clean
-    return f"{clean[: max_len - _HASH_LEN - 1].rstrip('-')}-{_digest(text)}"
-
-
 def label_value(text: str) -> str:
     """A label value: up to 63 of ``[A-Za-z0-9_.-]``, alphanumeric at both ends (or empty)."""
     clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-")
