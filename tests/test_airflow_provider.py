@@ -256,6 +256,19 @@ def test_bad_parameters_fail_the_task_before_any_process_and_without_retry(tiny_
     assert not ckpt.exists()
 
 
+@pytest.mark.parametrize(("conf", "message"), [
+    ({"pending_timeout": "soon"}, "Invalid parameter 'pending_timeout': must be a number (got 'soon')."),
+    ({"overrides": "gpu=h100"}, "Invalid parameter 'connection_overrides': is neither a JSON object nor a Python dict"),
+])
+def test_bad_operator_settings_fail_the_task_before_the_cluster_and_without_retry(conf, message, capfd):
+    """th_k8s_train_text renders templates to text, so the settings arrive as strings; a bad one
+    fails before the connection or the cluster is touched (no control plane runs here)."""
+    run = run_dag("th_k8s_train_text", conf)
+    assert states(run) == {"train": "failed"}
+    assert run.get_task_instance("train").try_number == 1
+    assert message in capfd.readouterr().out
+
+
 def test_data_the_training_process_refuses_fails_the_task_without_retry(tiny_model, tmp_path, capfd):
     bad = REPO / "tests" / "data" / "bad" / "bad_role.jsonl"
     run = run_dag("th_train_from_conf", {

@@ -57,7 +57,10 @@ def _annotations(**extra: str) -> dict[str, str]:
     return {"training-hub.test/result": json.dumps(RESULT), "training-hub.test/run-ms": "1500", **extra}
 
 
-def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace):
+# th_k8s_train_text renders its templates to text (no render_template_as_native_obj): the
+# operator's own settings (overrides, annotations, timeout, backoff limit) arrive as strings.
+@pytest.mark.parametrize("dag_id", ["th_k8s_train", "th_k8s_train_text"])
+def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace, dag_id):
     from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 
     ok, message = TrainingHubHook("training_hub_k8s").test_connection()
@@ -73,8 +76,8 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace):
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": f"pv-{k8s_namespace}",
                  "resources": {"requests": {"storage": "10Gi"}}},
     })
-    run = run_dag("th_k8s_train", {
-        "nnodes": 2, "nproc_per_node": 2, "pod_annotations": _annotations(),
+    run = run_dag(dag_id, {
+        "nnodes": 2, "nproc_per_node": 2, "pod_annotations": _annotations(), "job_backoff_limit": 1, "pending_timeout": 90,
         "overrides": {"pvc_claim": "training", "tolerations": [{"key": "gpu", "operator": "Exists"}]},
     })
     assert states(run) == {"train": "success"}
@@ -86,8 +89,8 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace):
 
     job = batch.read_namespaced_job(name, k8s_namespace)
     assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == ("Indexed", 2, 2)
-    assert job.status.succeeded == 2
-    assert job.metadata.labels["training-hub/dag-id"] == "th_k8s_train"
+    assert job.status.succeeded == 2 and job.spec.backoff_limit == 1
+    assert job.metadata.labels["training-hub/dag-id"] == dag_id
     service = core.read_namespaced_service(name, k8s_namespace)
     assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses is True
 

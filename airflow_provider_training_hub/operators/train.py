@@ -23,6 +23,7 @@ from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 from airflow_provider_training_hub.kubernetes import TrainingJob, job_name, label_value
 from airflow_provider_training_hub.kubernetes.status import JobState
+from airflow_provider_training_hub.operators.task_settings import TaskSettings
 from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
 
 _OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
@@ -121,8 +122,15 @@ class TrainOperator(BaseOperator):
             setattr(self, name, value)
 
     @cached_property
+    def task_settings(self) -> TaskSettings:
+        """This try's rendered operator settings, converted; ``ValueError`` naming a bad one."""
+        return TaskSettings.parse({"connection_overrides": self.connection_overrides,
+                                   "pending_timeout": self.pending_timeout, "job_backoff_limit": self.job_backoff_limit,
+                                   "pod_annotations": self.pod_annotations})
+
+    @cached_property
     def hook(self) -> TrainingHubHook:
-        return TrainingHubHook(self.training_hub_conn_id, **self.connection_overrides)
+        return TrainingHubHook(self.training_hub_conn_id, **self.task_settings.connection_overrides)
 
     def default_ckpt_output_dir(self, context: Context) -> str:
         ti = context["ti"]
@@ -146,14 +154,14 @@ class TrainOperator(BaseOperator):
             labels={"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
                     **{f"training-hub/{k}": label_value(v) for k, v in ids.items()}},
             annotations={f"training-hub/{k}": v for k, v in ids.items()},
-            pod_annotations=self.pod_annotations,
-            backoff_limit=self.job_backoff_limit,
+            pod_annotations=self.task_settings.pod_annotations,
+            backoff_limit=self.task_settings.job_backoff_limit,
             ttl_seconds_after_finished=self.ttl_seconds_after_finished,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        hook = self.hook
         try:
+            hook = self.hook
             backend = hook.backend_for(self.algorithm, self.backend)
             values = {n: getattr(self, n) for n in self.param_names if getattr(self, n) is not None}
             values.setdefault("ckpt_output_dir", self.default_ckpt_output_dir(context))
@@ -187,11 +195,12 @@ class TrainOperator(BaseOperator):
         if self.deferrable:
             self.defer(
                 trigger=TrainingJobTrigger(
-                    job.name, namespace, self.hook.settings.kubernetes_conn_id, self.pending_timeout, self.poll_interval
+                    job.name, namespace, self.hook.settings.kubernetes_conn_id, self.task_settings.pending_timeout,
+                    self.poll_interval,
                 ),
                 method_name="execute_complete",
             )
-        state = self.hook.jobs.wait(job.name, self.pending_timeout, self.poll_interval)
+        state = self.hook.jobs.wait(job.name, self.task_settings.pending_timeout, self.poll_interval)
         return self._finish(context, self.hook.job_outcome(job.name, state))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,9 @@ from airflow.sdk import DAG
 
 from airflow_provider_training_hub.operators import LoRATrainOperator, SFTTrainOperator
 
-for dag_id, deferrable in (("th_k8s_train", False), ("th_k8s_train_deferred", True)):
-    with DAG(dag_id, schedule=None, render_template_as_native_obj=True):
+for dag_id, deferrable, native in (("th_k8s_train", False, True), ("th_k8s_train_deferred", True, True),
+                                  ("th_k8s_train_text", False, False)):
+    with DAG(dag_id, schedule=None, render_template_as_native_obj=native):
         SFTTrainOperator(
             task_id="train",
             training_hub_conn_id="training_hub_k8s",
