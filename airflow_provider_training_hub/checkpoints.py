@@ -3,7 +3,8 @@
     <ckpt_output_dir>/hf_format/samples_<N>/     HF checkpoints; the newest has the largest N
     <ckpt_output_dir>/hf_format/last_epoch/      when only the last one is kept
     <ckpt_output_dir>/hf_format/samples_<N>/merged/   a LoRA adapter's merged model (merge_adapter)
-    <ckpt_output_dir>/full_state/epoch_<N>/      resumable training state
+    <ckpt_output_dir>/full_state/epoch_<N>/      resumable training state after epoch N
+    <ckpt_output_dir>/full_state/step_<N>/       ... after optimizer step N, for a stopped run
     <ckpt_output_dir>/training_params_and_metrics_global0.jsonl   rank 0's hparams + per-step metrics
 
 Both backends write this layout, so one reader serves both, and the result is plain JSON for XCom.
@@ -20,7 +21,8 @@ from typing import Any
 METRICS_FILE = "training_params_and_metrics_global0.jsonl"
 MERGED_DIR = "merged"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's: the checkpoint is an adapter, not a whole model
-_NUMBERED = re.compile(r"^(samples|epoch)_(\d+)$")
+_NUMBERED = re.compile(r"^(samples|epoch|step)_(\d+)$")
+FULL_STATE_METADATA = "training_metadata.json"
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,16 @@ def hf_checkpoints(ckpt_output_dir: str | Path) -> list[Path]:
 
 
 def full_state_checkpoints(ckpt_output_dir: str | Path) -> list[Path]:
-    return _numbered_dirs(Path(ckpt_output_dir) / "full_state")
+    """Resumable states, oldest first: by the samples they have seen, since ``epoch_N`` and
+    ``step_N`` count different things."""
+    return sorted(_numbered_dirs(Path(ckpt_output_dir) / "full_state"), key=_samples_seen)
+
+
+def _samples_seen(state_dir: Path) -> int:
+    try:
+        return int(json.loads((state_dir / FULL_STATE_METADATA).read_text(encoding="utf-8"))["samples_seen"])
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: its place by name is all we know
+        return -1
 
 
 def read_metrics(ckpt_output_dir: str | Path) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 One subcommand per registered algorithm, its flags generated from the algorithm's parameter
 schema, so a new parameter or a plugin's algorithm needs no CLI change. Configuration errors
-exit 2 with one line on stderr and no traceback; a failed training run exits 1.
+exit 2 with one line on stderr and no traceback; a failed training run exits 1; a run stopped by
+SIGTERM (a stop, a pod's preemption) exits 3 once its full state is saved, and the same command
+with the same ckpt_output_dir resumes it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from airflow_provider_training_hub import json_syntax
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm
+from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, forward_termination, termination_requested
 from airflow_provider_training_hub.algorithms.params import base_types
 from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
 
@@ -111,7 +114,13 @@ def _run_algorithm(args: argparse.Namespace) -> int:
     params.update({f.split("=")[0].lstrip("-").replace("-", "_"): None for f in args.unknown_flags if f.startswith("--")})
     params.update({k: getattr(args, k) for k in args.param_names if getattr(args, k) is not None})
     algorithm = create_algorithm(args.algorithm, args.backend)
-    result = algorithm.train(**params).to_dict()
+    forward_termination()
+    try:
+        result = algorithm.train(**params).to_dict()
+    except TrainingFailedError:
+        if termination_requested():
+            raise TrainingStopped(params.get("ckpt_output_dir")) from None
+        raise
     payload = json.dumps(result)
     if args.result_file:
         Path(args.result_file).write_text(payload, encoding="utf-8")
@@ -119,6 +128,18 @@ def _run_algorithm(args: argparse.Namespace) -> int:
         Path(args.termination_message).write_text(termination_message(result), encoding="utf-8")
     print(payload)
     return 0
+
+
+class TrainingStopped(Exception):
+    """SIGTERM stopped the run; the message says which saved state a rerun resumes from."""
+
+    def __init__(self, ckpt_output_dir: str | None) -> None:
+        from airflow_provider_training_hub.checkpoints import full_state_checkpoints
+
+        saved = full_state_checkpoints(ckpt_output_dir) if ckpt_output_dir else []
+        where = (f"a rerun with the same ckpt_output_dir resumes from {saved[-1]}" if saved
+                 else "no full state was saved, so a rerun starts over")
+        super().__init__(f"stopped by SIGTERM; {where}")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -226,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingFailedError as exc:
         print(f"training-hub: training failed: {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
+    except TrainingStopped as exc:
+        print(f"training-hub: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -59,6 +59,15 @@ class ConnectionSettings(ParamSchema):
     memory: str = Field("64Gi", title="Memory per node", description="Memory request of each training pod.")
     shm_size: str = Field("16Gi", title="/dev/shm size", description="In-memory /dev/shm of each pod (NCCL needs it).")
     service_account: str | None = Field(None, title="Service account", description="Service account of the pods.")
+    termination_grace_period_seconds: int = Field(
+        120,
+        ge=1,
+        title="Stop grace period (s)",
+        description=(
+            "Seconds a stopped or preempted run has to save its full state before it is killed: "
+            "the pods' terminationGracePeriodSeconds, and locally the wait before SIGKILL."
+        ),
+    )
     image_pull_secrets: list[str] = Field(
         default_factory=list, title="Image pull secrets", description='JSON list of secret names, e.g. ["regcred"].'
     )

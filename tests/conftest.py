@@ -54,6 +54,22 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def processes_with_marker(prefix: str) -> dict[int, str]:
+    """pid -> TRAINING_HUB_RUN of every live process whose marker starts with ``prefix``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours
+            continue
+        for item in env:
+            if item.startswith(b"TRAINING_HUB_RUN=" + prefix.encode()):
+                found[int(entry.name)] = item.split(b"=", 1)[1].decode()
+    return found
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """``airflow db migrate`` once per session: a real SQLite metadata database."""

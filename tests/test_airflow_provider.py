@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from airflow_runs import run_dag, states, xcoms
-from conftest import REPO, SAMPLE_DATA, airflow_cli, wait_for
+from conftest import REPO, SAMPLE_DATA, airflow_cli, processes_with_marker, wait_for
+
+from airflow_provider_training_hub.checkpoints import read_metrics
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -297,22 +300,6 @@ def test_a_refused_configuration_keeps_its_whole_message(tiny_model, tmp_path):
     assert any(line.strip().startswith("line 2: messages[0].role: invalid value 'bot'") for line in lines[1:]), lines
 
 
-def _processes_with_marker(prefix: str) -> dict[int, str]:
-    """pid -> TRAINING_HUB_RUN of every live process whose marker starts with ``prefix``."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone, or not ours
-            continue
-        for item in env:
-            if item.startswith(b"TRAINING_HUB_RUN=" + prefix.encode()):
-                found[int(entry.name)] = item.split(b"=", 1)[1].decode()
-    return found
-
-
 @pytest.mark.slow
 def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model, tmp_path):
     """SIGTERM to the task's process (what Airflow sends on mark-failed) calls ``on_kill``: no
@@ -324,16 +311,16 @@ def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        first_try = wait_for(lambda: _processes_with_marker("th_train_from_conf/"), 300, "training to start")
+        first_try = wait_for(lambda: processes_with_marker("th_train_from_conf/"), 300, "training to start")
         marker = next(iter(first_try.values()))
         assert marker.endswith("/1")
         ckpt_root = Path(os.environ["AIRFLOW_HOME"], "training_hub", "checkpoints", "th_train_from_conf")
         epoch_1 = wait_for(lambda: list(ckpt_root.glob("*/train/full_state/epoch_1")), 300, "a full-state checkpoint")
-        assert len(_processes_with_marker(marker)) >= 3  # the CLI, torchrun and its rank
+        assert len(processes_with_marker(marker)) >= 3  # the CLI, torchrun and its rank
         runner.send_signal(signal.SIGTERM)
 
-        wait_for(lambda: _processes_with_marker(marker[:-1] + "2"), 120, "try 2 to start")
-        assert _processes_with_marker(marker) == {}, "a process of the killed try survived"
+        wait_for(lambda: processes_with_marker(marker[:-1] + "2"), 120, "try 2 to start")
+        assert processes_with_marker(marker) == {}, "a process of the killed try survived"
         output, _ = runner.communicate(timeout=600)
     finally:
         if runner.poll() is None:
@@ -341,6 +328,11 @@ def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model,
     result = json.loads(output.rsplit("RESULT ", 1)[1])
     assert result["states"] == {"train": "success"}, output[-5000:]
     assert "Stopping the local training process group" in output
-    assert "[training-hub] resumed from" in output
-    assert result["xcoms"]["train.ckpt_output_dir"] == str(epoch_1[0].parent.parent)
+    # on_kill's SIGTERM made try 1 save its state at the step it was on; try 2 goes on from there
+    assert "was stopped by SIGTERM after saving its state (a retry resumes there)" in output
+    resumed = re.search(r"\[training-hub\] resumed from \S+/full_state/step_(\d+): epoch 2, step (\d+)", output)
+    assert resumed and resumed[1] == resumed[2], output[-5000:]
+    ckpt = result["xcoms"]["train.ckpt_output_dir"]
+    assert ckpt == str(epoch_1[0].parent.parent)
     assert result["xcoms"]["train.metrics"]["steps"] == 72
+    assert sorted(r["step"] for r in read_metrics(ckpt)) == list(range(1, 73))  # none lost, none twice

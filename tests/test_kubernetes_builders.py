@@ -63,14 +63,21 @@ def test_job_manifest_has_the_distributed_training_essentials():
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    # a rank stopped by SIGTERM with its state saved (exit 3): a new pod resumes, not counted
+    assert rules[2]["action"] == "Ignore" and rules[2]["onExitCodes"]["values"] == [3]
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["subdomain"] == "th-x-train-12345678"
+    assert pod["terminationGracePeriodSeconds"] == 120  # the connection's default
     assert pod["serviceAccountName"] == "trainer" and pod["imagePullSecrets"] == [{"name": "reg"}]
     (container,) = pod["containers"]
     assert container["command"] == ["training-hub"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["TRAINING_HUB_CONFIG"]) == {"model_path": "/m", "data_path": "/d", "ckpt_output_dir": "/c"}
     assert env["PET_RDZV_ID"] == "th-x-train-12345678" and env["PET_NNODES"] == "4"
+    assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "115"  # torchrun waits for its ranks within the grace
+    long_grace = build_job(_job(), settings.model_copy(update={"termination_grace_period_seconds": 600}))["spec"]["template"]["spec"]
+    assert long_grace["terminationGracePeriodSeconds"] == 600
+    assert {e["name"]: e.get("value") for e in long_grace["containers"][0]["env"]}["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "595"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert {v["name"] for v in pod["volumes"]} == {"dshm", "training-data"}
     service = build_service(_job(), settings)

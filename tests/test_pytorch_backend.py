@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import processes_with_marker
 
 from airflow_provider_training_hub import sft
 from airflow_provider_training_hub.checkpoints import read_metrics
@@ -109,6 +110,39 @@ def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, 
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert result["metrics"]["steps"] == 24 and result["metrics"]["samples_seen"] == 96
     assert "epoch 1/2" not in rerun.stdout and "epoch 2/2 step 13/24" in rerun.stdout
+
+
+def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(tiny_model, sample_data, tmp_path):
+    """SIGTERM to the training-hub process alone, as a pod's PID 1 or the local hook receives it:
+    it passes the signal on, both ranks stop after the same step, save it, and the process exits 3
+    with nothing left running. The rerun starts at the next step, in the middle of the epoch."""
+    ckpt = tmp_path / "ckpt"
+    command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4, nproc_per_node=2)
+    marker = f"sigterm-test-{os.getpid()}"
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "TRAINING_HUB_RUN": marker})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "step 5/24" in line:
+            proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    output = "".join(seen)
+    assert proc.returncode == 3, output[-3000:]
+    assert processes_with_marker(marker) == {}, "a process of the stopped run survived"
+    stopped_at = max(r["step"] for r in read_metrics(ckpt))
+    assert 5 <= stopped_at < 12, output[-3000:]  # within epoch 0, at most a step or two after the signal
+    state = ckpt / "full_state" / f"step_{stopped_at}"
+    assert json.loads((state / "training_metadata.json").read_text()) == {
+        "current_epoch": 0, "epoch_step": stopped_at, "global_step": stopped_at, "samples_seen": 4 * stopped_at}
+    assert f"stopped by SIGTERM after step {stopped_at}/24" in output
+    assert f"training-hub: stopped by SIGTERM; a rerun with the same ckpt_output_dir resumes from {state}" in output
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"full_state/step_{stopped_at}: epoch 0, step {stopped_at}, samples {4 * stopped_at}" in rerun.stdout
+    assert f"epoch 1/2 step {stopped_at + 1}/24" in rerun.stdout and f"step {stopped_at}/24" not in rerun.stdout
+    assert sorted(r["step"] for r in read_metrics(ckpt)) == list(range(1, 25))  # each step once, none lost
 
 
 def test_adamw_settings_reach_the_optimizer(tiny_model, sample_data, tmp_path):

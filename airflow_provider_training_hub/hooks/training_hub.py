@@ -21,7 +21,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
-from airflow_provider_training_hub.algorithms.launch import StreamedProcess
+from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, StreamedProcess, stop_environment
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.connection import CONN_TYPE, DEFAULT_CONN_ID, ConnectionSettings
@@ -162,7 +162,8 @@ class TrainingHubHook(BaseHook):
                 sys.executable, "-m", CLI_MODULE, algorithm, "--backend", backend,
                 "--config", str(config), "--result-file", str(result_file),
             ]
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", RUN_MARKER_ENV: run_marker}
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", RUN_MARKER_ENV: run_marker,
+                   **stop_environment(self.settings.termination_grace_period_seconds)}
             self._process = StreamedProcess(command, own_process_group=True, env=env)
             self.log.info("Starting local %s training (%s backend): %s", algorithm, backend, " ".join(command))
             returncode = self._process.run(lambda line: self.log.info("%s", line))
@@ -172,14 +173,19 @@ class TrainingHubHook(BaseHook):
         if returncode == EXIT_BAD_CONFIG:  # the message is the last error line and the lines after it
             _, marker, message = tail.rpartition("training-hub: error: ")
             raise ValueError(message.rstrip() if marker else tail)
-        how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+        if returncode == EXIT_STOPPED:
+            how = "was stopped by SIGTERM after saving its state (a retry resumes there)"
+        else:
+            how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
         raise AirflowException(f"Local {algorithm} training {how}.\n--- last lines ---\n{tail}")
 
     def terminate(self) -> None:
-        """Stop a local run and everything it started (SIGTERM to the group, then SIGKILL)."""
+        """Stop a local run: SIGTERM, so that it saves its state at the current step, then
+        SIGKILL to its whole process group after the connection's grace period."""
         if self._process is not None:
-            self.log.info("Stopping the local training process group.")
-            self._process.stop()
+            grace = self.settings.termination_grace_period_seconds
+            self.log.info("Stopping the local training process group (SIGKILL after %d s).", grace)
+            self._process.stop(grace)
 
     # --- Kubernetes ----------------------------------------------------------------------------
 

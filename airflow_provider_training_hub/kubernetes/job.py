@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, stop_environment
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.connection import ConnectionSettings
 
@@ -75,8 +76,9 @@ def build_service(job: TrainingJob, settings: ConnectionSettings) -> dict[str, A
     }
 
 
-def _env(job: TrainingJob) -> list[dict[str, Any]]:
+def _env(job: TrainingJob, settings: ConnectionSettings) -> list[dict[str, Any]]:
     config = {k: v for k, v in job.params.items() if k not in TOPOLOGY_PARAMS and v is not None}
+    stop = stop_environment(settings.termination_grace_period_seconds)
     return [
         {"name": CONFIG_ENV, "value": json.dumps(config, sort_keys=True)},
         {"name": "PET_NNODES", "value": str(job.nnodes)},
@@ -88,6 +90,7 @@ def _env(job: TrainingJob) -> list[dict[str, Any]]:
         {"name": "PET_RDZV_ENDPOINT", "value": job.rdzv_endpoint},
         {"name": "PET_RDZV_ID", "value": job.name},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *({"name": name, "value": value} for name, value in stop.items()),
     ]
 
 
@@ -113,7 +116,7 @@ def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
         "command": ["training-hub"],
         "args": [job.algorithm, "--backend", job.backend, "--config-env", CONFIG_ENV,
                  "--termination-message", TERMINATION_LOG],
-        "env": _env(job),
+        "env": _env(job, settings),
         "ports": [{"name": "rendezvous", "containerPort": job.rdzv_port}],
         "resources": _resources(job, settings),
         "volumeMounts": mounts,
@@ -123,6 +126,9 @@ def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
     }
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # SIGTERM first (the training-hub process passes it on; the ranks save at the current
+        # step), SIGKILL after this long.
+        "terminationGracePeriodSeconds": settings.termination_grace_period_seconds,
         "subdomain": job.name,  # with the Indexed Job's hostname <job>-<index>: <job>-0.<job> resolves
         "containers": [container],
         "volumes": volumes,
@@ -166,6 +172,10 @@ def build_job(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
                                                       "values": [EXIT_BAD_CONFIG]}},
                 # Evicted, preempted, node drained: not the training's fault, not counted.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # Stopped by SIGTERM after saving its state (a rank's pod was preempted, and all
+                # ranks stopped at the same step): a new pod resumes there, not counted either.
+                {"action": "Ignore", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                     "values": [EXIT_STOPPED]}},
             ]
         },
         "template": {

@@ -22,7 +22,7 @@ from airflow_provider_training_hub.algorithms.registry import (
 )
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
-from airflow_provider_training_hub.algorithms.launch import log_tail
+from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
     interpreter_bin_on_path,
@@ -113,6 +113,8 @@ class InstructLabTrainingBackend(Backend):
         from instructlab.training import run_training
 
         prepare_data(params)
+        if termination_requested():  # SIGTERM while the data was prepared: do not start training
+            raise TrainingFailedError("stopped by SIGTERM before training started")
         rank_log = Path(params.ckpt_output_dir) / f"full_logs_global{torchrun.node_rank}.log"
         log.info("instructlab-training: %s", torchrun)
         try:

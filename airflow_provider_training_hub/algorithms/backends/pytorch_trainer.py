@@ -12,7 +12,10 @@ Semantics follow instructlab-training so results and files are comparable:
   blocks, every token a label, as instructlab's pretraining block dataset does;
 - for ``lora_sft``, peft's LoRA adapters on the frozen base model: only the adapters get
   gradients, optimizer state and a place in ``full_state``; checkpoints are the adapter (and
-  with ``merge_adapter`` the merged model in ``merged/``).
+  with ``merge_adapter`` the merged model in ``merged/``);
+- SIGTERM (a stop, a preemption) ends the run after the step in progress: the ranks agree on
+  the step, save the full state there (``full_state/step_N``) and exit ``EXIT_STOPPED``; a rerun
+  resumes at that step, in the middle of its epoch, as instructlab's on-demand checkpointing does.
 
 Speed on CPU comes from not doing wasted work: no padding (each conversation runs attention on
 its own tokens) and the lm_head and loss only at label positions, which in SFT data are a small
@@ -27,6 +30,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -41,12 +45,24 @@ import torch.distributed as dist
 from torch import nn
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
+from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams
-from airflow_provider_training_hub.checkpoints import MERGED_DIR, METRICS_FILE, full_state_checkpoints
+from airflow_provider_training_hub.checkpoints import (
+    FULL_STATE_METADATA,
+    MERGED_DIR,
+    METRICS_FILE,
+    full_state_checkpoints,
+)
 from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
 
 MAX_GRAD_NORM = 1.0
+_stop_requested = False
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    global _stop_requested
+    _stop_requested = True
 
 
 class LabelOnlyLoss(nn.Module):
@@ -173,6 +189,7 @@ class Trainer:
         self.samples_seen = 0
         self._saved_at: tuple[int, bool] | None = None  # (samples_seen, merged) of the last HF save
         self.start_epoch = 0
+        self.skip_steps = 0  # steps of start_epoch already done (a resumed stop)
         self._resume()
 
     def _add_adapters(self, p: LoRAParams) -> nn.Module:
@@ -213,7 +230,9 @@ class Trainer:
             raise RuntimeError(f"{saved[-1]} does not match this model: unexpected {unexpected[:5]}, missing {missing[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         meta = state["metadata"]
-        self.start_epoch = meta["current_epoch"] + 1
+        # A state saved within an epoch (a stop) resumes that epoch after the steps it holds.
+        self.skip_steps = meta.get("epoch_step", 0)
+        self.start_epoch = meta["current_epoch"] + (0 if self.skip_steps else 1)
         self.global_step = meta["global_step"]
         self.samples_seen = meta["samples_seen"]
         self._print(f"resumed from {saved[-1]}: epoch {self.start_epoch}, step {self.global_step}, "
@@ -249,15 +268,20 @@ class Trainer:
         self._publish(self.out / "hf_format" / f"samples_{self.samples_seen}", "checkpoint", write)
         self._saved_at = (self.samples_seen, merge)
 
-    def _save_full_state(self, epoch: int) -> None:
+    def _save_full_state(self, epoch: int, epoch_step: int = 0) -> None:
+        """``full_state/epoch_N`` after a whole epoch; ``full_state/step_N`` after ``epoch_step``
+        steps of ``epoch`` (a stop)."""
         meta = {"current_epoch": epoch, "samples_seen": self.samples_seen, "global_step": self.global_step}
+        if epoch_step:
+            meta["epoch_step"] = epoch_step
 
         def write(tmp: Path) -> None:
             state = {"model": self._trained_state(), "optimizer": self.optimizer.state_dict(), "metadata": meta}
             torch.save(state, tmp / "state.pt")
-            (tmp / "training_metadata.json").write_text(json.dumps(meta))
+            (tmp / FULL_STATE_METADATA).write_text(json.dumps(meta))
 
-        self._publish(self.out / "full_state" / f"epoch_{epoch}", "full state", write)
+        name = f"step_{self.global_step}" if epoch_step else f"epoch_{epoch}"
+        self._publish(self.out / "full_state" / name, "full state", write)
 
     # -- logging ------------------------------------------------------------------------------
 
@@ -342,7 +366,9 @@ class Trainer:
         started = time.perf_counter()
         tokens_done = 0
         for epoch in range(self.start_epoch, p.num_epochs):
-            for step_indices in plan_steps(len(self.samples), p.effective_batch_size, p.random_seed, epoch):
+            planned = plan_steps(len(self.samples), p.effective_batch_size, p.random_seed, epoch)
+            done_in_epoch = self.skip_steps if epoch == self.start_epoch else 0
+            for epoch_step, step_indices in enumerate(planned[done_in_epoch:], start=done_in_epoch + 1):
                 step_start = time.perf_counter()
                 record = self._step(step_indices)
                 elapsed = time.perf_counter() - step_start
@@ -363,6 +389,11 @@ class Trainer:
                     self._save_hf()
                     if next_save is not None:
                         next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples
+                if epoch_step < len(planned) and self._stop_agreed():
+                    self._save_full_state(epoch, epoch_step)
+                    self._print(f"stopped by SIGTERM after step {self.global_step}/{self.total_steps}; "
+                                "a rerun with the same ckpt_output_dir resumes here")
+                    raise SystemExit(EXIT_STOPPED)
             last = epoch == p.num_epochs - 1
             if p.checkpoint_at_epoch or (last and self.lora and self.lora.merge_adapter):
                 self._save_hf(final=last)
@@ -371,6 +402,13 @@ class Trainer:
         total = time.perf_counter() - started
         self._check_ranks_agree()
         self._print(f"done: {self.global_step} steps, {tokens_done / max(total, 1e-9):.0f} tokens/s overall")
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: every rank learns it at the same step, so all save
+        the same state (one small all-reduce per step)."""
+        flag = torch.tensor([1.0 if _stop_requested else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
 
     def _check_ranks_agree(self) -> None:
         """DDP keeps replicas identical; a divergence would mean a silently wrong checkpoint."""
@@ -388,6 +426,7 @@ class Trainer:
 def main(argv: list[str]) -> int:
     """``ALGORITHM PARAMS_JSON``: the parameters already checked by the backend, in its process."""
     params = AlgorithmRegistry.get_algorithm(argv[0]).params_schema.model_validate_json(argv[1])
+    signal.signal(signal.SIGTERM, _request_stop)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
