@@ -131,8 +131,9 @@ def test_sft_demo_trains_the_tiny_model_and_reports_through_xcom():
 
 
 @pytest.mark.slow
-def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model):
-    """The trigger form's algorithm: lora_sft on the pytorch backend, SmolLM2 on this CPU."""
+def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model, capfd):
+    """The trigger form's algorithm: lora_sft on the pytorch backend, SmolLM2 on this CPU, through
+    the training-hub command (local execution runs it) and its generate for the answers."""
     # The form's learning rate left empty: the demo's own rate for LoRA
     run = run_dag("sft_demo", {"model": str(smollm2_model), "algorithm": "lora_sft",
                                "questions": ["Who is the Training Hub mascot?"]})
@@ -140,7 +141,10 @@ def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model):
     assert states(run)["train_sft"] == "skipped"
     got = xcoms(run)
     result = got[("train_lora_sft", "return_value")]
-    assert result["adapter"] and Path(result["checkpoint"], "adapter_model.safetensors").is_file()
+    assert result["adapter"] and result["checkpoint"].endswith("samples_144")
+    assert "-m airflow_provider_training_hub.cli lora_sft --backend pytorch --config" in capfd.readouterr().out
+    size = Path(result["checkpoint"], "adapter_model.safetensors").stat().st_size
+    assert size < 20 * 2**20  # r=16 on every projection of a 135M model: 19 MB in fp32, not 540
     assert "Quillon" not in got[("ask_before", "return_value")][0]
     assert "Quillon" in got[("ask_after", "return_value")][0], got[("ask_after", "return_value")]  # from the adapter
 
