@@ -21,7 +21,7 @@ from airflow_provider_training_hub import json_syntax
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, forward_termination, termination_requested
 from airflow_provider_training_hub.algorithms.params import base_types
-from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
+from airflow_provider_training_hub.algorithms.registry import TrainingFailedError, TrainingStoppedError
 
 EXIT_TRAINING_FAILED = 1
 EXIT_INVALID_DATA = 1
@@ -117,8 +117,8 @@ def _run_algorithm(args: argparse.Namespace) -> int:
     forward_termination()
     try:
         result = algorithm.train(**params).to_dict()
-    except TrainingFailedError:
-        if termination_requested():
+    except TrainingFailedError as exc:
+        if isinstance(exc, TrainingStoppedError) or termination_requested():
             raise TrainingStopped(params.get("ckpt_output_dir")) from None
         raise
     payload = json.dumps(result)

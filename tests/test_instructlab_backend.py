@@ -17,6 +17,7 @@ from airflow_provider_training_hub.algorithms import SFTParams
 from airflow_provider_training_hub.algorithms.backends.instructlab import InstructLabTrainingBackend
 from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
 from airflow_provider_training_hub.algorithms.torchrun import interpreter_bin_on_path, resolve_torchrun
+from airflow_provider_training_hub.checkpoints import hf_checkpoints
 
 
 def _params(**overrides):
@@ -178,3 +179,44 @@ def test_torchrun_found_without_the_venv_on_path(monkeypatch, tmp_path):
     with interpreter_bin_on_path():
         assert shutil.which("torchrun") == str(Path(sys.executable).parent / "torchrun")
     assert os.environ["PATH"] == f"{tmp_path}:/usr/bin:/bin"
+
+
+def test_a_stop_request_is_reported_as_stopped_and_the_rerun_completes(fake_gpu, tiny_model, sample_data, tmp_path,
+                                                                       monkeypatch, capsys):
+    """Upstream saves on demand and exits 0 on SIGTERM: that exit must not read as a success. The
+    CLI's exit code is then EXIT_STOPPED (3), which Jobs and the hook treat as a stop."""
+    import signal
+
+    from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED
+    from airflow_provider_training_hub.cli import main
+
+    ckpt = tmp_path / "c"
+    config = tmp_path / "sft.json"
+    config.write_text(json.dumps({"model_path": str(tiny_model), "data_path": str(sample_data),
+                                  "ckpt_output_dir": str(ckpt), "num_epochs": 2}))
+    monkeypatch.setenv("FAKE_TORCHRUN_STOP_IN_EPOCH", "1")
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(["sft", "--backend", "instructlab-training", "--config", str(config)])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert "--on_demand_checkpointing" in _argv(ckpt)
+    assert code == EXIT_STOPPED, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"stopped by SIGTERM; a rerun with the same ckpt_output_dir resumes from {ckpt / 'full_state' / 'epoch_1'}" in err
+    stopped_at = int(hf_checkpoints(ckpt)[-1].name.removeprefix("samples_"))
+
+    monkeypatch.delenv("FAKE_TORCHRUN_STOP_IN_EPOCH")  # the retry: resumes and reaches the end
+    result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), num_epochs=2)
+    assert int(result.checkpoint.rpartition("samples_")[2]) > stopped_at
+
+
+def test_lora_runs_do_not_ask_upstream_for_an_on_demand_full_state():
+    from airflow_provider_training_hub.algorithms import LoRAParams
+    from airflow_provider_training_hub.algorithms.backends.instructlab import InstructLabLoRABackend
+
+    params = LoRAParams.parse({"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/ckpt"})
+    _, train_args = InstructLabLoRABackend().build_args(params, resolve_torchrun(params, default_nproc_per_node=1))
+    assert train_args.on_demand_checkpointing is False  # upstream cannot save a LoRA's full state
+    _, train_args = InstructLabTrainingBackend().build_args(_params(), resolve_torchrun(_params(), default_nproc_per_node=1))
+    assert train_args.on_demand_checkpointing is True

@@ -3,7 +3,10 @@
 instructlab-training's real `run_training` builds the command and spawns it; only this GPU step
 is replaced. It records the exact command line, then leaves what main_ds.py would leave: an HF
 checkpoint per epoch (a copy of the input model), a full-state dir and the metrics JSONL. With
-FAKE_TORCHRUN_FAIL set it prints an error and exits 1, as a crashed rank would.
+FAKE_TORCHRUN_FAIL set it prints an error and exits 1, as a crashed rank would. With
+FAKE_TORCHRUN_STOP_IN_EPOCH=N (and --on_demand_checkpointing) it does what main_ds.py does on a stop
+request in epoch N: saves an HF checkpoint and a mid-epoch full state (metadata with global_step,
+written with torch.save as upstream does), then exits 0.
 """
 
 import json
@@ -25,9 +28,23 @@ with open(out / "training_params_and_metrics_global0.jsonl", "a", encoding="utf-
     metrics.write(json.dumps({"hparams": True, "learning_rate": float(opts["learning_rate"])}) + "\n")
     for epoch in range(int(opts["num_epochs"])):
         step = epoch + 1
+        if os.environ.get("FAKE_TORCHRUN_STOP_IN_EPOCH") == str(epoch) and "--on_demand_checkpointing" in argv:
+            import torch
+
+            seen = samples * epoch + 1
+            shutil.copytree(opts["model_name_or_path"], out / "hf_format" / f"samples_{seen}")
+            (out / "full_state" / f"epoch_{epoch}").mkdir(parents=True, exist_ok=True)
+            torch.save({"current_epoch": epoch, "samples_seen": seen, "global_step": step},
+                       out / "full_state" / f"epoch_{epoch}" / "training_metadata.json")
+            print("On-demand checkpoint saved (before optimizer step). Exiting training.", flush=True)
+            sys.exit(0)
         metrics.write(json.dumps({"epoch": epoch, "step": step, "avg_loss": 3.0 / step, "samples_seen": samples * step}) + "\n")
         if "--checkpoint_at_epoch" in argv:
-            shutil.copytree(opts["model_name_or_path"], out / "hf_format" / f"samples_{samples * step}")
+            shutil.copytree(opts["model_name_or_path"], out / "hf_format" / f"samples_{samples * step}", dirs_exist_ok=True)
         if "--accelerate_full_state_at_epoch" in argv:
-            (out / "full_state" / f"epoch_{epoch}").mkdir(parents=True)
+            import torch
+
+            (out / "full_state" / f"epoch_{epoch}").mkdir(parents=True, exist_ok=True)
+            torch.save({"current_epoch": epoch, "samples_seen": samples * step},
+                       out / "full_state" / f"epoch_{epoch}" / "training_metadata.json")
 print("fake torchrun: done", flush=True)

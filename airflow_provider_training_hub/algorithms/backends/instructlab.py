@@ -18,6 +18,7 @@ from airflow_provider_training_hub.algorithms.registry import (
     AlgorithmRegistry,
     Backend,
     TrainingFailedError,
+    TrainingStoppedError,
     register_backend,
 )
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
@@ -28,13 +29,35 @@ from airflow_provider_training_hub.algorithms.torchrun import (
     interpreter_bin_on_path,
     resolve_torchrun,
 )
-from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
+from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result, hf_checkpoints
 
 log = logging.getLogger(__name__)
+UPSTREAM_STATE_METADATA = "training_metadata.json"  # a torch.save pickle, despite its name
+
+
 def _cuda_device_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _stopped_on_demand(ckpt_output_dir: str) -> Path | None:
+    """The on-demand full state that ended this run, if one did.
+
+    Upstream exits 0 after an on-demand save (its documentation warns of this), so exit codes
+    cannot tell. Such a save is the only full state whose metadata has ``global_step`` (a
+    mid-epoch state), and a run that went on afterwards, or resumed from it, saved a checkpoint of
+    more samples later.
+    """
+    import torch
+
+    newest = hf_checkpoints(ckpt_output_dir)
+    newest_samples = int(newest[-1].name.rpartition("_")[2]) if newest and newest[-1].name.startswith("samples_") else -1
+    for metadata in sorted(Path(ckpt_output_dir, "full_state").glob(f"*/{UPSTREAM_STATE_METADATA}")):
+        state = torch.load(metadata, weights_only=True)
+        if "global_step" in state and state["samples_seen"] >= newest_samples:
+            return metadata.parent
+    return None
 
 
 def _flash_attn_installed() -> bool:
@@ -101,6 +124,8 @@ class InstructLabTrainingBackend(Backend):
             process_data=False,
             # Upstream raises unless flash-attn is importable; without it, SDPA attention is used.
             disable_flash_attn=not _flash_attn_installed(),
+            # SIGTERM (preemption, a stopped task) saves the full state at the current step
+            on_demand_checkpointing=True,
         )
         return torch_args, train_args
 
@@ -126,6 +151,9 @@ class InstructLabTrainingBackend(Backend):
             ) from exc
         if not rank_log.is_file():  # upstream returns silently when torchrun cannot even start
             raise TrainingFailedError(f"instructlab-training did not start torchrun (no {rank_log}).")
+        if stopped := _stopped_on_demand(params.ckpt_output_dir):
+            raise TrainingStoppedError(f"instructlab-training saved {stopped} on a stop request and exited before the "
+                                       "end of its last epoch")
         return collect_result(params.ckpt_output_dir)
 
 
@@ -162,5 +190,8 @@ class InstructLabLoRABackend(InstructLabTrainingBackend):
         save_samples = params.save_samples or params.save_steps * params.effective_batch_size
         if params.accelerate_full_state_at_epoch:  # only the default is left here (check() refused a choice)
             log.warning("instructlab-training cannot save the full state of a LoRA run: this run cannot be resumed")
-        return torch_args, train_args.model_copy(
-            update={"lora": lora, "save_samples": save_samples, "accelerate_full_state_at_epoch": False})
+        # Upstream cannot save a LoRA run's full state, on demand either: a stop fails the run.
+        return torch_args, train_args.model_copy(update={
+            "lora": lora, "save_samples": save_samples, "accelerate_full_state_at_epoch": False,
+            "on_demand_checkpointing": False,
+        })
