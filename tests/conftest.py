@@ -186,3 +186,12 @@ def k8s_namespace(k8s_cluster, request) -> str:
                   "cpu": "1", "memory": "1Gi", "node_selector": {"gpu": "h100"}},
     })
     return namespace
+
+
+@pytest.fixture
+def kube(k8s_cluster):
+    """(CoreV1Api, BatchV1Api) of the control plane, straight (not through any test proxy)."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(k8s_cluster)
+    return client.CoreV1Api(api), client.BatchV1Api(api)

@@ -36,14 +36,6 @@ RESULT = {
 }
 
 
-@pytest.fixture
-def kube(k8s_cluster):
-    from kubernetes import client, config
-
-    api = config.new_client_from_config(k8s_cluster)
-    return client.CoreV1Api(api), client.BatchV1Api(api)
-
-
 def _objects(kube, namespace: str) -> dict[str, list[str]]:
     core, batch = kube
     return {

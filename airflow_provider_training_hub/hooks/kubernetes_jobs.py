@@ -1,20 +1,27 @@
 """Submitting, watching and removing training Jobs with cncf-kubernetes' ``KubernetesHook``
 (its connection handles kubeconfig, in-cluster config and contexts; nothing is re-implemented).
+
+Every API call goes through ``_call``: bounded by a timeout, and retried on transient errors
+(``api_retry``). Jobs are created only after every earlier try's Job of the same task instance is
+gone, since all tries train into one checkpoint directory.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiException
 
-from airflow_provider_training_hub.kubernetes.job import CONTAINER, TrainingJob, pod_selector
-from airflow_provider_training_hub.kubernetes.status import JobState, assess, completion_index
+from airflow_provider_training_hub.hooks.api_retry import REQUEST_TIMEOUT, retry_transient
+from airflow_provider_training_hub.kubernetes.job import TRY_ANNOTATION, TrainingJob, pod_selector
+from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
+from airflow_provider_training_hub.kubernetes.status import FAILED, JobState, assess
+
+T = TypeVar("T")
 
 
 class TrainingJobClient:
@@ -24,7 +31,6 @@ class TrainingJobClient:
         self.kubernetes_conn_id = kubernetes_conn_id
         self.namespace = namespace
         self.log = log
-        self._log_since: datetime | None = None
         self._log_error_reported = False
 
     @cached_property
@@ -34,21 +40,28 @@ class TrainingJobClient:
     def _plain(self, obj: Any) -> Any:
         return self.hook.api_client.sanitize_for_serialization(obj)
 
-    def submit(self, job: TrainingJob, job_manifest: dict[str, Any], service_manifest: dict[str, Any]) -> bool:
+    @retry_transient
+    def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return method(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+
+    def submit(
+        self, job: TrainingJob, job_manifest: dict[str, Any], service_manifest: dict[str, Any], earlier_tries_timeout: float
+    ) -> bool:
         """Create the Service and the Job; ``True`` if this try's Job already existed (a restarted
         worker reattaches instead of launching a second run)."""
+        self.remove_earlier_tries(job, earlier_tries_timeout)
         try:
-            self.hook.core_v1_client.create_namespaced_service(self.namespace, service_manifest)
+            self._call(self.hook.core_v1_client.create_namespaced_service, self.namespace, service_manifest)
         except ApiException as exc:
             if exc.status != 409:
                 raise
         try:
-            self.hook.batch_v1_client.create_namespaced_job(self.namespace, job_manifest)
+            self._call(self.hook.batch_v1_client.create_namespaced_job, self.namespace, job_manifest)
             return False
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        existing = self._plain(self.hook.batch_v1_client.read_namespaced_job(job.name, self.namespace))
+        existing = self._plain(self._call(self.hook.batch_v1_client.read_namespaced_job, job.name, self.namespace))
         if existing["metadata"].get("labels") != job.labels:
             raise ValueError(
                 f"Job {job.name!r} exists in {self.namespace!r} but was not created by this task try "
@@ -56,63 +69,90 @@ class TrainingJobClient:
             )
         return True
 
+    def remove_earlier_tries(self, job: TrainingJob, timeout: float) -> None:
+        """Delete the Jobs that earlier tries of this task instance left (a worker killed while it
+        waited, a try failed by the API), and wait until they and their pods are gone."""
+        if not job.task_instance_selector:  # not a task's Job: nothing to compare with
+            return
+        listed = self._call(self.hook.batch_v1_client.list_namespaced_job, self.namespace,
+                            label_selector=job.task_instance_selector)
+        earlier = [j for j in self._plain(listed)["items"] if job.is_other_try(j["metadata"].get("annotations") or {})]
+        for old in earlier:
+            name = old["metadata"]["name"]
+            self.log.warning("Job %s of try %s of this task is still there; deleting it (and its pods) before "
+                             "this try's Job, so that two runs never write one checkpoint directory",
+                             name, old["metadata"]["annotations"].get(TRY_ANNOTATION))
+            self.delete(name)
+        deadline = time.monotonic() + timeout
+        for old in earlier:
+            name = old["metadata"]["name"]
+            while self._exists(name) or self._pods(name):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Job {name} of an earlier try was deleted but it or its pods are still "
+                                       f"there after {timeout:.0f}s; not starting a second run")
+                time.sleep(1)
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._call(self.hook.batch_v1_client.read_namespaced_job, name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _pods(self, name: str) -> list[dict[str, Any]]:
+        listed = self._call(self.hook.core_v1_client.list_namespaced_pod, self.namespace, label_selector=pod_selector(name))
+        return self._plain(listed)["items"]
+
     def read(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        job = self._plain(self.hook.batch_v1_client.read_namespaced_job(name, self.namespace))
-        pods = self._plain(
-            self.hook.core_v1_client.list_namespaced_pod(self.namespace, label_selector=pod_selector(name))
-        )["items"]
-        return job, pods
+        job = self._plain(self._call(self.hook.batch_v1_client.read_namespaced_job, name, self.namespace))
+        return job, self._pods(name)
 
     def wait(self, name: str, pending_timeout: float, poll_interval: float) -> JobState:
         """Poll until the Job ends or a pod stays unschedulable past ``pending_timeout``; log
         pod-phase changes, the scheduler's reasons, and rank 0's log lines as they come."""
-        last: tuple[Any, ...] = ()
+        last = ""
+        cursor = LogCursor()
         while True:
-            job, pods = self.read(name)
+            try:
+                job, pods = self.read(name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                return JobState(FAILED, f"Job {name} no longer exists in {self.namespace} (deleted by someone else?)")
             state = assess(job, pods, pending_timeout)
-            progress = (state.status, tuple(sorted(state.phases.items())), state.waiting)
-            if progress != last:
-                self.log.info("Job %s: %s; pods %s%s", name, state.status, state.phases or "not created yet",
-                              "".join(f"; waiting for a node: {r}" for r in state.waiting))
-                last = progress
-            self._stream_rank0_log(pods)
+            if state.progress(name) != last:
+                last = state.progress(name)
+                self.log.info("%s", last)
+            self._stream_rank0_log(pods, cursor)
             if state.finished:
                 return state
             time.sleep(poll_interval)
 
-    def _stream_rank0_log(self, pods: list[dict[str, Any]]) -> None:
-        """Best effort: a pod whose kubelet cannot serve logs must not fail the task."""
-        rank0 = [p for p in pods if completion_index(p) == 0 and p["status"].get("phase") in ("Running", "Succeeded", "Failed")]
-        if not rank0:
+    def _stream_rank0_log(self, pods: list[dict[str, Any]], cursor: LogCursor) -> None:
+        """Best effort, not retried: a pod whose kubelet cannot serve logs must not fail or slow the task."""
+        pod = rank0_pod(pods)
+        if pod is None:
             return
-        pod = rank0[-1]["metadata"]["name"]
         try:
-            kwargs: dict[str, Any] = {"container": CONTAINER, "timestamps": True}
-            if self._log_since:
-                kwargs["since_seconds"] = max(1, int((datetime.now(timezone.utc) - self._log_since).total_seconds()) + 1)
-            text = self.hook.core_v1_client.read_namespaced_pod_log(pod, self.namespace, **kwargs)
+            text = self.hook.core_v1_client.read_namespaced_pod_log(
+                pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, **cursor.request()
+            )
         except ApiException as exc:
             if not self._log_error_reported:
                 self.log.info("Rank 0's log (pod %s) is not readable yet: %s", pod, exc.reason)
                 self._log_error_reported = True
             return
-        for line in text.splitlines():
-            stamp, _, message = line.partition(" ")
-            try:
-                when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-            except ValueError:
-                when = None
-            if when and self._log_since and when <= self._log_since:
-                continue
-            self.log.info("[%s] %s", pod, message)
-            if when:
-                self._log_since = when
+        for line in cursor.new_lines(text):
+            self.log.info("[%s] %s", pod, line)
 
     def delete(self, name: str) -> None:
         """Delete the Job (foreground: its pods go first) and the Service; absent ones are fine."""
         for delete in (
-            lambda: self.hook.batch_v1_client.delete_namespaced_job(name, self.namespace, propagation_policy="Foreground"),
-            lambda: self.hook.core_v1_client.delete_namespaced_service(name, self.namespace),
+            lambda: self._call(self.hook.batch_v1_client.delete_namespaced_job, name, self.namespace,
+                               propagation_policy="Foreground"),
+            lambda: self._call(self.hook.core_v1_client.delete_namespaced_service, name, self.namespace),
         ):
             _ignore_missing(delete)
         self.log.info("Deleted Job and Service %s in %s", name, self.namespace)

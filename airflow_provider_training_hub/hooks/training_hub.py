@@ -201,7 +201,9 @@ class TrainingHubHook(BaseHook):
     def submit_job(self, job: TrainingJob) -> bool:
         """Create the run's Service and Job; ``True`` when this try's Job already ran (reattach)."""
         job_manifest, service_manifest = self.job_manifests(job)
-        reattached = self.jobs.submit(job, job_manifest, service_manifest)
+        # an earlier try's pods get their grace period to save, then a minute to be removed
+        reattached = self.jobs.submit(job, job_manifest, service_manifest,
+                                      earlier_tries_timeout=self.settings.termination_grace_period_seconds + 60)
         self.log.info("%s Job %s in namespace %s: %d node(s) x %d process(es), rendezvous at %s",
                       "Reattached to" if reattached else "Created", job.name, self.settings.namespace,
                       job.nnodes, job.nproc_per_node, job.rdzv_endpoint)

@@ -23,6 +23,10 @@ CONFIG_ENV = "TRAINING_HUB_CONFIG"
 TERMINATION_LOG = "/dev/termination-log"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on each of its pods
+# The Airflow ids of a task's Job, as labels (to select by; long values shortened with a hash)
+# and as annotations (exact).
+TASK_ID_KEYS = tuple(f"training-hub/{k}" for k in ("dag-id", "task-id", "run-id", "map-index"))
+TRY_ANNOTATION = "training-hub/try-number"
 # Decided by the Job, not by the parameters: per-pod or per-job values travel as PET_* instead.
 TOPOLOGY_PARAMS = ("nnodes", "nproc_per_node", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port")
 # Of those, the ones a task cannot choose: each pod's rank is its completion index, and rank 0's
@@ -54,6 +58,19 @@ class TrainingJob:
     @property
     def selector(self) -> dict[str, str]:
         return {JOB_NAME_LABEL: self.name}
+
+    @property
+    def task_instance_selector(self) -> str:
+        """The labels every try of this Job's task instance shares; empty for a Job of no task."""
+        ids = {k: self.labels[k] for k in TASK_ID_KEYS if k in self.labels}
+        if not ids:
+            return ""
+        return ",".join([f"{k}={v}" for k, v in ids.items()] + [f"!{k}" for k in TASK_ID_KEYS if k not in ids])
+
+    def is_other_try(self, annotations: dict[str, str]) -> bool:
+        """Whether a Job with ``annotations`` belongs to another try of this task instance."""
+        same_task = all(annotations.get(k) == self.annotations.get(k) for k in TASK_ID_KEYS)
+        return same_task and annotations.get(TRY_ANNOTATION) != self.annotations.get(TRY_ANNOTATION)
 
 
 def pod_selector(job_name: str) -> str:

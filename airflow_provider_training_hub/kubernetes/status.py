@@ -28,6 +28,12 @@ class JobState:
     def finished(self) -> bool:
         return self.status != RUNNING
 
+    def progress(self, job_name: str) -> str:
+        """The task-log line for this state: pod phases and the scheduler's reasons."""
+        return f"Job {job_name}: {self.status}; pods {self.phases or 'not created yet'}" + "".join(
+            f"; waiting for a node: {r}" for r in self.waiting
+        )
+
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:

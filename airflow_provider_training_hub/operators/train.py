@@ -15,11 +15,13 @@ from typing import Any, ClassVar
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferralError, TaskDeferralTimeout
+from kubernetes.client import ApiException
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.params import unknown_parameter_message
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
+from airflow_provider_training_hub.hooks.api_retry import PERMANENT, api_error
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 from airflow_provider_training_hub.kubernetes import TrainingJob, job_name, label_value
 from airflow_provider_training_hub.kubernetes.status import JobState
@@ -138,6 +140,11 @@ class TrainOperator(BaseOperator):
         safe = [_UNSAFE_PATH_CHARS.sub("_", p) for p in parts]
         return "/".join([self.hook.default_checkpoint_root().rstrip("/"), *safe])
 
+    @staticmethod
+    def try_job_name(context: Context) -> str:
+        ti = context["ti"]
+        return job_name(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+
     def training_job(self, context: Context, backend: str, params: Any) -> TrainingJob:
         """This try's Job: its name, labels and annotations follow from the task try alone."""
         ti = context["ti"]
@@ -145,7 +152,7 @@ class TrainOperator(BaseOperator):
         if ti.map_index >= 0:
             ids["map-index"] = str(ti.map_index)
         return TrainingJob(
-            name=job_name(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number),
+            name=self.try_job_name(context),
             algorithm=self.algorithm,
             backend=backend,
             params=params.model_dump(mode="json", exclude_unset=True),
@@ -190,7 +197,14 @@ class TrainOperator(BaseOperator):
         namespace = self.hook.settings.namespace
         context["ti"].xcom_push(key="job_name", value=job.name)
         context["ti"].xcom_push(key="namespace", value=namespace)
-        self.hook.submit_job(job)
+        try:
+            self.hook.submit_job(job)
+        except ApiException as exc:  # transient ones were retried already
+            if exc.status not in PERMANENT:
+                raise
+            raise AirflowFailException(
+                f"The Kubernetes API refused Job {job.name} in namespace {namespace!r}: {api_error(exc)}"
+            ) from None
         self._job_name = job.name
         if self.deferrable:
             self.defer(
@@ -199,9 +213,19 @@ class TrainOperator(BaseOperator):
                     self.poll_interval,
                 ),
                 method_name="execute_complete",
+                timeout=self.execution_timeout,  # as polling mode's: the scheduler fails the task then
             )
         state = self.hook.jobs.wait(job.name, self.task_settings.pending_timeout, self.poll_interval)
         return self._finish(context, self.hook.job_outcome(job.name, state))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """A deferral that ends with no event from the trigger (``execution_timeout`` passed, or the
+        trigger failed) fails the task; its Job must not train on with nobody watching it."""
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except (TaskDeferralTimeout, TaskDeferralError):
+            self.hook.jobs.delete(self.try_job_name(context))
+            raise
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Back from the trigger: the same verdict and result as the polling path."""

@@ -1,9 +1,13 @@
 """``TrainingJobTrigger``: waits for a training Job in the triggerer, freeing the worker slot.
 
 It keeps no state of its own (the verdict comes from the API objects, see ``kubernetes.status``),
-so a triggerer restart resumes watching where it was. ``cleanup()`` is left alone: it runs on
-every triggerer shutdown and must not stop the training; ``on_kill()``, called when a user marks
-the deferred task failed or clears it, deletes the Job and its Service.
+so a triggerer restart resumes watching where it was (rank 0's log is then shown again from its
+first line). It logs what the polling operator logs: pod phases, the scheduler's reasons, rank 0's
+log lines; and it retries transient API errors as the operator does (``hooks.api_retry``).
+
+``cleanup()`` is left alone: it runs on every triggerer shutdown and must not stop the training;
+``on_kill()``, called when a user marks the deferred task failed or clears it, deletes the Job and
+its Service.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes_asyncio import client as async_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from airflow_provider_training_hub.hooks.api_retry import REQUEST_TIMEOUT, retry_transient
 from airflow_provider_training_hub.kubernetes.job import pod_selector
+from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
 from airflow_provider_training_hub.kubernetes.status import FAILED, assess
 
 
@@ -49,28 +55,47 @@ class TrainingJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)
-        last_phases: dict[str, int] | None = None
+        last = ""
+        cursor = LogCursor()
+        log_error_reported = False
         while True:
             async with hook.get_conn() as api:
                 try:
-                    job = await async_client.BatchV1Api(api).read_namespaced_job(self.job_name, self.namespace)
+                    job, pods = await self._read(api)
                 except ApiException as exc:
                     if exc.status == 404:
                         yield self._event(FAILED, f"Job {self.job_name} no longer exists in {self.namespace}")
                         return
                     raise
-                pods = await async_client.CoreV1Api(api).list_namespaced_pod(
-                    self.namespace, label_selector=pod_selector(self.job_name)
-                )
-                state = assess(api.sanitize_for_serialization(job), api.sanitize_for_serialization(pods)["items"],
-                               self.pending_timeout)
-            if state.phases != last_phases:
-                self.log.info("Job %s: %s; pods %s", self.job_name, state.status, state.phases)
-                last_phases = state.phases
+                state = assess(job, pods, self.pending_timeout)
+                if state.progress(self.job_name) != last:
+                    last = state.progress(self.job_name)
+                    self.log.info("%s", last)
+                if pod := rank0_pod(pods):  # best effort, not retried, as in polling mode
+                    try:
+                        text = await async_client.CoreV1Api(api).read_namespaced_pod_log(
+                            pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, **cursor.request()
+                        )
+                        for line in cursor.new_lines(text):
+                            self.log.info("[%s] %s", pod, line)
+                    except ApiException as exc:
+                        if not log_error_reported:
+                            self.log.info("Rank 0's log (pod %s) is not readable yet: %s", pod, exc.reason)
+                            log_error_reported = True
             if state.finished:
                 yield self._event(state.status, state.message)
                 return
             await asyncio.sleep(self.poll_interval)
+
+    @retry_transient
+    async def _read(self, api: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        job = await async_client.BatchV1Api(api).read_namespaced_job(
+            self.job_name, self.namespace, _request_timeout=REQUEST_TIMEOUT
+        )
+        pods = await async_client.CoreV1Api(api).list_namespaced_pod(
+            self.namespace, label_selector=pod_selector(self.job_name), _request_timeout=REQUEST_TIMEOUT
+        )
+        return api.sanitize_for_serialization(job), api.sanitize_for_serialization(pods)["items"]
 
     async def on_kill(self) -> None:
         hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)

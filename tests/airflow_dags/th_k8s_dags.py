@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import DAG
 
 from airflow_provider_training_hub.operators import LoRATrainOperator, SFTTrainOperator
 
-for dag_id, deferrable, native in (("th_k8s_train", False, True), ("th_k8s_train_deferred", True, True),
-                                  ("th_k8s_train_text", False, False)):
-    with DAG(dag_id, schedule=None, render_template_as_native_obj=native):
+# th_k8s_train_retried: a try that fails (an API outage) is retried after 20 s.
+for dag_id, deferrable, native, retries in (
+    ("th_k8s_train", False, True, 0), ("th_k8s_train_deferred", True, True, 0), ("th_k8s_train_text", False, False, 0),
+    ("th_k8s_train_retried", False, True, 1),
+):
+    with DAG(dag_id, schedule=None, render_template_as_native_obj=native,
+             default_args={"retries": retries, "retry_delay": timedelta(seconds=20)}):
         SFTTrainOperator(
             task_id="train",
             training_hub_conn_id="training_hub_k8s",

@@ -1,0 +1,224 @@
+"""Kubernetes API faults during a training Job, against the loopback control plane of
+test_kubernetes.py (kwok nodes; GPU REPLACED as described there).
+
+The faults are real: toxiproxy (built by k8s-testenv/controlplane.sh) sits between Airflow and the
+API server and resets, delays or cuts the connections; the API server itself answers 401, 403 and
+404. Airflow's `kubernetes_default` connection goes through the proxy; the tests watch the cluster
+directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from airflow_runs import run_dag, states
+from conftest import wait_for
+from test_kubernetes import _annotations, _running_pods, _start_dag_in_subprocess
+
+pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
+
+TOXIPROXY = Path(os.environ.get("TRAINING_HUB_K8S_CACHE", Path.home() / ".cache" / "training-hub-k8s")) / "bin" / "toxiproxy-server"
+RETRY_LOG = "Retrying airflow_provider_training_hub."  # tenacity's warning before each retry
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Toxiproxy:
+    """One toxiproxy server with one proxy, ``apiserver``, in front of the API server."""
+
+    def __init__(self, upstream: str, workdir: Path) -> None:
+        port = _free_port()
+        self.process = subprocess.Popen([str(TOXIPROXY), "-host", "127.0.0.1", "-port", str(port)],
+                                        stdout=(workdir / "toxiproxy.log").open("w"), stderr=subprocess.STDOUT)
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        wait_for(self._up, 30, "toxiproxy to listen")
+        self.listen = f"127.0.0.1:{_free_port()}"
+        self.api.post("/proxies", json={"name": "apiserver", "listen": self.listen, "upstream": upstream}).raise_for_status()
+
+    def _up(self) -> bool:
+        try:
+            return self.api.get("/version").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def toxic(self, kind: str, **attributes: int) -> None:
+        self.api.post("/proxies/apiserver/toxics",
+                      json={"name": kind, "type": kind, "stream": "downstream", "attributes": attributes}).raise_for_status()
+
+    def clear(self, kind: str) -> None:
+        self.api.delete(f"/proxies/apiserver/toxics/{kind}").raise_for_status()
+
+    def enabled(self, on: bool) -> None:
+        self.api.post("/proxies/apiserver", json={"enabled": on}).raise_for_status()
+
+    def stop(self) -> None:
+        self.api.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def proxy(k8s_cluster, k8s_namespace, tmp_path):
+    """Toxiproxy in front of the API server, and `kubernetes_default` pointing at it."""
+    config = yaml.safe_load(Path(k8s_cluster).read_text())
+    server = config["clusters"][0]["cluster"]["server"]
+    toxiproxy = Toxiproxy(server.removeprefix("https://"), tmp_path)
+    config["clusters"][0]["cluster"]["server"] = f"https://{toxiproxy.listen}"  # the certificate is for 127.0.0.1
+    proxied = tmp_path / "kubeconfig-proxied"
+    proxied.write_text(yaml.safe_dump(config))
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(proxied)}}
+    )
+    yield toxiproxy
+    toxiproxy.stop()
+
+
+def _finish(runner: subprocess.Popen, timeout: float = 300) -> tuple[dict, str]:
+    output, _ = runner.communicate(timeout=timeout)
+    result = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert result, output[-4000:]
+    return json.loads(result[-1][len("RESULT "):]), output
+
+
+@pytest.mark.parametrize("dag_id", ["th_k8s_train", "th_k8s_train_deferred"])
+def test_resets_latency_and_timeouts_while_waiting_are_retried(kube, k8s_namespace, proxy, dag_id):
+    runner = _start_dag_in_subprocess(dag_id, {
+        "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "25000"}),
+    })
+    try:
+        wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        for kind, attributes, seconds in (
+            ("reset_peer", {"timeout": 0}, 4),  # every connection reset at once
+            ("latency", {"latency": 1500}, 3),  # slow answers
+            ("timeout", {"timeout": 1000}, 4),  # no answer, connection closed after a second
+        ):
+            proxy.toxic(kind, **attributes)
+            time.sleep(seconds)
+            proxy.clear(kind)
+        result, output = _finish(runner)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert result["states"] == {"train": "success"}, output[-4000:]
+    assert result["xcoms"]["train.checkpoint"].endswith("samples_96")
+    assert RETRY_LOG in output
+
+
+class JobWatch:
+    """Every Job event of a namespace, in order, from a watch of the API server (not the proxy)."""
+
+    def __init__(self, kube, namespace: str) -> None:
+        from kubernetes import watch
+
+        self.events: list[tuple[str, str, bool]] = []  # (type, job name, being deleted)
+        self.error: Exception | None = None
+        self._stopped = False
+        self._watch = watch.Watch()
+        batch = kube[1]
+        listed = batch.list_namespaced_job(namespace)
+        assert not listed.items
+        self._thread = threading.Thread(
+            target=self._run, args=(batch, namespace, listed.metadata.resource_version), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, batch, namespace: str, resource_version: str) -> None:
+        from kubernetes.client import ApiException
+
+        while not self._stopped:
+            try:
+                for event in self._watch.stream(batch.list_namespaced_job, namespace,
+                                                resource_version=resource_version, timeout_seconds=600):
+                    job = event["object"]
+                    resource_version = job.metadata.resource_version
+                    self.events.append((event["type"], job.metadata.name, job.metadata.deletion_timestamp is not None))
+            except ApiException as exc:
+                if "Too large resource version" not in str(exc):
+                    self.error = exc
+                    return
+                time.sleep(0.5)  # the API server's watch cache is behind the list it answered: wait
+            except Exception as exc:  # the test fails on it: a gap in the events proves nothing
+                self.error = exc
+                return
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._watch.stop()
+        assert self.error is None, f"the watch of Jobs failed: {self.error}"
+
+    def most_alive_at_once(self) -> int:
+        """Jobs that existed and were not being deleted, at the worst moment."""
+        alive: set[str] = set()
+        most = 0
+        for kind, name, deleting in self.events:
+            if kind == "DELETED" or deleting:
+                alive.discard(name)
+            else:
+                alive.add(name)
+            most = max(most, len(alive))
+        return most
+
+
+def test_a_retry_removes_the_earlier_tries_job_before_creating_its_own(kube, k8s_namespace, proxy):
+    watch = JobWatch(kube, k8s_namespace)
+    runner = _start_dag_in_subprocess("th_k8s_train_retried", {
+        "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "60000"}),
+    })
+    try:
+        wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods of try 1 to run")
+        proxy.enabled(False)  # an API outage longer than the retries: try 1 fails, its Job runs on
+        time.sleep(25)
+        proxy.enabled(True)  # back before try 2 starts (retry_delay 20 s)
+        result, output = _finish(runner, timeout=400)
+    finally:
+        watch.stop()
+        if runner.poll() is None:
+            runner.kill()
+    assert result["states"] == {"train": "success"}, output[-4000:]
+    added = [name for kind, name, _ in watch.events if kind == "ADDED"]
+    assert len(added) == 2, watch.events  # one Job per try
+    first, second = added
+    assert watch.most_alive_at_once() == 1, watch.events
+    deleted_at = watch.events.index(("DELETED", first, True))
+    assert watch.events.index(("ADDED", second, False)) > deleted_at, watch.events
+    assert "of try 1 of this task is still there; deleting it" in output
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("no-rights", '403 Forbidden: jobs.batch is forbidden: User "no-rights" cannot list resource "jobs"'),
+    ("bad-token", "401 Unauthorized"),
+    ("no-namespace", '404 Not Found: namespaces "no-such-namespace" not found'),
+])
+def test_permanent_api_errors_fail_the_task_at_once_without_retry(k8s_cluster, k8s_namespace, capfd, fault, expected):
+    config = yaml.safe_load(Path(k8s_cluster).read_text())
+    if fault == "no-rights":
+        config = yaml.safe_load(Path(k8s_cluster).with_name("kubeconfig-no-rights").read_text())
+    elif fault == "bad-token":
+        config["users"][0]["user"]["token"] = "0" * 32
+    kubeconfig = Path(k8s_cluster).with_name(f"kubeconfig-{k8s_namespace}-{fault}")
+    kubeconfig.write_text(yaml.safe_dump(config))
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(kubeconfig)}}
+    )
+    overrides = {"namespace": "no-such-namespace"} if fault == "no-namespace" else {}
+    run = run_dag("th_k8s_train_retried", {"overrides": overrides, "pod_annotations": _annotations()})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "failed"}
+    (ti,) = run.get_task_instances()
+    assert ti.try_number == 1  # retries=1, yet no second try
+    assert "The Kubernetes API refused Job th-th-k8s-train-retried-train-" in out
+    assert expected in out
+    assert RETRY_LOG not in out
