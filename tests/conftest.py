@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kwok_nodes import ensure_gpu_nodes
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "airflow_provider_training_hub" / "samples" / "sft_sample.jsonl"
@@ -134,9 +135,6 @@ def fake_gpu(tmp_path, monkeypatch):
 
 # --- the loopback Kubernetes control plane (k8s-testenv/) ---------------------------------------
 
-GPU_NODES = 16
-GPUS_PER_NODE = 8
-
 
 @pytest.fixture(scope="session")
 def k8s_cluster() -> str:
@@ -152,18 +150,7 @@ def k8s_cluster() -> str:
         assert started.returncode == 0, started.stderr[-3000:]
         kubeconfig = started.stdout.strip().splitlines()[-1]
         atexit.register(subprocess.run, ["bash", str(script), "stop"], check=False)
-    from kubernetes import client, config
-
-    api = client.CoreV1Api(config.new_client_from_config(kubeconfig))
-    existing = {n.metadata.name for n in api.list_node(label_selector="type=kwok").items}
-    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}
-    for i in range(GPU_NODES):
-        if f"gpu-node-{i}" not in existing:
-            api.create_node({
-                "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": f"gpu-node-{i}", "labels": {"type": "kwok", "gpu": "h100"}},
-                "status": {"allocatable": capacity, "capacity": capacity},
-            })
+    ensure_gpu_nodes(kubeconfig)
     return kubeconfig
 
 
@@ -195,3 +182,17 @@ def kube(k8s_cluster):
 
     api = config.new_client_from_config(k8s_cluster)
     return client.CoreV1Api(api), client.BatchV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def deployed_airflow():
+    """Airflow as deployed (scripts/deployed-airflow.sh: PostgreSQL, scheduler, dag-processor,
+    triggerer, api-server) over this session's DAG folder; stopped at the end of the session."""
+    from deployed_airflow import DeployedAirflow
+
+    state = Path(tempfile.mkdtemp(prefix="training-hub-deployed-"))
+    state.chmod(0o755)  # PostgreSQL runs as its own user (pytest's tmp_path is root's alone)
+    airflow = DeployedAirflow(state, DAGS_FOLDER)
+    yield airflow
+    airflow.stop()
+    shutil.rmtree(state, ignore_errors=True)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 from airflow_runs import run_dag, states, xcoms
-from conftest import GPUS_PER_NODE, airflow_cli, wait_for
+from conftest import airflow_cli, wait_for
+from kwok_nodes import GPUS_PER_NODE
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
 
@@ -124,9 +125,10 @@ def test_lora_jobs_run_lora_sft_in_the_pods(kube, k8s_namespace):
                           "ckpt_output_dir": config["ckpt_output_dir"], "lora_r": 8, "target_modules": ["q_proj", "v_proj"]}
 
 
-def test_a_failing_pod_fails_the_task_naming_it_after_the_jobs_backoff(kube, k8s_namespace, capfd):
+@pytest.mark.parametrize("dag_id", ["th_k8s_train", "th_k8s_train_deferred"])
+def test_a_failing_pod_fails_the_task_naming_it_after_the_jobs_backoff(kube, k8s_namespace, capfd, dag_id):
     core, batch = kube
-    run = run_dag("th_k8s_train", {
+    run = run_dag(dag_id, {
         "nnodes": 2, "job_backoff_limit": 1, "pod_annotations": _annotations(**{"training-hub.test/fail-index": "1"}),
     })
     assert states(run) == {"train": "failed"}
@@ -141,8 +143,9 @@ def test_a_failing_pod_fails_the_task_naming_it_after_the_jobs_backoff(kube, k8s
     assert "CUDA error: an illegal memory access was encountered" in out
 
 
-def test_unschedulable_job_reports_the_scheduler_and_times_out(kube, k8s_namespace, capfd):
-    run = run_dag("th_k8s_train", {
+@pytest.mark.parametrize("dag_id", ["th_k8s_train", "th_k8s_train_deferred"])
+def test_unschedulable_job_reports_the_scheduler_and_times_out(kube, k8s_namespace, capfd, dag_id):
+    run = run_dag(dag_id, {
         "nnodes": 2, "nproc_per_node": GPUS_PER_NODE * 2, "pending_timeout": 8, "pod_annotations": _annotations(),
     })
     assert states(run) == {"train": "failed"}

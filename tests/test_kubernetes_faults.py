@@ -3,14 +3,16 @@ test_kubernetes.py (kwok nodes; GPU REPLACED as described there).
 
 The faults are real: toxiproxy (built by k8s-testenv/controlplane.sh) sits between Airflow and the
 API server and resets, delays or cuts the connections; the API server itself answers 401, 403 and
-404. Airflow's `kubernetes_default` connection goes through the proxy; the tests watch the cluster
-directly.
+404; a task process and the triggerer of Airflow as deployed (scripts/deployed-airflow.sh) are
+SIGKILLed. Airflow's `kubernetes_default` connection goes through the proxy where there is one;
+the tests watch the cluster directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -22,7 +24,7 @@ import pytest
 import yaml
 from airflow_runs import run_dag, states
 from conftest import wait_for
-from test_kubernetes import _annotations, _running_pods, _start_dag_in_subprocess
+from test_kubernetes import RESULT, _annotations, _objects, _running_pods, _start_dag_in_subprocess
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
 
@@ -137,6 +139,7 @@ class JobWatch:
 
     def _run(self, batch, namespace: str, resource_version: str) -> None:
         from kubernetes.client import ApiException
+        from urllib3.exceptions import HTTPError
 
         while not self._stopped:
             try:
@@ -146,13 +149,12 @@ class JobWatch:
                     resource_version = job.metadata.resource_version
                     self.events.append((event["type"], job.metadata.name, job.metadata.deletion_timestamp is not None))
             except ApiException as exc:
-                if "Too large resource version" not in str(exc):
+                if exc.status == 410:  # events were lost: the test fails on it, a gap proves nothing
                     self.error = exc
                     return
-                time.sleep(0.5)  # the API server's watch cache is behind the list it answered: wait
-            except Exception as exc:  # the test fails on it: a gap in the events proves nothing
-                self.error = exc
-                return
+                time.sleep(0.5)  # e.g. the API server's watch cache behind the list it answered
+            except HTTPError:  # the connection ended: watch again from the last event seen
+                time.sleep(0.5)
 
     def stop(self) -> None:
         self._stopped = True
@@ -222,3 +224,68 @@ def test_permanent_api_errors_fail_the_task_at_once_without_retry(k8s_cluster, k
     assert "The Kubernetes API refused Job th-th-k8s-train-retried-train-" in out
     assert expected in out
     assert RETRY_LOG not in out
+
+
+# --- on Airflow as deployed: PostgreSQL, scheduler (LocalExecutor), dag-processor, triggerer, api-server ---
+
+
+@pytest.fixture
+def deployed(deployed_airflow, k8s_cluster, k8s_namespace):
+    """The deployed Airflow's connections pointing at this test's namespace (straight, no proxy)."""
+    deployed_airflow.set_connection("kubernetes_default", "kubernetes", {"kube_config_path": k8s_cluster})
+    deployed_airflow.set_connection("training_hub_k8s", "training_hub", json.loads(
+        os.environ["AIRFLOW_CONN_TRAINING_HUB_K8S"])["extra"])
+    return deployed_airflow
+
+
+def test_task_process_killed_mid_wait_its_retry_replaces_the_job(kube, k8s_namespace, deployed):
+    from deployed_airflow import task_process
+
+    watch = JobWatch(kube, k8s_namespace)
+    try:
+        run_id = deployed.trigger("th_k8s_train_retried", {
+            "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "45000"}),
+        })
+        wait_for(_running_pods(kube, k8s_namespace, 2), 180, "both pods of try 1 to run")
+        ti = deployed.task("th_k8s_train_retried", run_id)
+        os.kill(task_process(ti["id"]), signal.SIGKILL)  # the worker's task process, mid-wait
+        ti = deployed.wait_for_task("th_k8s_train_retried", run_id, {"success", "failed"}, 400)
+    finally:
+        watch.stop()
+    assert (ti["state"], ti["try_number"]) == ("success", 2)
+    assert watch.most_alive_at_once() == 1, watch.events
+    assert len([name for kind, name, _ in watch.events if kind == "ADDED"]) == 2, watch.events
+    assert "of try 1 of this task is still there; deleting it" in deployed.log("th_k8s_train_retried", run_id, 2)
+    assert deployed.xcom("th_k8s_train_retried", run_id, "checkpoint") == RESULT["checkpoint"]
+
+
+def test_triggerer_killed_and_restarted_mid_wait(kube, k8s_namespace, deployed):
+    watch = JobWatch(kube, k8s_namespace)
+    try:
+        run_id = deployed.trigger("th_k8s_train_deferred", {
+            "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "40000"}),
+        })
+        deployed.wait_for_task("th_k8s_train_deferred", run_id, {"deferred"}, 180)
+        wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        deployed.kill("triggerer")
+        time.sleep(5)
+        deployed.restart("triggerer")
+        ti = deployed.wait_for_task("th_k8s_train_deferred", run_id, {"success", "failed"}, 300)
+    finally:
+        watch.stop()
+    assert (ti["state"], ti["try_number"]) == ("success", 1)
+    assert deployed.xcom("th_k8s_train_deferred", run_id, "checkpoint") == RESULT["checkpoint"]
+    assert [name for kind, name, _ in watch.events if kind == "ADDED"] == [
+        deployed.xcom("th_k8s_train_deferred", run_id, "job_name")]
+
+
+def test_deferred_task_past_its_execution_timeout_fails_and_deletes_its_job(kube, k8s_namespace, deployed):
+    run_id = deployed.trigger("th_k8s_train_deferred_timeout", {
+        "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "600000"}),
+    })
+    wait_for(_running_pods(kube, k8s_namespace, 2), 180, "both pods to run")
+    ti = deployed.wait_for_task("th_k8s_train_deferred_timeout", run_id, {"success", "failed"}, 180)
+    assert ti["state"] == "failed"
+    assert "TaskDeferralTimeout" in deployed.log("th_k8s_train_deferred_timeout", run_id, 1)
+    wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+              "the Job, the Service and the pods to be gone")

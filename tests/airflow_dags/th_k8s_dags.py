@@ -8,13 +8,19 @@ from airflow.sdk import DAG
 
 from airflow_provider_training_hub.operators import LoRATrainOperator, SFTTrainOperator
 
-# th_k8s_train_retried: a try that fails (an API outage) is retried after 20 s.
-for dag_id, deferrable, native, retries in (
-    ("th_k8s_train", False, True, 0), ("th_k8s_train_deferred", True, True, 0), ("th_k8s_train_text", False, False, 0),
-    ("th_k8s_train_retried", False, True, 1),
-):
-    with DAG(dag_id, schedule=None, render_template_as_native_obj=native,
-             default_args={"retries": retries, "retry_delay": timedelta(seconds=20)}):
+# th_k8s_train_retried: a failed try is retried after 20 s; th_k8s_train_deferred_timeout: the
+# deferral ends after 30 s (execution_timeout), which only a real scheduler enforces.
+VARIANTS = {
+    "th_k8s_train": {},
+    "th_k8s_train_deferred": {"deferrable": True},
+    "th_k8s_train_text": {"native": False},
+    "th_k8s_train_retried": {"retries": 1},
+    "th_k8s_train_deferred_timeout": {"deferrable": True, "execution_timeout": timedelta(seconds=30)},
+}
+for dag_id, variant in VARIANTS.items():
+    with DAG(dag_id, schedule=None, render_template_as_native_obj=variant.get("native", True),
+             default_args={"retries": variant.get("retries", 0), "retry_delay": timedelta(seconds=20),
+                           "execution_timeout": variant.get("execution_timeout")}):
         SFTTrainOperator(
             task_id="train",
             training_hub_conn_id="training_hub_k8s",
@@ -28,7 +34,7 @@ for dag_id, deferrable, native, retries in (
             pending_timeout="{{ dag_run.conf.get('pending_timeout', 120) }}",
             job_backoff_limit="{{ dag_run.conf.get('job_backoff_limit', 0) }}",
             poll_interval=1,
-            deferrable=deferrable,
+            deferrable=variant.get("deferrable", False),
         )
 
 with DAG("th_k8s_lora", schedule=None, render_template_as_native_obj=True):
