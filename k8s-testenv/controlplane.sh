@@ -27,6 +27,8 @@ ETCD_PORT=23790
 APISERVER_PORT=16443
 
 log() { echo "controlplane: $*" >&2; }
+# shellcheck source=scripts/testbed.sh
+source "$here/../scripts/testbed.sh"
 
 build() {
   mkdir -p "$bin"
@@ -58,19 +60,6 @@ build() {
     rm -rf "$tmp"
   fi
   log "binaries ready in $bin ($((SECONDS - start))s)"
-}
-
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then
-      log "timed out waiting for $what; logs in $state/logs"
-      tail -n 30 "$state"/logs/*.log >&2 || true
-      exit 1
-    fi
-    sleep 0.5
-  done
 }
 
 spawn() {  # spawn NAME COMMAND...: run in the background, log to $state/logs/NAME.log

@@ -25,6 +25,8 @@ parallelism="${TRAINING_HUB_AIRFLOW_PARALLELISM:-$((2 * $(nproc)))}"
 airflow="$repo/.venv/bin/airflow"
 
 log() { echo "deployed-airflow: $*" >&2; }
+# shellcheck source=scripts/testbed.sh
+source "$repo/scripts/testbed.sh"
 
 pg_bin() {  # Debian's PostgreSQL: its server binaries are not on PATH
   local dir
@@ -35,19 +37,6 @@ pg_bin() {  # Debian's PostgreSQL: its server binaries are not on PATH
 
 as_postgres() {  # PostgreSQL refuses to run as root
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then
-      log "timed out waiting for $what; logs in $state/logs"
-      tail -n 30 "$state"/logs/*.log >&2 || true
-      exit 1
-    fi
-    sleep 0.5
-  done
 }
 
 spawn() {  # spawn NAME COMMAND...: in the background, in its own process group, logged

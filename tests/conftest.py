@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 from kwok_nodes import ensure_gpu_nodes
+from polling import wait_for  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "airflow_provider_training_hub" / "samples" / "sft_sample.jsonl"
@@ -43,16 +43,6 @@ def airflow_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
     """The real ``airflow`` command of this virtualenv, in the test AIRFLOW_HOME."""
     airflow = Path(sys.executable).with_name("airflow")
     return subprocess.run([str(airflow), *args], capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def processes_with_marker(prefix: str) -> dict[int, str]:

@@ -8,23 +8,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from polling import wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "deployed-airflow.sh"
 FINISHED = {"success", "failed"}
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class DeployedAirflow:
@@ -63,7 +54,7 @@ class DeployedAirflow:
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         """Unpause (once the dag-processor has parsed it) and trigger ``dag_id``; the run id."""
-        _wait(lambda: self.api.get(f"/dags/{dag_id}").is_success, 120, f"{dag_id} to be parsed")
+        wait_for(lambda: self.api.get(f"/dags/{dag_id}").is_success, 120, f"{dag_id} to be parsed", interval=1)
         self._ok(self.api.patch(f"/dags/{dag_id}", json={"is_paused": False}))
         return self._ok(self.api.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf}))["dag_run_id"]
 
@@ -71,8 +62,8 @@ class DeployedAirflow:
         return self._ok(self.api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"))
 
     def wait_for_task(self, dag_id: str, run_id: str, states: set[str], timeout: float, task_id: str = "train"):
-        return _wait(lambda: (ti := self.task(dag_id, run_id, task_id))["state"] in states and ti, timeout,
-                     f"{dag_id}.{task_id} to be {'/'.join(sorted(states))}")
+        return wait_for(lambda: (ti := self.task(dag_id, run_id, task_id))["state"] in states and ti, timeout,
+                        f"{dag_id}.{task_id} to be {'/'.join(sorted(states))}", interval=1)
 
     def xcom(self, dag_id: str, run_id: str, key: str, task_id: str = "train") -> Any:
         entry = self._ok(self.api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
