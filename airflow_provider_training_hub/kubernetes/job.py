@@ -27,6 +27,15 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on 
 # and as annotations (exact).
 TASK_ID_KEYS = tuple(f"training-hub/{k}" for k in ("dag-id", "task-id", "run-id", "map-index"))
 TRY_ANNOTATION = "training-hub/try-number"
+
+
+def task_ids(dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int) -> dict[str, str]:
+    """The ids of one task try, under the keys above (no map index for an unmapped task)."""
+    dag_key, task_key, run_key, map_key = TASK_ID_KEYS
+    ids = {dag_key: dag_id, task_key: task_id, run_key: run_id, TRY_ANNOTATION: str(try_number)}
+    if map_index >= 0:
+        ids[map_key] = str(map_index)
+    return ids
 # Decided by the Job, not by the parameters: per-pod or per-job values travel as PET_* instead.
 TOPOLOGY_PARAMS = ("nnodes", "nproc_per_node", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port")
 # Of those, the ones a task cannot choose: each pod's rank is its completion index, and rank 0's

@@ -24,6 +24,7 @@ from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.api_retry import PERMANENT, api_error
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 from airflow_provider_training_hub.kubernetes import TrainingJob, job_name, label_value
+from airflow_provider_training_hub.kubernetes.job import task_ids
 from airflow_provider_training_hub.kubernetes.status import JobState
 from airflow_provider_training_hub.operators.task_settings import TaskSettings
 from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
@@ -148,9 +149,7 @@ class TrainOperator(BaseOperator):
     def training_job(self, context: Context, backend: str, params: Any) -> TrainingJob:
         """This try's Job: its name, labels and annotations follow from the task try alone."""
         ti = context["ti"]
-        ids = {"dag-id": ti.dag_id, "task-id": ti.task_id, "run-id": ti.run_id, "try-number": str(ti.try_number)}
-        if ti.map_index >= 0:
-            ids["map-index"] = str(ti.map_index)
+        ids = task_ids(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
         return TrainingJob(
             name=self.try_job_name(context),
             algorithm=self.algorithm,
@@ -159,8 +158,8 @@ class TrainOperator(BaseOperator):
             nnodes=getattr(params, "nnodes", None) or 1,
             nproc_per_node=getattr(params, "nproc_per_node", None) or 1,
             labels={"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
-                    **{f"training-hub/{k}": label_value(v) for k, v in ids.items()}},
-            annotations={f"training-hub/{k}": v for k, v in ids.items()},
+                    **{k: label_value(v) for k, v in ids.items()}},
+            annotations=ids,
             pod_annotations=self.task_settings.pod_annotations,
             backoff_limit=self.task_settings.job_backoff_limit,
             ttl_seconds_after_finished=self.ttl_seconds_after_finished,
