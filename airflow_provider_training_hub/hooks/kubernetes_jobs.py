@@ -122,8 +122,8 @@ class TrainingJobClient:
                     raise
                 return JobState(FAILED, f"Job {name} no longer exists in {self.namespace} (deleted by someone else?)")
             state = assess(job, pods, pending_timeout)
-            if state.progress(name) != last:
-                last = state.progress(name)
+            if (progress := state.progress(name)) != last:
+                last = progress
                 self.log.info("%s", last)
             self._stream_rank0_log(pods, cursor)
             if state.finished:

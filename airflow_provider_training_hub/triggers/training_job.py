@@ -68,8 +68,8 @@ class TrainingJobTrigger(BaseTrigger):
                         return
                     raise
                 state = assess(job, pods, self.pending_timeout)
-                if state.progress(self.job_name) != last:
-                    last = state.progress(self.job_name)
+                if (progress := state.progress(self.job_name)) != last:
+                    last = progress
                     self.log.info("%s", last)
                 if pod := rank0_pod(pods):  # best effort, not retried, as in polling mode
                     try:
