@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.json_syntax import syntax_phrase
+from airflow_provider_training_hub.targets import TARGETS
 
 CONN_TYPE = "training_hub"
 DEFAULT_CONN_ID = "training_hub_default"
@@ -22,7 +23,7 @@ DEFAULT_CONN_ID = "training_hub_default"
 class ConnectionSettings(ParamSchema):
     """Where and how training runs; an operator argument of the same name overrides a field."""
 
-    execution: Literal["local", "kubernetes"] = Field(
+    execution: Literal[tuple(TARGETS)] = Field(  # type: ignore[valid-type]  # one name per target
         "local", title="Execution", description="local: a subprocess on the worker; kubernetes: an Indexed Job."
     )
     backend: str | None = Field(

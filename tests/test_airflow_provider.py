@@ -293,12 +293,18 @@ def test_a_refused_configuration_keeps_its_whole_message(tiny_model, tmp_path):
     """The training process's error may span lines (a data error lists its lines): all of them
     reach the ValueError, not only the first one, which ends in a colon."""
     from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+    from airflow_provider_training_hub.operators.task_settings import TaskSettings
+    from airflow_provider_training_hub.targets import TaskTry, TrainingRun
 
     bad = REPO / "tests" / "data" / "bad" / "bad_role.jsonl"
     params = TrainingHubHook.parse_params("sft", {"model_path": str(tiny_model), "data_path": str(bad),
                                                   "ckpt_output_dir": str(tmp_path / "ckpt")})
+    run = TrainingRun("sft", "pytorch", params, TaskTry("dag", "task", "run", -1, 1),
+                      TaskSettings.parse({"pending_timeout": 60, "job_backoff_limit": 0}))
+    target = TrainingHubHook().target
+    target.submit(run)
     with pytest.raises(ValueError) as refused:
-        TrainingHubHook().run_local("sft", "pytorch", params)
+        target.outcome(run, target.wait(run))
     lines = str(refused.value).splitlines()
     assert lines[0] == f"data_path '{bad}' is not valid messages JSONL:", lines
     assert any(line.strip().startswith("line 2: messages[0].role: invalid value 'bot'") for line in lines[1:]), lines

@@ -201,7 +201,7 @@ def test_trigger_cleanup_keeps_the_job_and_on_kill_deletes_it(kube, k8s_namespac
     job = TrainingJob(name="th-deferred-kill", algorithm="sft", backend="pytorch",
                       params={"model_path": "m", "data_path": "d", "ckpt_output_dir": "c"}, nnodes=2,
                       pod_annotations=_annotations(**{"training-hub.test/run-ms": "600000"}))
-    hook.submit_job(job)
+    hook.target.submit_job(job)
     wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
 
     classpath, kwargs = TrainingJobTrigger(job.name, k8s_namespace, "kubernetes_default", 60, 1).serialize()

@@ -1,42 +1,26 @@
-"""``TrainingHubHook``: the registry, the data module and the training launch behind one connection.
+"""``TrainingHubHook``: the registry, the data module and the training target behind one connection.
 
-Local execution runs ``training-hub <algorithm> --config ...`` as a subprocess in its own process
-group: a crash or an OOM kill in training ends that process, not the Airflow worker, and
-``terminate()`` reaches every rank torchrun started. Kubernetes execution submits an Indexed Job
-(``kubernetes/`` builds it, ``kubernetes_jobs.TrainingJobClient`` talks to the cluster).
+Training itself happens in the connection's execution target (``targets``): a subprocess on the
+worker, or an Indexed Job on Kubernetes. The hook holds what every target shares: the connection,
+the parameter checks, the data module, and the model helpers.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
-from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, StreamedProcess, stop_environment
 from airflow_provider_training_hub.algorithms.params import ParamSchema
-from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.connection import CONN_TYPE, DEFAULT_CONN_ID, ConnectionSettings
-from airflow_provider_training_hub.hooks.kubernetes_jobs import TrainingJobClient
-from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service
-from airflow_provider_training_hub.kubernetes.status import (
-    SUCCEEDED,
-    UNSCHEDULABLE,
-    JobState,
-    describe_failures,
-    rank0_result,
-)
-
-CLI_MODULE = "airflow_provider_training_hub.cli"
-RUN_MARKER_ENV = "TRAINING_HUB_RUN"
+from airflow_provider_training_hub.targets import ExecutionTarget, get_target
+from airflow_provider_training_hub.targets.local import CLI_MODULE
 
 
 class TrainingHubHook(BaseHook):
@@ -55,7 +39,6 @@ class TrainingHubHook(BaseHook):
         super().__init__()
         self.training_hub_conn_id = training_hub_conn_id
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
-        self._process: StreamedProcess | None = None
 
     @cached_property
     def settings(self) -> ConnectionSettings:
@@ -103,13 +86,7 @@ class TrainingHubHook(BaseHook):
         AlgorithmRegistry.get_algorithm(algorithm).params_schema.check_some(params)
 
     def default_checkpoint_root(self) -> str:
-        if self.settings.checkpoint_root:
-            return self.settings.checkpoint_root
-        if self.settings.execution == "kubernetes":
-            return f"{self.settings.pvc_mount_path.rstrip('/')}/checkpoints"
-        from airflow.configuration import AIRFLOW_HOME
-
-        return os.path.join(AIRFLOW_HOME, "training_hub", "checkpoints")
+        return self.settings.checkpoint_root or self.target.default_checkpoint_root()
 
     # --- data --------------------------------------------------------------------------------
 
@@ -146,90 +123,15 @@ class TrainingHubHook(BaseHook):
 
     # --- training ----------------------------------------------------------------------------
 
-    def run_local(self, algorithm: str, backend: str, params: ParamSchema, run_marker: str = "") -> dict[str, Any]:
-        """Train in a subprocess, its output streamed into the task log; the result as a dict.
-
-        ``run_marker`` goes into the children's environment (``TRAINING_HUB_RUN``), so a run's
-        processes can be found on the machine.
-        """
-        with tempfile.TemporaryDirectory(prefix="training-hub-") as tmp:
-            config = Path(tmp, "config.json")
-            # What the task set, not the defaults: the training process applies the same defaults,
-            # and a backend can tell a choice from a default (instructlab's LoRA and full state).
-            config.write_text(params.model_dump_json(exclude_unset=True, exclude_none=True), encoding="utf-8")
-            result_file = Path(tmp, "result.json")
-            command = [
-                sys.executable, "-m", CLI_MODULE, algorithm, "--backend", backend,
-                "--config", str(config), "--result-file", str(result_file),
-            ]
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", RUN_MARKER_ENV: run_marker,
-                   **stop_environment(self.settings.termination_grace_period_seconds)}
-            self._process = StreamedProcess(command, own_process_group=True, env=env)
-            self.log.info("Starting local %s training (%s backend): %s", algorithm, backend, " ".join(command))
-            returncode = self._process.run(lambda line: self.log.info("%s", line))
-            if returncode == 0 and result_file.is_file():
-                return json.loads(result_file.read_text(encoding="utf-8"))
-            tail = "".join(self._process.tail)
-        if returncode == EXIT_BAD_CONFIG:  # the message is the last error line and the lines after it
-            _, marker, message = tail.rpartition("training-hub: error: ")
-            raise ValueError(message.rstrip() if marker else tail)
-        if returncode == EXIT_STOPPED:
-            how = "was stopped by SIGTERM after saving its state (a retry resumes there)"
-        else:
-            how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
-        raise AirflowException(f"Local {algorithm} training {how}.\n--- last lines ---\n{tail}")
-
-    def terminate(self) -> None:
-        """Stop a local run: SIGTERM, so that it saves its state at the current step, then
-        SIGKILL to its whole process group after the connection's grace period."""
-        if self._process is not None:
-            grace = self.settings.termination_grace_period_seconds
-            self.log.info("Stopping the local training process group (SIGKILL after %d s).", grace)
-            self._process.stop(grace)
-
-    # --- Kubernetes ----------------------------------------------------------------------------
-
     @cached_property
-    def jobs(self) -> TrainingJobClient:
-        return TrainingJobClient(self.settings.kubernetes_conn_id, self.settings.namespace, self.log)
-
-    def job_manifests(self, job: TrainingJob) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The Job and Service of ``job`` with this connection's pod settings (``ValueError`` if
-        they cannot work, before anything is sent)."""
-        return build_job(job, self.settings), build_service(job, self.settings)
-
-    def submit_job(self, job: TrainingJob) -> bool:
-        """Create the run's Service and Job; ``True`` when this try's Job already ran (reattach)."""
-        job_manifest, service_manifest = self.job_manifests(job)
-        # an earlier try's pods get their grace period to save, then a minute to be removed
-        reattached = self.jobs.submit(job, job_manifest, service_manifest,
-                                      earlier_tries_timeout=self.settings.termination_grace_period_seconds + 60)
-        self.log.info("%s Job %s in namespace %s: %d node(s) x %d process(es), rendezvous at %s",
-                      "Reattached to" if reattached else "Created", job.name, self.settings.namespace,
-                      job.nnodes, job.nproc_per_node, job.rdzv_endpoint)
-        return reattached
-
-    def job_outcome(self, name: str, state: JobState) -> dict[str, Any]:
-        """Rank 0's result for a succeeded Job; otherwise raise with what went wrong. A Job stuck
-        unschedulable is deleted, so that it cannot grab GPUs later with nobody watching."""
-        _, pods = self.jobs.read(name)
-        if state.status == SUCCEEDED:
-            return rank0_result(pods)
-        if state.status == UNSCHEDULABLE:
-            self.jobs.delete(name)
-            raise AirflowException(f"Job {name}: {state.message}")
-        failures = "\n".join(describe_failures(pods)) or "(no failed pod left to inspect)"
-        raise AirflowException(f"Job {name} failed: {state.message}\n{failures}")
+    def target(self) -> ExecutionTarget:
+        """Where this connection trains (its ``execution``); see ``targets``."""
+        return get_target(self.settings.execution)(self.settings, self.log)
 
     # --- the connection test button ------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
         try:
-            settings = self.settings
-            if settings.execution == "kubernetes":
-                self.jobs.hook.batch_v1_client.list_namespaced_job(settings.namespace, limit=1)
-                return True, f"Kubernetes API reachable; Jobs in namespace {settings.namespace!r} readable."
-            algorithms = {a: self.list_backends(a) for a in self.list_algorithms()}
-            return True, f"Local execution; algorithms and backends: {algorithms}"
+            return True, self.target.test_connection()
         except Exception as exc:  # the UI shows the message; any failure is a failed test
             return False, str(exc)

@@ -22,6 +22,7 @@ class TaskSettings(ParamSchema):
     pending_timeout: float = Field(gt=0)
     job_backoff_limit: int = Field(ge=0)
     pod_annotations: dict[str, str] = Field(default_factory=dict)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
 
     @field_validator("connection_overrides", "pod_annotations", mode="before")
     @classmethod

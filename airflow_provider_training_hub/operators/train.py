@@ -16,18 +16,13 @@ from typing import Any, ClassVar
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferralError, TaskDeferralTimeout
-from kubernetes.client import ApiException
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.params import unknown_parameter_message
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
-from airflow_provider_training_hub.hooks.api_retry import PERMANENT, api_error
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
-from airflow_provider_training_hub.kubernetes import TrainingJob, job_name, label_value
-from airflow_provider_training_hub.kubernetes.job import task_ids
-from airflow_provider_training_hub.kubernetes.status import JobState
 from airflow_provider_training_hub.operators.task_settings import TaskSettings
-from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
+from airflow_provider_training_hub.targets import TaskTry, TrainingRun
 
 _OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -120,7 +115,7 @@ class TrainOperator(BaseOperator):
         self.job_backoff_limit = job_backoff_limit
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.pod_annotations = pod_annotations or {}
-        self._job_name: str | None = None
+        self._run: TrainingRun | None = None
         for name, value in values.items():
             setattr(self, name, value)
 
@@ -129,7 +124,8 @@ class TrainOperator(BaseOperator):
         """This try's rendered operator settings, converted; ``ValueError`` naming a bad one."""
         return TaskSettings.parse({"connection_overrides": self.connection_overrides,
                                    "pending_timeout": self.pending_timeout, "job_backoff_limit": self.job_backoff_limit,
-                                   "pod_annotations": self.pod_annotations})
+                                   "pod_annotations": self.pod_annotations,
+                                   "ttl_seconds_after_finished": self.ttl_seconds_after_finished})
 
     @cached_property
     def hook(self) -> TrainingHubHook:
@@ -141,108 +137,63 @@ class TrainOperator(BaseOperator):
         safe = [_UNSAFE_PATH_CHARS.sub("_", p) for p in parts]
         return "/".join([self.hook.default_checkpoint_root().rstrip("/"), *safe])
 
-    @staticmethod
-    def try_job_name(context: Context) -> str:
-        ti = context["ti"]
-        return job_name(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
-
-    def training_job(self, context: Context, backend: str, params: Any) -> TrainingJob:
-        """This try's Job: its name, labels and annotations follow from the task try alone."""
-        ti = context["ti"]
-        ids = task_ids(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
-        return TrainingJob(
-            name=self.try_job_name(context),
-            algorithm=self.algorithm,
-            backend=backend,
-            params=params.model_dump(mode="json", exclude_unset=True),
-            nnodes=getattr(params, "nnodes", None) or 1,
-            nproc_per_node=getattr(params, "nproc_per_node", None) or 1,
-            labels={"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
-                    **{k: label_value(v) for k, v in ids.items()}},
-            annotations=ids,
-            pod_annotations=self.task_settings.pod_annotations,
-            backoff_limit=self.task_settings.job_backoff_limit,
-            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
-        )
+    def training_run(self, context: Context) -> TrainingRun:
+        """This try's run, from the rendered fields; ``ValueError`` naming a bad one."""
+        hook = self.hook
+        values = {n: getattr(self, n) for n in self.param_names if getattr(self, n) is not None}
+        values.setdefault("ckpt_output_dir", self.default_ckpt_output_dir(context))
+        return TrainingRun(self.algorithm, hook.backend_for(self.algorithm, self.backend),
+                           hook.parse_params(self.algorithm, values), TaskTry.of(context["ti"]),
+                           self.task_settings, self.poll_interval)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook
         try:
-            hook = self.hook
-            backend = hook.backend_for(self.algorithm, self.backend)
-            values = {n: getattr(self, n) for n in self.param_names if getattr(self, n) is not None}
-            values.setdefault("ckpt_output_dir", self.default_ckpt_output_dir(context))
-            params = hook.parse_params(self.algorithm, values)
-            if hook.settings.execution == "kubernetes":
-                job = self.training_job(context, backend, params)
-                hook.job_manifests(job)  # every pod-spec problem surfaces here, before the cluster
-            else:
-                params.check_local_paths()
+            run = self.training_run(context)
+            hook.target.check(run)
         except ValueError as exc:  # a retry cannot fix a configuration error
             raise AirflowFailException(f"Invalid {self.algorithm} configuration: {exc}") from exc
-        self.log.info("%s with backend %s; checkpoints in %s", self.algorithm, backend, params.ckpt_output_dir)
+        self.log.info("%s with backend %s; checkpoints in %s", self.algorithm, run.backend, run.params.ckpt_output_dir)
         ti = context["ti"]
-        ti.xcom_push(key="ckpt_output_dir", value=params.ckpt_output_dir)
-        if hook.settings.execution == "kubernetes":
-            return self._execute_on_kubernetes(context, job)
-        try:
-            result = hook.run_local(
-                self.algorithm, backend, params, run_marker=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.try_number}"
-            )
-        except ValueError as exc:  # the training process refused its input (exit code 2): no retry either
-            raise AirflowFailException(f"Invalid {self.algorithm} input: {exc}") from exc
-        return self._finish(context, result)
-
-    def _execute_on_kubernetes(self, context: Context, job: TrainingJob) -> dict[str, Any]:
-        namespace = self.hook.settings.namespace
-        context["ti"].xcom_push(key="job_name", value=job.name)
-        context["ti"].xcom_push(key="namespace", value=namespace)
-        try:
-            self.hook.submit_job(job)
-        except ApiException as exc:  # transient ones were retried already
-            if exc.status not in PERMANENT:
-                raise
-            raise AirflowFailException(
-                f"The Kubernetes API refused Job {job.name} in namespace {namespace!r}: {api_error(exc)}"
-            ) from None
-        self._job_name = job.name
-        if self.deferrable:
+        ti.xcom_push(key="ckpt_output_dir", value=run.params.ckpt_output_dir)
+        for key, value in hook.target.submit(run).items():  # where the run is (e.g. the Job's name)
+            ti.xcom_push(key=key, value=value)
+        self._run = run
+        if self.deferrable and (trigger := hook.target.trigger(run)) is not None:
             self.defer(
-                trigger=TrainingJobTrigger(
-                    job.name, namespace, self.hook.settings.kubernetes_conn_id, self.task_settings.pending_timeout,
-                    self.poll_interval,
-                ),
+                trigger=trigger,
                 method_name="execute_complete",
-                timeout=self.execution_timeout,  # as polling mode's: the scheduler fails the task then
+                timeout=self.execution_timeout,  # as on the worker: the scheduler fails the task then
             )
-        state = self.hook.jobs.wait(job.name, self.task_settings.pending_timeout, self.poll_interval)
-        return self._finish(context, self.hook.job_outcome(job.name, state))
+        return self._finish(context, run, hook.target.wait(run))
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """A deferral that ends with no event from the trigger (``execution_timeout`` passed, or the
-        trigger failed) fails the task; its Job must not train on with nobody watching it."""
+        trigger failed) fails the task; its run must not train on with nobody watching it."""
         try:
             return super().resume_execution(next_method, next_kwargs, context)
         except (TaskDeferralTimeout, TaskDeferralError):
-            self.hook.jobs.delete(self.try_job_name(context))
+            self.hook.target.kill(TaskTry.of(context["ti"]))
             raise
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Back from the trigger: the same verdict and result as the polling path."""
-        state = JobState(event["status"], event.get("message", ""))
-        return self._finish(context, self.hook.job_outcome(event["job_name"], state))
+        """Back from the trigger: its event is the state ``wait`` returns, so the verdict is the same."""
+        return self._finish(context, self.training_run(context), event)
 
-    def _finish(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, context: Context, run: TrainingRun, state: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = self.hook.target.outcome(run, state)
+        except ValueError as exc:  # the training process refused its input (exit code 2): no retry either
+            raise AirflowFailException(f"Invalid {self.algorithm} input: {exc}") from exc
         self.log.info("Newest checkpoint: %s; metrics: %s", result.get("checkpoint"), result.get("metrics"))
         for outlet in self.outlets:  # a model Asset carries where its checkpoint is
             context["outlet_events"][outlet].extra = {"checkpoint": result.get("checkpoint"), "metrics": result.get("metrics")}
         return result
 
     def on_kill(self) -> None:
-        """Stop the work this try started: the local process group, or the Job and Service."""
-        if self._job_name:
-            self.hook.jobs.delete(self._job_name)
-        else:
-            self.hook.terminate()
+        """Stop the run this try started: the local process group, or the Job and Service."""
+        if self._run is not None:
+            self.hook.target.kill(self._run.task)
 
 
 class SFTTrainOperator(TrainOperator, algorithm="sft"):

@@ -1,0 +1,119 @@
+"""Execution targets: where a training run happens, behind one small interface.
+
+The operator drives every target the same way (``operators/train.py``)::
+
+    target.check(run)                # ValueError before anything starts (no pod for a typo)
+    target.submit(run)               # start it, or reattach to this try's run if it is there
+    target.trigger(run) -> defer     # deferrable: wait in the triggerer; its event is the state
+    target.wait(run)                 # or wait on the worker; the same state
+    target.outcome(run, state)       # the TrainingResult dict, or an exception saying why not
+    target.kill(task_try)            # a stopped task or a timed-out deferral stops its run
+
+The connection's ``execution`` field names the target; ``TARGETS`` maps each name to its class,
+imported only when used. A third target (a Kubeflow TrainJob, a Ray job) is one module with an
+``ExecutionTarget`` subclass and one line in ``TARGETS``; its own settings are fields of the
+connection (``connection.py``), as the Kubernetes ones are.
+
+This module imports no Airflow: the connection model validates ``execution`` against it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from logging import Logger
+
+    from airflow.triggers.base import BaseTrigger
+
+    from airflow_provider_training_hub.algorithms.params import ParamSchema
+    from airflow_provider_training_hub.connection import ConnectionSettings
+    from airflow_provider_training_hub.operators.task_settings import TaskSettings
+
+TARGETS = {
+    "local": "airflow_provider_training_hub.targets.local.LocalTarget",
+    "kubernetes": "airflow_provider_training_hub.targets.kubernetes.KubernetesTarget",
+}
+
+
+@dataclass(frozen=True)
+class TaskTry:
+    """The Airflow task try a run belongs to: what names a run and finds an earlier try's."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+    try_number: int
+
+    @classmethod
+    def of(cls, ti: Any) -> TaskTry:
+        return cls(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+
+    def __str__(self) -> str:
+        return f"{self.dag_id}/{self.run_id}/{self.task_id}/{self.try_number}"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One try's training, as every target receives it."""
+
+    algorithm: str
+    backend: str
+    params: ParamSchema
+    task: TaskTry
+    settings: TaskSettings  # the operator's own settings (pending timeout, Job knobs...), converted
+    poll_interval: float = 10
+
+
+class ExecutionTarget(ABC):
+    """A place to train: ``settings`` is the task's connection, overrides applied."""
+
+    def __init__(self, settings: ConnectionSettings, log: Logger) -> None:
+        self.settings = settings
+        self.log = log
+
+    @abstractmethod
+    def default_checkpoint_root(self) -> str:
+        """Where a task's default ``ckpt_output_dir`` lies when the connection names no root."""
+
+    @abstractmethod
+    def check(self, run: TrainingRun) -> None:
+        """Raise ``ValueError`` for a run that cannot work here, before anything is started."""
+
+    @abstractmethod
+    def submit(self, run: TrainingRun) -> dict[str, Any]:
+        """Start the run, or reattach to this try's run when it already exists; the XCom entries
+        that locate it (e.g. the Job's name)."""
+
+    def trigger(self, run: TrainingRun) -> BaseTrigger | None:
+        """The trigger that waits for the submitted run in the triggerer; ``None``: this target
+        cannot wait there, and the task waits on the worker. The trigger's event is a state."""
+        return None
+
+    @abstractmethod
+    def wait(self, run: TrainingRun) -> dict[str, Any]:
+        """Block until the submitted run ends, logging its progress; its final state, in the same
+        form as the trigger's event, so that both paths reach one verdict in ``outcome``."""
+
+    @abstractmethod
+    def outcome(self, run: TrainingRun, state: dict[str, Any]) -> dict[str, Any]:
+        """The run's result (``TrainingResult`` fields), or an exception that says what went wrong:
+        ``ValueError`` when the training refused its input, which no retry can fix."""
+
+    @abstractmethod
+    def kill(self, task: TaskTry) -> None:
+        """Stop the run of ``task`` and remove what it left running; nothing to stop is fine."""
+
+    @abstractmethod
+    def test_connection(self) -> str:
+        """What the connection form's test button reports; raise when the target is unusable."""
+
+
+def get_target(name: str) -> type[ExecutionTarget]:
+    """The class of the target ``name`` (the connection has checked that it exists)."""
+    module, _, cls = TARGETS[name].rpartition(".")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,119 @@
+"""Kubernetes execution: each try is an Indexed Job of ``nnodes`` pods and a headless Service.
+
+``kubernetes/`` builds the objects (pure), ``hooks/kubernetes_jobs.TrainingJobClient`` talks to the
+cluster, ``triggers/training_job.TrainingJobTrigger`` waits in the triggerer. A try's Job name, labels
+and annotations follow from the task try alone, so a restarted worker finds its own Job again and a
+new try finds (and removes) an earlier try's.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from kubernetes.client import ApiException
+
+from airflow_provider_training_hub.hooks.api_retry import PERMANENT, api_error
+from airflow_provider_training_hub.hooks.kubernetes_jobs import TrainingJobClient
+from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
+from airflow_provider_training_hub.kubernetes.job import task_ids
+from airflow_provider_training_hub.kubernetes.status import (
+    SUCCEEDED,
+    UNSCHEDULABLE,
+    JobState,
+    describe_failures,
+    rank0_result,
+)
+from airflow_provider_training_hub.targets import ExecutionTarget, TaskTry, TrainingRun
+from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
+
+
+def try_job_name(task: TaskTry) -> str:
+    return job_name(task.dag_id, task.task_id, task.run_id, task.map_index, task.try_number)
+
+
+class KubernetesTarget(ExecutionTarget):
+    @cached_property
+    def jobs(self) -> TrainingJobClient:
+        return TrainingJobClient(self.settings.kubernetes_conn_id, self.settings.namespace, self.log)
+
+    def default_checkpoint_root(self) -> str:
+        return f"{self.settings.pvc_mount_path.rstrip('/')}/checkpoints"
+
+    def training_job(self, run: TrainingRun) -> TrainingJob:
+        ids = task_ids(run.task.dag_id, run.task.task_id, run.task.run_id, run.task.map_index, run.task.try_number)
+        return TrainingJob(
+            name=try_job_name(run.task),
+            algorithm=run.algorithm,
+            backend=run.backend,
+            params=run.params.model_dump(mode="json", exclude_unset=True),
+            nnodes=getattr(run.params, "nnodes", None) or 1,
+            nproc_per_node=getattr(run.params, "nproc_per_node", None) or 1,
+            labels={"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
+                    **{k: label_value(v) for k, v in ids.items()}},
+            annotations=ids,
+            pod_annotations=run.settings.pod_annotations,
+            backoff_limit=run.settings.job_backoff_limit,
+            ttl_seconds_after_finished=run.settings.ttl_seconds_after_finished,
+        )
+
+    def job_manifests(self, job: TrainingJob) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Job and Service of ``job`` with this connection's pod settings (``ValueError`` if
+        they cannot work, before anything is sent)."""
+        return build_job(job, self.settings), build_service(job, self.settings)
+
+    def check(self, run: TrainingRun) -> None:
+        self.job_manifests(self.training_job(run))
+
+    def submit(self, run: TrainingRun) -> dict[str, Any]:
+        job = self.training_job(run)
+        try:
+            self.submit_job(job)
+        except ApiException as exc:  # transient ones were retried already
+            if exc.status not in PERMANENT:
+                raise
+            raise AirflowFailException(
+                f"The Kubernetes API refused Job {job.name} in namespace {self.settings.namespace!r}: {api_error(exc)}"
+            ) from None
+        return {"job_name": job.name, "namespace": self.settings.namespace}
+
+    def submit_job(self, job: TrainingJob) -> bool:
+        """Create the Job's Service and Job; ``True`` when this try's Job already ran (reattach)."""
+        job_manifest, service_manifest = self.job_manifests(job)
+        # an earlier try's pods get their grace period to save, then a minute to be removed
+        reattached = self.jobs.submit(job, job_manifest, service_manifest,
+                                      earlier_tries_timeout=self.settings.termination_grace_period_seconds + 60)
+        self.log.info("%s Job %s in namespace %s: %d node(s) x %d process(es), rendezvous at %s",
+                      "Reattached to" if reattached else "Created", job.name, self.settings.namespace,
+                      job.nnodes, job.nproc_per_node, job.rdzv_endpoint)
+        return reattached
+
+    def trigger(self, run: TrainingRun) -> TrainingJobTrigger:
+        return TrainingJobTrigger(try_job_name(run.task), self.settings.namespace, self.settings.kubernetes_conn_id,
+                                  run.settings.pending_timeout, run.poll_interval)
+
+    def wait(self, run: TrainingRun) -> dict[str, Any]:
+        name = try_job_name(run.task)
+        state = self.jobs.wait(name, run.settings.pending_timeout, run.poll_interval)
+        return {"status": state.status, "message": state.message, "job_name": name}
+
+    def outcome(self, run: TrainingRun, state: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0's result for a succeeded Job; otherwise raise with what went wrong. A Job stuck
+        unschedulable is deleted, so that it cannot grab GPUs later with nobody watching."""
+        name, verdict = state["job_name"], JobState(state["status"], state.get("message", ""))
+        _, pods = self.jobs.read(name)
+        if verdict.status == SUCCEEDED:
+            return rank0_result(pods)
+        if verdict.status == UNSCHEDULABLE:
+            self.jobs.delete(name)
+            raise AirflowException(f"Job {name}: {verdict.message}")
+        failures = "\n".join(describe_failures(pods)) or "(no failed pod left to inspect)"
+        raise AirflowException(f"Job {name} failed: {verdict.message}\n{failures}")
+
+    def kill(self, task: TaskTry) -> None:
+        self.jobs.delete(try_job_name(task))
+
+    def test_connection(self) -> str:
+        self.jobs.hook.batch_v1_client.list_namespaced_job(self.settings.namespace, limit=1)
+        return f"Kubernetes API reachable; Jobs in namespace {self.settings.namespace!r} readable."
