@@ -8,9 +8,10 @@ the Kubernetes builders read their pod settings from it.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.json_syntax import syntax_phrase
@@ -23,8 +24,11 @@ DEFAULT_CONN_ID = "training_hub_default"
 class ConnectionSettings(ParamSchema):
     """Where and how training runs; an operator argument of the same name overrides a field."""
 
-    execution: Literal[tuple(TARGETS)] = Field(  # type: ignore[valid-type]  # one name per target
-        "local", title="Execution", description="local: a subprocess on the worker; kubernetes: an Indexed Job."
+    execution: str = Field(
+        "local",
+        title="Execution",
+        description="local: a subprocess on the worker; kubernetes: an Indexed Job.",
+        json_schema_extra=lambda schema: schema.update(enum=list(TARGETS)),  # the form's choices, read when drawn
     )
     backend: str | None = Field(
         None, title="Default backend", description="Backend when a task names none; empty: the algorithm's default."
@@ -72,6 +76,16 @@ class ConnectionSettings(ParamSchema):
     image_pull_secrets: list[str] = Field(
         default_factory=list, title="Image pull secrets", description='JSON list of secret names, e.g. ["regcred"].'
     )
+
+    @field_validator("execution")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        """Checked against ``TARGETS`` when a connection is read, so a target added there is a choice."""
+        if value not in TARGETS:
+            *others, last = (repr(name) for name in TARGETS)
+            expected = f"{', '.join(others)} or {last}" if others else last
+            raise PydanticCustomError("literal_error", "must be {expected}", {"expected": expected})
+        return value
 
     @field_validator("node_selector", "tolerations", "affinity", "image_pull_secrets", mode="before")
     @classmethod

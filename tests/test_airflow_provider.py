@@ -14,12 +14,14 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from airflow_runs import run_dag, states, xcoms
 from conftest import REPO, SAMPLE_DATA, airflow_cli, processes_with_marker, wait_for
 
 from airflow_provider_training_hub.checkpoints import read_metrics
+from airflow_provider_training_hub.targets import ExecutionTarget
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -287,6 +289,54 @@ def test_data_the_training_process_refuses_fails_the_task_without_retry(tiny_mod
     out = capfd.readouterr().out
     assert "Starting local sft training" in out  # this time the process ran, and refused the data
     assert "line 2: messages[0].role: invalid value 'bot'" in out
+
+
+class RecordedTarget(ExecutionTarget):
+    """A third execution target, defined here alone: it records what the operator asks of it."""
+
+    calls: ClassVar[list[str]] = []
+
+    def default_checkpoint_root(self) -> str:
+        return "/recorded"
+
+    def check(self, run):
+        self.calls.append("check")
+
+    def submit(self, run):
+        self.calls.append("submit")
+        return {"recorded_run": str(run.task)}
+
+    def wait(self, run):
+        self.calls.append("wait")
+        return {"steps": 3}
+
+    def outcome(self, run, state):
+        self.calls.append("outcome")
+        return {"checkpoint": f"{run.params.ckpt_output_dir}/hf_format/samples_3", "metrics": state}
+
+    def kill(self, task):
+        self.calls.append("kill")
+
+    def test_connection(self) -> str:
+        return "recorded"
+
+
+def test_a_third_execution_target_is_one_class_and_one_targets_entry(monkeypatch):
+    """The operator and the hook drive a target they have never heard of, named by the connection:
+    check, submit (its XCom entries pushed), wait, outcome (the TrainingResult XCom)."""
+    from airflow_provider_training_hub.targets import TARGETS
+
+    monkeypatch.setitem(TARGETS, "recorded", f"{__name__}.RecordedTarget")
+    monkeypatch.setattr(RecordedTarget, "calls", [])
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_K8S", json.dumps(
+        {"conn_type": "training_hub", "extra": {"execution": "recorded"}}))
+    run = run_dag("th_k8s_train", {})
+    assert states(run) == {"train": "success"}
+    assert RecordedTarget.calls == ["check", "submit", "wait", "outcome"]
+    got = xcoms(run)
+    assert got[("train", "recorded_run")] == f"th_k8s_train/{run.run_id}/train/1"
+    assert got[("train", "checkpoint")].startswith("/recorded/th_k8s_train/")
+    assert got[("train", "metrics")] == {"steps": 3}
 
 
 def test_a_refused_configuration_keeps_its_whole_message(tiny_model, tmp_path):
