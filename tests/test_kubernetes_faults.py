@@ -3,7 +3,7 @@ test_kubernetes.py (kwok nodes; GPU REPLACED as described there).
 
 The faults are real: toxiproxy (built by k8s-testenv/controlplane.sh) sits between Airflow and the
 API server and resets, delays or cuts the connections; the API server itself answers 401, 403 and
-404; a task process and the triggerer of Airflow as deployed (scripts/deployed-airflow.sh) are
+404, and 429 from its own flow control (API Priority and Fairness); a task process and the triggerer of Airflow as deployed (scripts/deployed-airflow.sh) are
 SIGKILLed. Airflow's `kubernetes_default` connection goes through the proxy where there is one;
 the tests watch the cluster directly.
 """
@@ -197,6 +197,139 @@ def test_a_retry_removes_the_earlier_tries_job_before_creating_its_own(kube, k8s
     deleted_at = watch.events.index(("DELETED", first, True))
     assert watch.events.index(("ADDED", second, False)) > deleted_at, watch.events
     assert "of try 1 of this task is still there; deleting it" in output
+
+
+class FlowControl:
+    """The API server's own rate limit on the `throttled` user (k8s-testenv/controlplane.sh).
+
+    API Priority and Fairness puts the user's requests in a priority level with no seats of its
+    own and the Reject limit response: such a level runs one request at a time and answers every
+    other one at once with 429 Too Many Requests and Retry-After. One request of the user is kept
+    in flight (a create whose body never finishes arriving), so each request of the task is refused
+    until ``lift()``.
+    """
+
+    NAME = "th-test-throttled"
+
+    def __init__(self, kubeconfig: str, namespace: str) -> None:
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(kubeconfig)
+        self.flow, self.rbac = client.FlowcontrolApiserverV1Api(api), client.RbacAuthorizationV1Api(api)
+        try:
+            self._limit(kubeconfig, namespace)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _limit(self, kubeconfig: str, namespace: str) -> None:
+        from kubernetes import client, config
+
+        self.rbac.create_cluster_role_binding({
+            "metadata": {"name": self.NAME},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "throttled"}],
+        })
+        self.flow.create_priority_level_configuration({"metadata": {"name": self.NAME}, "spec": {
+            "type": "Limited",
+            "limited": {"nominalConcurrencyShares": 0, "lendablePercent": 0, "borrowingLimitPercent": 0,
+                        "limitResponse": {"type": "Reject"}},
+        }})
+        self.flow.create_flow_schema({"metadata": {"name": self.NAME}, "spec": {
+            "matchingPrecedence": 100,
+            "priorityLevelConfiguration": {"name": self.NAME},
+            "rules": [{
+                "subjects": [{"kind": "User", "user": {"name": "throttled"}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "namespaces": ["*"],
+                                   "clusterScope": True}],
+            }],
+        }})
+        self.kubeconfig = str(Path(kubeconfig).with_name("kubeconfig-throttled"))
+        self._in_flight = self._unfinished_create(namespace)
+        throttled = client.CoreV1Api(config.new_client_from_config(self.kubeconfig))
+        wait_for(lambda: self._refused(throttled), 30, "the API server to refuse the throttled user")
+        self.probes = self.rejected()
+
+    def _unfinished_create(self, namespace: str):
+        import ssl
+        from urllib.parse import urlsplit
+
+        config = yaml.safe_load(Path(self.kubeconfig).read_text())
+        server = urlsplit(config["clusters"][0]["cluster"]["server"])
+        token = config["users"][0]["user"]["token"]
+        context = ssl.create_default_context(cafile=config["clusters"][0]["cluster"]["certificate-authority"])
+        conn = context.wrap_socket(socket.create_connection((server.hostname, server.port)),
+                                   server_hostname=server.hostname)
+        conn.sendall(f"POST /api/v1/namespaces/{namespace}/configmaps HTTP/1.1\r\nHost: {server.netloc}\r\n"
+                     f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 1000\r\n\r\n{".encode())
+        return conn
+
+    @staticmethod
+    def _refused(core) -> bool:
+        from kubernetes.client import ApiException
+
+        try:
+            core.list_namespace(limit=1)
+        except ApiException as exc:
+            assert exc.status == 429, exc
+            assert exc.headers.get("Retry-After"), exc.headers
+            return True
+        return False
+
+    def rejected(self) -> int:
+        """Requests the API server has refused under this flow schema (its own metric)."""
+        import ssl
+
+        config = self.flow.api_client.configuration
+        text = httpx.get(f"{config.host}/metrics", headers={"Authorization": config.auth_settings()["BearerToken"]["value"]},
+                         verify=ssl.create_default_context(cafile=config.ssl_ca_cert), timeout=30).raise_for_status().text
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                   if line.startswith("apiserver_flowcontrol_rejected_requests_total{")
+                   and f'flow_schema="{self.NAME}"' in line)
+
+    def lift(self) -> None:
+        self._in_flight.close()
+
+    def remove(self) -> None:
+        from kubernetes.client import ApiException
+
+        if hasattr(self, "_in_flight"):
+            self.lift()
+        for delete in (self.flow.delete_flow_schema, self.flow.delete_priority_level_configuration,
+                       self.rbac.delete_cluster_role_binding):
+            try:
+                delete(self.NAME)
+            except ApiException as exc:
+                if exc.status != 404:  # not made: the set-up failed before it
+                    raise
+
+
+def test_the_api_servers_own_429s_are_retried(kube, k8s_cluster, k8s_namespace):
+    """Real 429s: the API server's flow control rejects the connection's user; the task's first
+    call is refused, it waits as Retry-After says, and it goes on once the limit is lifted."""
+    limit = FlowControl(k8s_cluster, k8s_namespace)
+    try:
+        os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+            {"conn_type": "kubernetes", "extra": {"kube_config_path": limit.kubeconfig}}
+        )
+        runner = _start_dag_in_subprocess("th_k8s_train", {"nnodes": 2, "pod_annotations": _annotations()})
+        try:
+            # urllib3 itself retries a refused read 3 times as Retry-After says; then the refusal
+            # reaches the task's own retry, whose log the test reads: 5 refusals at least
+            wait_for(lambda: runner.poll() is not None or limit.rejected() >= limit.probes + 5, 120,
+                     "the task's requests to be refused")
+            limit.lift()
+            result, output = _finish(runner)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+    finally:
+        limit.remove()
+    assert result["states"] == {"train": "success"}, output[-4000:]
+    assert RETRY_LOG in output
+    assert "(429)" in output and "Too Many Requests" in output, output[-4000:]
+    assert _objects(kube, k8s_namespace)["jobs"] == [result["xcoms"]["train.job_name"]]
 
 
 @pytest.mark.parametrize("fault, expected", [
