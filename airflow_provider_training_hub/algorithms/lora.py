@@ -35,7 +35,10 @@ class LoRAParams(SFTParams):
     """Every parameter of ``lora_sft()``: those of ``sft()`` and the adapter's."""
 
     learning_rate: float = _with_default(
-        "learning_rate", 2e-4, "Peak learning rate of the adapters (training_hub's lora_sft default, 2e-4)."
+        "learning_rate",
+        2e-4,
+        "Peak learning rate of the adapters, reached after warmup_steps; adapters start from zero, "
+        "so they want a larger step than full fine-tuning.",
     )
 
     lora_r: int = Field(16, ge=1, description="LoRA rank: the inner dimension of each adapter.")

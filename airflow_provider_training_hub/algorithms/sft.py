@@ -1,7 +1,9 @@
 """Supervised fine-tuning: its parameter schema, the algorithm, and the ``sft()`` shortcut.
 
 Defaults are instructlab-training's ``TrainingArgs`` defaults where it has one (a test holds
-them equal). Where ``TrainingArgs`` has none, the value chosen here is documented on the field.
+them equal). Where ``TrainingArgs`` has none, the README's parameter table says what was chosen
+and why (a test holds it there). The descriptions say what a value does: they are the help text
+of the CLI and of every trigger form, whose defaults may be a DAG's own.
 The torchrun fields default to ``None``: "take ``PET_*`` from the environment, else run on one
 node" (see ``torchrun.py``), which is what a pod launched by Kubeflow or our Indexed Job needs.
 """
@@ -46,20 +48,23 @@ class SFTParams(ParamSchema):
     effective_batch_size: int = Field(
         128,
         ge=1,
-        description="Samples per optimizer step across all ranks (TrainingArgs has no default; 128 chosen).",
+        description=(
+            "Samples per optimizer step, summed over all ranks; gradient accumulation makes up what one "
+            "mini-batch cannot hold."
+        ),
     )
     learning_rate: float = Field(
-        2e-5, gt=0, description="Peak learning rate (TrainingArgs has no default; 2e-5 chosen)."
+        2e-5, gt=0, description="Peak learning rate, reached after warmup_steps; higher learns faster and less stably."
     )
     max_seq_len: int = Field(
-        2048, ge=1, description="Longer samples are dropped (TrainingArgs has no default; 2048 chosen)."
+        2048, ge=1, description="Longest sample, in tokens; longer samples are dropped (and counted) before training."
     )
     max_tokens_per_gpu: int | None = Field(
         None,
         ge=1,
         description=(
             "Hard cap on tokens per GPU in a mini-batch; sets mini-batch size and gradient accumulation. "
-            "TrainingArgs has no default (max_batch_len); unset means max(10000, max_seq_len)."
+            "Unset: max(10000, max_seq_len)."
         ),
     )
 
