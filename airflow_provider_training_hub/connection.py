@@ -8,6 +8,7 @@ the Kubernetes builders read their pod settings from it.
 from __future__ import annotations
 
 import json
+import string
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -19,6 +20,7 @@ from airflow_provider_training_hub.targets import TARGETS
 
 CONN_TYPE = "training_hub"
 DEFAULT_CONN_ID = "training_hub_default"
+JOB_LINK_FIELDS = ("namespace", "job_name")  # the placeholders of job_url_template
 
 
 class ConnectionSettings(ParamSchema):
@@ -76,6 +78,14 @@ class ConnectionSettings(ParamSchema):
     image_pull_secrets: list[str] = Field(
         default_factory=list, title="Image pull secrets", description='JSON list of secret names, e.g. ["regcred"].'
     )
+    job_url_template: str | None = Field(
+        None,
+        title="Job link",
+        description=(
+            "URL of a training Job in your console, shown as the task's 'Training run' link; {namespace} and "
+            "{job_name} are filled in, e.g. https://console.example.com/k8s/ns/{namespace}/jobs/{job_name}."
+        ),
+    )
 
     @field_validator("execution")
     @classmethod
@@ -85,6 +95,23 @@ class ConnectionSettings(ParamSchema):
             *others, last = (repr(name) for name in TARGETS)
             expected = f"{', '.join(others)} or {last}" if others else last
             raise PydanticCustomError("literal_error", "must be {expected}", {"expected": expected})
+        return value
+
+    @field_validator("job_url_template")
+    @classmethod
+    def _link_template(cls, value: str | None) -> str | None:
+        """A typo in a placeholder must fail when the connection is read, not when a link is drawn."""
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"is not a valid template ({exc}): {value!r}") from None
+        unknown = sorted(names - set(JOB_LINK_FIELDS))
+        if unknown:
+            raise ValueError(f"may contain {{namespace}} and {{job_name}} only, not {{{unknown[0]}}}: {value!r}")
         return value
 
     @field_validator("node_selector", "tolerations", "affinity", "image_pull_secrets", mode="before")

@@ -31,6 +31,7 @@ def get_provider_info() -> dict:
             }
         ],
         "triggers": [{"integration-name": "Training Hub", "python-modules": [f"{_PKG}.triggers.training_job"]}],
+        "extra-links": [f"{_PKG}.operators.links.TrainingRunLink"],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

@@ -66,6 +66,11 @@ def test_union_alternatives_are_one_problem():
     ({"image_pull_secrets": '["regcred"'}, "Invalid parameter 'image_pull_secrets': is not valid JSON: character 11: the text ends inside a value."),
     ({"execution": "k8s"}, "Invalid parameter 'execution': must be 'local' or 'kubernetes' (got 'k8s')."),
     ({"node_selector": {"gpu": 1}}, "Invalid parameter 'node_selector.gpu': must be a string (got 1)."),
+    ({"job_url_template": "https://console/ns/{namespace}/jobs/{jobname}"},
+     "Invalid parameter 'job_url_template': may contain {namespace} and {job_name} only, not {jobname}: "
+     "'https://console/ns/{namespace}/jobs/{jobname}'."),
+    ({"job_url_template": "console/{job_name}"},
+     "Invalid parameter 'job_url_template': must be an http(s) URL, got 'console/{job_name}'."),
 ])
 def test_connection_field_errors(extra, message):
     pattern = re.escape(f"connection of type 'training_hub': {message}").replace("1\\[45\\]", "1[45]")

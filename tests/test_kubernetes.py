@@ -46,6 +46,9 @@ def _objects(kube, namespace: str) -> dict[str, list[str]]:
     }
 
 
+CONSOLE = "https://console.example.com/k8s/ns/{namespace}/jobs/{job_name}"  # a connection's job_url_template
+
+
 def _annotations(**extra: str) -> dict[str, str]:
     return {"training-hub.test/result": json.dumps(RESULT), "training-hub.test/run-ms": "1500", **extra}
 
@@ -71,7 +74,8 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace, dag_id)
     })
     run = run_dag(dag_id, {
         "nnodes": 2, "nproc_per_node": 2, "pod_annotations": _annotations(), "job_backoff_limit": 1, "pending_timeout": 90,
-        "overrides": {"pvc_claim": "training", "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+        "overrides": {"pvc_claim": "training", "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                      "job_url_template": CONSOLE},
     })
     assert states(run) == {"train": "success"}
     got = xcoms(run)
@@ -79,6 +83,8 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace, dag_id)
     assert got[("train", "metrics")] == RESULT["metrics"]
     assert got[("train", "namespace")] == k8s_namespace
     name = got[("train", "job_name")]
+    # the "Training run" extra link, as Airflow stored it for the UI when the task ended
+    assert got[("train", "_link_TrainingRunLink")] == CONSOLE.format(namespace=k8s_namespace, job_name=name)
 
     job = batch.read_namespaced_job(name, k8s_namespace)
     assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == ("Indexed", 2, 2)
@@ -168,12 +174,27 @@ def _running_pods(kube, namespace: str, count: int):
     return lambda: len([p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Running"]) == count
 
 
+def _stored_links(namespace: str) -> list[str]:
+    """The "Training run" links stored for the UI that lead to a Job of ``namespace``."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(select(XComModel).where(XComModel.key == "_link_TrainingRunLink")).all()
+        return [v for v in (XComModel.deserialize_value(r) for r in rows) if f"/ns/{namespace}/" in v]
+
+
 def test_on_kill_deletes_job_service_and_pods(kube, k8s_namespace):
     runner = _start_dag_in_subprocess("th_k8s_train", {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "600000"}),
+        "overrides": {"job_url_template": CONSOLE},
     })
     try:
         wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        # the link is there while the Job trains, not only once the task has ended
+        (link,) = _stored_links(k8s_namespace)
+        assert link == CONSOLE.format(namespace=k8s_namespace, job_name=_objects(kube, k8s_namespace)["jobs"][0])
         runner.send_signal(signal.SIGTERM)  # what Airflow sends a task being marked failed
         output, _ = runner.communicate(timeout=120)
     finally:

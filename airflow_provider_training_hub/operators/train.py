@@ -21,8 +21,9 @@ from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.params import unknown_parameter_message
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+from airflow_provider_training_hub.operators.links import TrainingRunLink
 from airflow_provider_training_hub.operators.task_settings import TaskSettings
-from airflow_provider_training_hub.targets import TaskTry, TrainingRun
+from airflow_provider_training_hub.targets import RUN_URL_KEY, TaskTry, TrainingRun
 
 _OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -67,6 +68,7 @@ class TrainOperator(BaseOperator):
     algorithm: ClassVar[str]
     param_names: ClassVar[tuple[str, ...]]
     template_fields: Sequence[str] = ("backend",)
+    operator_extra_links = (TrainingRunLink(),)
     ui_color = "#e8d5f5"
 
     def __init_subclass__(cls, algorithm: str | None = None, **kwargs: Any) -> None:
@@ -156,8 +158,11 @@ class TrainOperator(BaseOperator):
         self.log.info("%s with backend %s; checkpoints in %s", self.algorithm, run.backend, run.params.ckpt_output_dir)
         ti = context["ti"]
         ti.xcom_push(key="ckpt_output_dir", value=run.params.ckpt_output_dir)
-        for key, value in hook.target.submit(run).items():  # where the run is (e.g. the Job's name)
+        located = hook.target.submit(run)  # where the run is (e.g. the Job's name)
+        for key, value in located.items():
             ti.xcom_push(key=key, value=value)
+        if RUN_URL_KEY in located:  # the button works while it trains, not only once the task ends
+            ti.xcom_push(key=TrainingRunLink().xcom_key, value=located[RUN_URL_KEY])
         self._run = run
         if self.deferrable and (trigger := hook.target.trigger(run)) is not None:
             self.defer(

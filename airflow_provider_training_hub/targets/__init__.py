@@ -39,6 +39,11 @@ TARGETS = {
 }
 
 
+# The XCom entry, among those submit() returns, that is the run's URL in its own console: the
+# operator's "Training run" link (operators/links.py).
+RUN_URL_KEY = "run_url"
+
+
 @dataclass(frozen=True)
 class TaskTry:
     """The Airflow task try a run belongs to: what names a run and finds an earlier try's."""
@@ -87,7 +92,7 @@ class ExecutionTarget(ABC):
     @abstractmethod
     def submit(self, run: TrainingRun) -> dict[str, Any]:
         """Start the run, or reattach to this try's run when it already exists; the XCom entries
-        that locate it (e.g. the Job's name)."""
+        that locate it (e.g. the Job's name), with ``RUN_URL_KEY`` where the run has a page."""
 
     def trigger(self, run: TrainingRun) -> BaseTrigger | None:
         """The trigger that waits for the submitted run in the triggerer; ``None``: this target

@@ -25,7 +25,7 @@ from airflow_provider_training_hub.kubernetes.status import (
     describe_failures,
     rank0_result,
 )
-from airflow_provider_training_hub.targets import ExecutionTarget, TaskTry, TrainingRun
+from airflow_provider_training_hub.targets import RUN_URL_KEY, ExecutionTarget, TaskTry, TrainingRun
 from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
 
 
@@ -76,7 +76,10 @@ class KubernetesTarget(ExecutionTarget):
             raise AirflowFailException(
                 f"The Kubernetes API refused Job {job.name} in namespace {self.settings.namespace!r}: {api_error(exc)}"
             ) from None
-        return {"job_name": job.name, "namespace": self.settings.namespace}
+        located = {"job_name": job.name, "namespace": self.settings.namespace}
+        if self.settings.job_url_template:
+            located[RUN_URL_KEY] = self.settings.job_url_template.format(**located)
+        return located
 
     def submit_job(self, job: TrainingJob) -> bool:
         """Create the Job's Service and Job; ``True`` when this try's Job already ran (reattach)."""

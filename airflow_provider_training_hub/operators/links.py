@@ -1,0 +1,25 @@
+"""Operator extra links: buttons on a training task's page that lead to where it trains.
+
+Airflow computes a link when the task ends (``finalize`` pushes it as an XCom). A training run
+takes hours, so the operator also pushes the link as soon as its run is submitted: the button
+works while the model trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.execution_time.xcom import XCom
+
+from airflow_provider_training_hub.targets import RUN_URL_KEY
+
+
+class TrainingRunLink(BaseOperatorLink):
+    """The run in its own console: for Kubernetes, the connection's ``job_url_template`` filled
+    with the namespace and the Job's name."""
+
+    name = "Training run"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        return XCom.get_value(ti_key=ti_key, key=RUN_URL_KEY) or ""
