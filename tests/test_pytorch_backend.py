@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,6 +111,9 @@ def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, 
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert result["metrics"]["steps"] == 24 and result["metrics"]["samples_seen"] == 96
     assert "epoch 1/2" not in rerun.stdout and "epoch 2/2 step 13/24" in rerun.stdout
+    # each progress line ends in the time left at the pace of this run's own steps
+    assert re.search(r"epoch 2/2 step 13/24 loss \S+ lr \S+ tokens/s \d+ samples 52 eta \d+m\d\ds$", rerun.stdout, re.M)
+    assert re.search(r"epoch 2/2 step 24/24 .* eta 0m00s$", rerun.stdout, re.M)
 
 
 def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(tiny_model, sample_data, tmp_path):

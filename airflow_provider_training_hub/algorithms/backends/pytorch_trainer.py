@@ -140,6 +140,13 @@ def micro_batches(indices: list[int], samples: list[Sample], token_cap: int) -> 
     return batches
 
 
+def eta_text(seconds: float) -> str:
+    """``4m05s``, or ``2h13m`` from an hour on: how long the steps left will take at this run's pace."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if warmup and step < warmup:
@@ -364,6 +371,7 @@ class Trainer:
         self.model.train()
         next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples if p.save_samples else None
         started = time.perf_counter()
+        first_step = self.global_step  # a resumed run's pace counts only its own steps
         tokens_done = 0
         for epoch in range(self.start_epoch, p.num_epochs):
             planned = plan_steps(len(self.samples), p.effective_batch_size, p.random_seed, epoch)
@@ -379,7 +387,9 @@ class Trainer:
                 self._print(
                     f"epoch {epoch + 1}/{p.num_epochs} step {record['step']}/{self.total_steps} "
                     f"loss {record['avg_loss']:.4f} lr {record['lr']:.2e} "
-                    f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen}"
+                    f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen} eta "
+                    + eta_text((self.total_steps - self.global_step) * (time.perf_counter() - started)
+                               / (self.global_step - first_step))
                 )
                 every_steps = self.lora.save_steps if self.lora else 0
                 final_save_follows = self.global_step == self.total_steps and (
