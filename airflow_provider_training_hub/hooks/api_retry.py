@@ -28,6 +28,8 @@ TRANSIENT = TRANSIENT_STATUS_CODES - {409}
 # API server refuses.
 PERMANENT = frozenset({400, 401, 403, 404, 422})
 REQUEST_TIMEOUT = API_TIMEOUT
+# What a best-effort call (rank 0's log) shrugs off: any refusal, lost connection or timeout.
+BEST_EFFORT_FAILURES = (ApiException, AsyncApiException, *TRANSIENT_CONNECTION_ERRORS, TimeoutError)
 
 log = logging.getLogger(__name__)
 

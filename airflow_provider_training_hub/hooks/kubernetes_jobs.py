@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiException
 
-from airflow_provider_training_hub.hooks.api_retry import REQUEST_TIMEOUT, retry_transient
+from airflow_provider_training_hub.hooks.api_retry import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
 from airflow_provider_training_hub.kubernetes.job import TRY_ANNOTATION, TrainingJob, pod_selector
 from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
 from airflow_provider_training_hub.kubernetes.status import FAILED, JobState, assess
@@ -139,9 +139,9 @@ class TrainingJobClient:
             text = self.hook.core_v1_client.read_namespaced_pod_log(
                 pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, **cursor.request()
             )
-        except ApiException as exc:
+        except BEST_EFFORT_FAILURES as exc:
             if not self._log_error_reported:
-                self.log.info("Rank 0's log (pod %s) is not readable yet: %s", pod, exc.reason)
+                self.log.info("Rank 0's log (pod %s) is not readable now: %s", pod, getattr(exc, "reason", exc))
                 self._log_error_reported = True
             return
         for line in cursor.new_lines(text):

@@ -21,7 +21,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes_asyncio import client as async_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from airflow_provider_training_hub.hooks.api_retry import REQUEST_TIMEOUT, retry_transient
+from airflow_provider_training_hub.hooks.api_retry import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
 from airflow_provider_training_hub.kubernetes.job import pod_selector
 from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
 from airflow_provider_training_hub.kubernetes.status import FAILED, assess
@@ -78,9 +78,9 @@ class TrainingJobTrigger(BaseTrigger):
                         )
                         for line in cursor.new_lines(text):
                             self.log.info("[%s] %s", pod, line)
-                    except ApiException as exc:
+                    except BEST_EFFORT_FAILURES as exc:
                         if not log_error_reported:
-                            self.log.info("Rank 0's log (pod %s) is not readable yet: %s", pod, exc.reason)
+                            self.log.info("Rank 0's log (pod %s) is not readable now: %s", pod, getattr(exc, "reason", exc))
                             log_error_reported = True
             if state.finished:
                 yield self._event(state.status, state.message)
