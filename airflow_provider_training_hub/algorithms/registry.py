@@ -15,10 +15,12 @@ from __future__ import annotations
 import difflib
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema, param_types
+from airflow_provider_training_hub.algorithms.tracking import mlflow_run
 
 if TYPE_CHECKING:
     from airflow_provider_training_hub.checkpoints import TrainingResult
@@ -65,7 +67,9 @@ class Algorithm(ABC):
         any work), check the input paths where training runs, then run on ``self.backend``."""
         params = self.params_schema.parse({**self.config, **kwargs})
         params.check_local_paths()
-        return self.backend.execute(params)
+        with mlflow_run(params, self.name, getattr(self.backend, "name", type(self.backend).__name__)) as run:
+            result = self.backend.execute(params)
+        return replace(result, mlflow_run_id=run.run_id, mlflow_run_url=run.url) if run else result
 
     @classmethod
     def get_required_params(cls) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema
+from airflow_provider_training_hub.algorithms.tracking import check_tracking_uri
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
     AlgorithmRegistry,
@@ -96,6 +97,35 @@ class SFTParams(ParamSchema):
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon, added to the denominator for numerical stability.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW (decoupled) weight decay.")
 
+    # Experiment tracking (see ``tracking.py``): each tracker is on when its parameters are set.
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "MLflow tracking server to log parameters and per-step metrics to, e.g. 'http://mlflow:5000'. "
+            "Credentials come from the environment (MLFLOW_TRACKING_TOKEN), never from this URI."
+        ),
+    )
+    mlflow_experiment_name: str | None = Field(
+        None, min_length=1, description="MLflow experiment of the run; unset: MLFLOW_EXPERIMENT_NAME, else 'Default'."
+    )
+    mlflow_run_name: str | None = Field(
+        None, min_length=1,
+        description="MLflow run name; {time}, {utc_time}, {rank} and {local_rank} are filled in.",
+    )
+    wandb_project: str | None = Field(
+        None, min_length=1,
+        description="Weights & Biases project to log to (API key: WANDB_API_KEY in the environment).",
+    )
+    wandb_entity: str | None = Field(None, min_length=1, description="Weights & Biases team or user owning the project.")
+    wandb_run_name: str | None = Field(
+        None, min_length=1,
+        description="Weights & Biases run name; {time}, {utc_time}, {rank} and {local_rank} are filled in.",
+    )
+    tensorboard_log_dir: str | None = Field(
+        None, min_length=1, description="Directory to write TensorBoard event files in (one subdirectory per run)."
+    )
+
     nproc_per_node: int | Literal["auto", "gpu"] | None = Field(
         None,
         description=(
@@ -135,6 +165,11 @@ class SFTParams(ParamSchema):
         if value is None:
             return value
         raise ValueError(f"nproc_per_node must be 'auto', 'gpu' or an integer >= 1, got {value!r}")
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _uri_without_credentials(cls, value: str | None) -> str | None:
+        return check_tracking_uri(value) if value else value
 
     @field_validator("rdzv_endpoint")
     @classmethod

@@ -107,34 +107,40 @@ def _nproc_keyword(value: str, source: str) -> str:
     return "gpu"
 
 
+def _pick(param_value, env_value, default):
+    return next((v for v in (param_value, env_value) if v not in (None, "")), default)
+
+
+def node_rank(params: SFTParams, env: Mapping[str, str] | None = None) -> int:
+    """This node's rank: the parameter, else ``PET_NODE_RANK``, else 0."""
+    return _pick(params.node_rank, _env_int(os.environ if env is None else env, "PET_NODE_RANK", 0), 0)
+
+
 def resolve_torchrun(
     params: SFTParams, default_nproc_per_node: int | str, env: Mapping[str, str] | None = None
 ) -> TorchrunSpec:
     """The launch this process should make; a ``ValueError`` names the argument or variable at fault."""
     env = os.environ if env is None else env
 
-    def pick(param_value, env_value, default):
-        return next((v for v in (param_value, env_value) if v not in (None, "")), default)
-
-    nnodes = pick(params.nnodes, _env_int(env, "PET_NNODES", 1), 1)
-    node_rank = pick(params.node_rank, _env_int(env, "PET_NODE_RANK", 0), 0)
+    nnodes = _pick(params.nnodes, _env_int(env, "PET_NNODES", 1), 1)
+    rank = node_rank(params, env)
     env_nproc = env.get("PET_NPROC_PER_NODE")
     if env_nproc not in NPROC_KEYWORDS:  # torchrun also accepts 'gpu', 'cpu' and 'auto' here
         env_nproc = _env_int(env, "PET_NPROC_PER_NODE", 1)
-    nproc = pick(params.nproc_per_node, env_nproc, default_nproc_per_node)
+    nproc = _pick(params.nproc_per_node, env_nproc, default_nproc_per_node)
     if params.nproc_per_node in ("auto", "gpu"):
         nproc = _nproc_keyword(params.nproc_per_node, "nproc_per_node")
-    rdzv_id = pick(params.rdzv_id, env.get("PET_RDZV_ID"), DEFAULT_RDZV_ID)
+    rdzv_id = _pick(params.rdzv_id, env.get("PET_RDZV_ID"), DEFAULT_RDZV_ID)
     endpoint, master_addr, master_port = _rendezvous(params, env)
 
-    if node_rank >= nnodes:
-        raise ValueError(f"node_rank ({node_rank}) must be in [0, nnodes) = [0, {nnodes}).")
+    if rank >= nnodes:
+        raise ValueError(f"node_rank ({rank}) must be in [0, nnodes) = [0, {nnodes}).")
     if nnodes > 1 and not (endpoint or master_addr):
         raise ValueError(
             f"nnodes={nnodes} needs rdzv_endpoint or master_addr (the node with rank 0), "
             "or PET_RDZV_ENDPOINT / PET_MASTER_ADDR in the environment."
         )
-    return TorchrunSpec(nproc, nnodes, node_rank, rdzv_id, endpoint, master_addr, master_port)
+    return TorchrunSpec(nproc, nnodes, rank, rdzv_id, endpoint, master_addr, master_port)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from airflow_provider_training_hub.algorithms.registry import (
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
+from airflow_provider_training_hub.algorithms.tracking import TRACKING_PARAMS
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
     interpreter_bin_on_path,
@@ -126,6 +127,8 @@ class InstructLabTrainingBackend(Backend):
             disable_flash_attn=not _flash_attn_installed(),
             # SIGTERM (preemption, a stopped task) saves the full state at the current step
             on_demand_checkpointing=True,
+            # Its own loggers; rank 0's MLflow handler resumes the run tracking.mlflow_run opened.
+            **{name: getattr(params, name) for name in TRACKING_PARAMS},
         )
         return torch_args, train_args
 

@@ -48,6 +48,7 @@ from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.tracking import close_metric_logger, log_to_trackers, metric_logger
 from airflow_provider_training_hub.checkpoints import (
     FULL_STATE_METADATA,
     MERGED_DIR,
@@ -198,6 +199,7 @@ class Trainer:
         self.start_epoch = 0
         self.skip_steps = 0  # steps of start_epoch already done (a resumed stop)
         self._resume()
+        self.tracker = metric_logger(params, params.ckpt_output_dir) if self.rank == 0 else None
 
     def _add_adapters(self, p: LoRAParams) -> nn.Module:
         """peft's LoRA layers, injected into ``self.model`` in place (the loss module keeps calling
@@ -297,9 +299,14 @@ class Trainer:
             print(f"[training-hub] {message}", flush=True)
 
     def _metrics(self, record: dict) -> None:
-        if self.rank == 0:
-            with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
-                f.write(json.dumps({**record, "timestamp": datetime.now().isoformat()}) + "\n")
+        """Rank 0's record in the metrics file and, with tracking on, to MLflow, W&B and TensorBoard
+        (as instructlab-training's own loop logs it: ``hparams`` once, then per step)."""
+        if self.rank != 0:
+            return
+        with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps({**record, "timestamp": datetime.now().isoformat()}) + "\n")
+        if self.tracker:
+            log_to_trackers(self.tracker, record)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -441,9 +448,12 @@ def main(argv: list[str]) -> int:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend)
+    trainer = None
     try:
-        Trainer(params).train()
+        trainer = Trainer(params)
+        trainer.train()
     finally:
+        close_metric_logger(trainer and trainer.tracker)
         dist.destroy_process_group()
     return 0
 

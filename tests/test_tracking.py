@@ -1,0 +1,198 @@
+"""Experiment tracking, read back from the real thing: an MLflow tracking server (SQLite store) on
+loopback through the MLflow client, TensorBoard event files through TensorBoard's reader, and
+W&B's offline run files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_training_hub import sft
+from airflow_provider_training_hub.algorithms import SFTParams
+from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
+from airflow_provider_training_hub.checkpoints import read_metrics
+from support.wandb_log import history_and_config
+
+STEP_METRICS = ("avg_loss", "lr", "tokens_per_second", "samples_seen", "gradnorm")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> str:
+    """``mlflow server`` with a SQLite store on 127.0.0.1, stopped (by its process group) at the end."""
+    work = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
+         "--artifacts-destination", str(work / "artifacts")],
+        stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{(work / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, metric)]
+
+
+@pytest.mark.slow
+def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, tiny_model, sample_data, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ckpt = tmp_path / "ckpt"
+    result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), backend="pytorch",
+                 num_epochs=2, effective_batch_size=16, learning_rate=1e-3, max_seq_len=256,
+                 mlflow_tracking_uri=mlflow_server, mlflow_experiment_name="tiny-sft", mlflow_run_name="tiny_rank{rank}",
+                 wandb_project="tiny-sft", wandb_run_name="tiny-wandb", tensorboard_log_dir=str(tmp_path / "tb"))
+    steps = read_metrics(ckpt)
+    assert len(steps) == 6  # 48 samples / 16 per step x 2 epochs
+
+    # MLflow: the run the launcher opened, named by rank 0, with every step and the parameters.
+    client = _client(mlflow_server)
+    run = client.get_run(result.mlflow_run_id)
+    experiment = client.get_experiment_by_name("tiny-sft")
+    assert run.info.experiment_id == experiment.experiment_id
+    assert result.mlflow_run_url == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "tiny_rank0")
+    assert run.data.tags["training_hub.algorithm"] == "sft" and run.data.tags["training_hub.backend"] == "pytorch"
+    assert not any(tag.startswith("airflow.") for tag in run.data.tags)  # not run by Airflow
+    assert run.data.params["learning_rate"] == "0.001" and run.data.params["effective_batch_size"] == "16"
+    assert run.data.params["world_size"] == "1" and run.data.params["backend"] == "pytorch"
+    for metric in STEP_METRICS:
+        logged = _history(client, run.info.run_id, metric)
+        assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6], metric
+    assert [v for _, v in _history(client, run.info.run_id, "avg_loss")] == pytest.approx([r["avg_loss"] for r in steps])
+
+    # TensorBoard: one run directory, the same scalars at the same steps.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (tb_run,) = (tmp_path / "tb").iterdir()
+    events = EventAccumulator(str(tb_run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("avg_loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in events.Scalars("avg_loss")] == pytest.approx([r["avg_loss"] for r in steps], rel=1e-6)
+    assert set(STEP_METRICS) <= set(events.Tags()["scalars"])
+
+    # W&B offline: the run's log holds every step and the parameters as its config.
+    (wandb_log,) = (ckpt / "wandb").glob("offline-run-*/run-*.wandb")
+    history, config = history_and_config(wandb_log)
+    assert [h["_step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h["avg_loss"] for h in history] == pytest.approx([r["avg_loss"] for r in steps])
+    assert config["learning_rate"] == 0.001 and config["wandb_project"] == "tiny-sft"
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_marked_failed_and_the_next_try_continues_the_same_run(mlflow_server, tiny_model,
+                                                                               sample_data, tmp_path, monkeypatch):
+    """Two tries of one Airflow task (the ids Airflow exports to a task's processes): the first
+    fails before training, the second trains; MLflow shows one run, FAILED then FINISHED."""
+    for name, value in {"AIRFLOW_CTX_DAG_ID": "d", "AIRFLOW_CTX_DAG_RUN_ID": "manual__1",
+                        "AIRFLOW_CTX_TASK_ID": "train", "AIRFLOW_CTX_TRY_NUMBER": "1"}.items():
+        monkeypatch.setenv(name, value)
+    tracking = {"mlflow_tracking_uri": mlflow_server, "mlflow_experiment_name": "retries"}
+    ckpt = str(tmp_path / "ckpt")
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    with pytest.raises((TrainingFailedError, OSError, ValueError)):
+        sft(model_path=str(not_a_model), data_path=str(sample_data), ckpt_output_dir=ckpt, backend="pytorch", **tracking)
+    client = _client(mlflow_server)
+    experiment_id = client.get_experiment_by_name("retries").experiment_id
+    (first,) = client.search_runs([experiment_id])
+    assert first.info.status == "FAILED" and first.data.tags["airflow.try_number"] == "1"
+
+    monkeypatch.setenv("AIRFLOW_CTX_TRY_NUMBER", "2")
+    result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=ckpt, backend="pytorch",
+                 num_epochs=1, effective_batch_size=16, max_seq_len=256, **tracking)
+    (run,) = client.search_runs([experiment_id])
+    assert run.info.run_id == first.info.run_id == result.mlflow_run_id
+    assert run.info.status == "FINISHED" and run.data.tags["airflow.try_number"] == "2"
+    assert run.data.tags["airflow.dag_id"] == "d" and run.data.tags["airflow.task_id"] == "train"
+    assert [step for step, _ in _history(client, run.info.run_id, "avg_loss")] == [1, 2, 3]
+
+
+def test_without_tracking_parameters_no_tracking_library_is_imported(tiny_model, sample_data, tmp_path):
+    """What a run without them loads: the launcher and rank 0's metric logger, in a fresh interpreter."""
+    code = f"""
+import sys
+from airflow_provider_training_hub.algorithms import SFTParams
+from airflow_provider_training_hub.algorithms.tracking import metric_logger, mlflow_run
+p = SFTParams.parse({{"model_path": "m", "data_path": "d", "ckpt_output_dir": "c"}})
+with mlflow_run(p, "sft", "pytorch") as run:
+    assert run is None
+assert metric_logger(p, "c") is None
+import airflow_provider_training_hub.algorithms.backends.pytorch_trainer
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "wandb", "tensorboard", "tensorboardX")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("uri", ["http://alice:s3cret@mlflow:5000", "https://:token@mlflow.example"])
+def test_a_tracking_uri_with_credentials_is_refused(uri):
+    with pytest.raises(ValueError, match=r"mlflow_tracking_uri must not carry credentials: set MLFLOW_TRACKING_USERNAME"):
+        SFTParams.parse({"model_path": "m", "data_path": "d", "ckpt_output_dir": "c", "mlflow_tracking_uri": uri})
+
+
+@pytest.mark.slow
+def test_instructlab_backend_hands_the_parameters_to_its_own_loggers(fake_gpu, mlflow_server, tiny_model,
+                                                                     sample_data, tmp_path):
+    """GPU REPLACED (``fake_gpu``): the seven parameters reach main_ds.py's command line, and its
+    own loggers (instructlab's setup_metric_logger, run by the stand-in as main_ds.py runs it) log
+    into the MLflow run the launcher opened, and to TensorBoard."""
+    ckpt = tmp_path / "ckpt"
+    tracking = {"mlflow_tracking_uri": mlflow_server, "mlflow_experiment_name": "instructlab", "mlflow_run_name": "ilab",
+                "wandb_project": "p", "wandb_entity": "team", "wandb_run_name": "w", "tensorboard_log_dir": str(tmp_path / "tb")}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), num_epochs=2,
+                     **tracking)
+    argv = json.loads((ckpt / "torchrun_argv.json").read_text())
+    assert all(f"--{name}={value}" in argv for name, value in tracking.items())
+    client = _client(mlflow_server)
+    run = client.get_run(result.mlflow_run_id)
+    assert (run.info.status, run.info.run_name, run.data.tags["training_hub.backend"]) == ("FINISHED", "ilab", "instructlab-training")
+    assert _history(client, run.info.run_id, "avg_loss") == [(1, 3.0), (2, 1.5)]
+    assert run.data.params["learning_rate"] == str(SFTParams.model_fields["learning_rate"].default)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (tb_run,) = (tmp_path / "tb").iterdir()
+    events = EventAccumulator(str(tb_run))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("avg_loss")] == [(1, 3.0), (2, 1.5)]
