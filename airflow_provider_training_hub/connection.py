@@ -78,6 +78,14 @@ class ConnectionSettings(ParamSchema):
     image_pull_secrets: list[str] = Field(
         default_factory=list, title="Image pull secrets", description='JSON list of secret names, e.g. ["regcred"].'
     )
+    tracking_secret: str | None = Field(
+        None,
+        title="Tracking secret",
+        description=(
+            "Secret whose keys become the training pods' environment (envFrom), for tracking credentials "
+            "such as MLFLOW_TRACKING_TOKEN or WANDB_API_KEY; they never enter parameters, Job spec or XCom."
+        ),
+    )
     job_url_template: str | None = Field(
         None,
         title="Job link",

@@ -31,7 +31,7 @@ def get_provider_info() -> dict:
             }
         ],
         "triggers": [{"integration-name": "Training Hub", "python-modules": [f"{_PKG}.triggers.training_job"]}],
-        "extra-links": [f"{_PKG}.operators.links.TrainingRunLink"],
+        "extra-links": [f"{_PKG}.operators.links.TrainingRunLink", f"{_PKG}.operators.links.MLflowRunLink"],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

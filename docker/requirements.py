@@ -1,6 +1,8 @@
 """Print a requirement set of pyproject.toml, one per line, for the images and their tests.
 
     python docker/requirements.py train   the [train] extra: what a training pod needs
+    python docker/requirements.py train tracking
+                                          ... and the [tracking] extra (MLflow, W&B, TensorBoard)
     python docker/requirements.py core    what the package itself needs with neither Airflow nor
                                           torch (the requirements both the base install and
                                           [train] carry)
@@ -25,13 +27,13 @@ def _name(requirement: str) -> str:
 def requirement_set(which: str) -> list[str]:
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
     train = project["optional-dependencies"]["train"]
-    if which == "train":
-        return train
+    if which in ("train", "tracking"):
+        return project["optional-dependencies"][which]
     if which == "core":
         base = {_name(r) for r in project["dependencies"]}
         return [r for r in train if _name(r) in base]
-    raise SystemExit(f"unknown requirement set {which!r}: use train or core")
+    raise SystemExit(f"unknown requirement set {which!r}: use train, tracking or core")
 
 
 if __name__ == "__main__":
-    print("\n".join(requirement_set(sys.argv[1] if len(sys.argv) > 1 else "train")))
+    print("\n".join(r for which in sys.argv[1:] or ["train"] for r in requirement_set(which)))

@@ -60,6 +60,7 @@ def test_provider_cli_lists_the_package_and_serves_the_connection_form():
     assert "TrainingHubHook" in hooks
     links = airflow_cli("providers", "links").stdout
     assert "airflow_provider_training_hub.operators.links.TrainingRunLink" in links
+    assert "airflow_provider_training_hub.operators.links.MLflowRunLink" in links
 
 
 def test_hook_without_a_connection_runs_locally_and_reads_one_when_present(monkeypatch):

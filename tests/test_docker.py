@@ -68,7 +68,7 @@ def test_training_dockerfile_parses_and_builds_a_training_hub_image_without_airf
     assert kinds[kinds.index("FROM") - 1] == "ARG" and "pytorch/pytorch" in steps[kinds.index("FROM") - 1]["value"]
     assert steps[-2]["instruction"] == "ENTRYPOINT" and json.loads(steps[-2]["value"]) == ["training-hub"]
     run = " ".join(s["value"] for s in steps if s["instruction"] == "RUN")
-    assert "requirements.py train" in run and "instructlab-training[cuda]" in run and "--no-deps ." in run
+    assert "requirements.py train tracking" in run and "instructlab-training[cuda]" in run and "--no-deps ." in run
     assert "USER" in kinds
     for step in steps:
         if step["instruction"] == "COPY":
@@ -89,13 +89,13 @@ def test_training_image_requirements_resolve_with_pip_dry_run(tmp_path):
     """As the Dockerfile does: torch present (the base image's), build helpers, no build isolation."""
     python = _venv(tmp_path / "venv", "torch", "packaging", "ninja", "wheel", "setuptools")
     requirements = tmp_path / "train.txt"
-    requirements.write_text("\n".join(requirement_set("train")))
+    requirements.write_text("\n".join(requirement_set("train") + requirement_set("tracking")))
     report = tmp_path / "report.json"
     _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
          "--no-build-isolation", "--report", str(report), "-c", str(_tested_versions(tmp_path)), "-r", str(requirements),
          "instructlab-training[cuda]==0.16.2", env=SKIP_CUDA_BUILDS)
     names = {i["metadata"]["name"].lower().replace("_", "-") for i in json.loads(report.read_text())["install"]}
-    assert {"instructlab-training", "flash-attn", "transformers", "pydantic"} <= names
+    assert {"instructlab-training", "flash-attn", "transformers", "pydantic", "mlflow-skinny", "wandb", "tensorboard"} <= names
     assert not {n for n in names if n.startswith("apache-airflow")}
 
 

@@ -11,6 +11,7 @@ import pytest
 from airflow_provider_training_hub.cli import TERMINATION_MESSAGE_LIMIT, termination_message
 from airflow_provider_training_hub.connection import ConnectionSettings
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
+from airflow_provider_training_hub.kubernetes.job import task_ids
 from airflow_provider_training_hub.kubernetes.status import FAILED, RUNNING, SUCCEEDED, UNSCHEDULABLE, assess
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -98,6 +99,24 @@ def test_parameters_the_job_decides_are_refused(params, message):
 def test_keyword_nproc_per_node_is_refused_on_kubernetes():
     with pytest.raises(ValueError, match=r"^nproc_per_node='gpu': on Kubernetes give a number, the GPUs each pod requests"):
         build_job(_job(nproc_per_node="gpu"), ConnectionSettings(image="img"))
+
+
+def test_tracking_credentials_reach_the_pods_by_reference_only(monkeypatch):
+    """The Secret's name is in the Job, its values are not; the Airflow ids are there for MLflow's tags."""
+    planted = "planted-4f1c9e-token"
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", planted)  # on the worker: must not travel
+    ids = task_ids("retrain", "train", "scheduled__2026-12-01", -1, 2)
+    params = {"model_path": "/m", "data_path": "/d", "ckpt_output_dir": "/c", "mlflow_tracking_uri": "http://mlflow:5000"}
+    settings = ConnectionSettings(image="img", tracking_secret="tracking-creds")
+    job = build_job(_job(params=params, annotations=ids), settings)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "tracking-creds"}}]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(env["TRAINING_HUB_CONFIG"])["mlflow_tracking_uri"] == "http://mlflow:5000"
+    assert (env["AIRFLOW_CTX_DAG_ID"], env["AIRFLOW_CTX_DAG_RUN_ID"], env["AIRFLOW_CTX_TASK_ID"],
+            env["AIRFLOW_CTX_TRY_NUMBER"]) == ("retrain", "scheduled__2026-12-01", "train", "2")
+    assert planted not in json.dumps(job)
+    assert "envFrom" not in build_job(_job(), ConnectionSettings(image="img"))["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_job_without_an_image_is_a_configuration_error():

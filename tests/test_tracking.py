@@ -15,12 +15,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support.wandb_log import history_and_config
 
 from airflow_provider_training_hub import sft
 from airflow_provider_training_hub.algorithms import SFTParams
 from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
 from airflow_provider_training_hub.checkpoints import read_metrics
-from support.wandb_log import history_and_config
 
 STEP_METRICS = ("avg_loss", "lr", "tokens_per_second", "samples_seen", "gradnorm")
 
@@ -78,7 +78,8 @@ def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, tin
     ckpt = tmp_path / "ckpt"
     result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), backend="pytorch",
                  num_epochs=2, effective_batch_size=16, learning_rate=1e-3, max_seq_len=256,
-                 mlflow_tracking_uri=mlflow_server, mlflow_experiment_name="tiny-sft", mlflow_run_name="tiny_rank{rank}",
+                 mlflow_tracking_uri=mlflow_server, mlflow_experiment_name="tiny-sft",
+                 mlflow_run_name="tiny_rank{rank}",
                  wandb_project="tiny-sft", wandb_run_name="tiny-wandb", tensorboard_log_dir=str(tmp_path / "tb"))
     steps = read_metrics(ckpt)
     assert len(steps) == 6  # 48 samples / 16 per step x 2 epochs
@@ -97,7 +98,8 @@ def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, tin
     for metric in STEP_METRICS:
         logged = _history(client, run.info.run_id, metric)
         assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6], metric
-    assert [v for _, v in _history(client, run.info.run_id, "avg_loss")] == pytest.approx([r["avg_loss"] for r in steps])
+    logged_loss = [v for _, v in _history(client, run.info.run_id, "avg_loss")]
+    assert logged_loss == pytest.approx([r["avg_loss"] for r in steps])
 
     # TensorBoard: one run directory, the same scalars at the same steps.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -130,7 +132,8 @@ def test_a_failed_run_is_marked_failed_and_the_next_try_continues_the_same_run(m
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
     with pytest.raises((TrainingFailedError, OSError, ValueError)):
-        sft(model_path=str(not_a_model), data_path=str(sample_data), ckpt_output_dir=ckpt, backend="pytorch", **tracking)
+        sft(model_path=str(not_a_model), data_path=str(sample_data), ckpt_output_dir=ckpt, backend="pytorch",
+            **tracking)
     client = _client(mlflow_server)
     experiment_id = client.get_experiment_by_name("retries").experiment_id
     (first,) = client.search_runs([experiment_id])
@@ -148,11 +151,11 @@ def test_a_failed_run_is_marked_failed_and_the_next_try_continues_the_same_run(m
 
 def test_without_tracking_parameters_no_tracking_library_is_imported(tiny_model, sample_data, tmp_path):
     """What a run without them loads: the launcher and rank 0's metric logger, in a fresh interpreter."""
-    code = f"""
+    code = """
 import sys
 from airflow_provider_training_hub.algorithms import SFTParams
 from airflow_provider_training_hub.algorithms.tracking import metric_logger, mlflow_run
-p = SFTParams.parse({{"model_path": "m", "data_path": "d", "ckpt_output_dir": "c"}})
+p = SFTParams.parse({"model_path": "m", "data_path": "d", "ckpt_output_dir": "c"})
 with mlflow_run(p, "sft", "pytorch") as run:
     assert run is None
 assert metric_logger(p, "c") is None
@@ -165,7 +168,8 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "wandb", "t
 
 @pytest.mark.parametrize("uri", ["http://alice:s3cret@mlflow:5000", "https://:token@mlflow.example"])
 def test_a_tracking_uri_with_credentials_is_refused(uri):
-    with pytest.raises(ValueError, match=r"mlflow_tracking_uri must not carry credentials: set MLFLOW_TRACKING_USERNAME"):
+    refused = r"mlflow_tracking_uri must not carry credentials: set MLFLOW_TRACKING_USERNAME"
+    with pytest.raises(ValueError, match=refused):
         SFTParams.parse({"model_path": "m", "data_path": "d", "ckpt_output_dir": "c", "mlflow_tracking_uri": uri})
 
 
@@ -176,8 +180,9 @@ def test_instructlab_backend_hands_the_parameters_to_its_own_loggers(fake_gpu, m
     own loggers (instructlab's setup_metric_logger, run by the stand-in as main_ds.py runs it) log
     into the MLflow run the launcher opened, and to TensorBoard."""
     ckpt = tmp_path / "ckpt"
-    tracking = {"mlflow_tracking_uri": mlflow_server, "mlflow_experiment_name": "instructlab", "mlflow_run_name": "ilab",
-                "wandb_project": "p", "wandb_entity": "team", "wandb_run_name": "w", "tensorboard_log_dir": str(tmp_path / "tb")}
+    tracking = {"mlflow_tracking_uri": mlflow_server, "mlflow_experiment_name": "instructlab",
+                "mlflow_run_name": "ilab", "wandb_project": "p", "wandb_entity": "team", "wandb_run_name": "w",
+                "tensorboard_log_dir": str(tmp_path / "tb")}
     with pytest.MonkeyPatch.context() as env:
         env.setenv("WANDB_MODE", "offline")
         result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), num_epochs=2,
@@ -186,7 +191,8 @@ def test_instructlab_backend_hands_the_parameters_to_its_own_loggers(fake_gpu, m
     assert all(f"--{name}={value}" in argv for name, value in tracking.items())
     client = _client(mlflow_server)
     run = client.get_run(result.mlflow_run_id)
-    assert (run.info.status, run.info.run_name, run.data.tags["training_hub.backend"]) == ("FINISHED", "ilab", "instructlab-training")
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "ilab")
+    assert run.data.tags["training_hub.backend"] == "instructlab-training"
     assert _history(client, run.info.run_id, "avg_loss") == [(1, 3.0), (2, 1.5)]
     assert run.data.params["learning_rate"] == str(SFTParams.model_fields["learning_rate"].default)
 
@@ -196,3 +202,32 @@ def test_instructlab_backend_hands_the_parameters_to_its_own_loggers(fake_gpu, m
     events = EventAccumulator(str(tb_run))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("avg_loss")] == [(1, 3.0), (2, 1.5)]
+
+
+@pytest.mark.slow
+def test_under_airflow_the_run_is_tagged_linked_and_no_credential_leaks(airflow_db, mlflow_server, tiny_model,
+                                                                       sample_data, monkeypatch, capfd):
+    """A real DAG run (local execution): the worker's MLFLOW_TRACKING_TOKEN reaches the training
+    process by inheritance only, and appears in neither the parameters, the XComs nor the task log."""
+    from airflow_runs import run_dag, states, xcoms
+
+    planted = "planted-7d2b0c-mlflow-token"
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", planted)  # the MLflow server ignores it (no auth configured)
+    run = run_dag("th_tracked_train", {"model_path": str(tiny_model), "data_path": str(sample_data),
+                                       "mlflow_tracking_uri": mlflow_server})
+    assert states(run) == {"train": "success"}
+    got = xcoms(run)
+    client = _client(mlflow_server)
+    mlflow_run = client.get_run(got[("train", "mlflow_run_id")])
+    tags = mlflow_run.data.tags
+    assert (tags["airflow.dag_id"], tags["airflow.run_id"], tags["airflow.task_id"], tags["airflow.try_number"]) == (
+        "th_tracked_train", run.run_id, "train", "1")
+    assert mlflow_run.info.status == "FINISHED" and len(_history(client, mlflow_run.info.run_id, "avg_loss")) == 3
+    url = got[("train", "mlflow_run_url")]
+    assert url == f"{mlflow_server}/#/experiments/{mlflow_run.info.experiment_id}/runs/{mlflow_run.info.run_id}"
+    assert got[("train", "_link_MLflowRunLink")] == url  # the task's "MLflow run" button
+    assert planted not in json.dumps({f"{task}.{key}": value for (task, key), value in got.items()}, default=str)
+    assert planted not in json.dumps(mlflow_run.data.params)
+    log = capfd.readouterr()
+    assert "MLflow run " in log.out + log.err  # the launcher names the run in the task log
+    assert planted not in log.out + log.err

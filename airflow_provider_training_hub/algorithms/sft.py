@@ -18,13 +18,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema
-from airflow_provider_training_hub.algorithms.tracking import check_tracking_uri
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
     AlgorithmRegistry,
     create_algorithm,
     register_algorithm,
 )
+from airflow_provider_training_hub.algorithms.tracking import check_tracking_uri
 
 DEFAULT_BACKEND = "instructlab-training"
 _HOST_PORT = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -117,7 +117,9 @@ class SFTParams(ParamSchema):
         None, min_length=1,
         description="Weights & Biases project to log to (API key: WANDB_API_KEY in the environment).",
     )
-    wandb_entity: str | None = Field(None, min_length=1, description="Weights & Biases team or user owning the project.")
+    wandb_entity: str | None = Field(
+        None, min_length=1, description="Weights & Biases team or user owning the project."
+    )
     wandb_run_name: str | None = Field(
         None, min_length=1,
         description="Weights & Biases run name; {time}, {utc_time}, {rank} and {local_rank} are filled in.",

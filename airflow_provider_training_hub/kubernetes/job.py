@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, stop_environment
+from airflow_provider_training_hub.algorithms.tracking import AIRFLOW_CONTEXT_ENV
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.connection import ConnectionSettings
 
@@ -27,6 +28,10 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on 
 # and as annotations (exact).
 TASK_ID_KEYS = tuple(f"training-hub/{k}" for k in ("dag-id", "task-id", "run-id", "map-index"))
 TRY_ANNOTATION = "training-hub/try-number"
+_DAG_ENV, _RUN_ENV, _TASK_ENV, _TRY_ENV = AIRFLOW_CONTEXT_ENV
+# annotation -> the variable Airflow exports for it to a task's own processes
+AIRFLOW_CONTEXT = {TASK_ID_KEYS[0]: _DAG_ENV, TASK_ID_KEYS[1]: _TASK_ENV, TASK_ID_KEYS[2]: _RUN_ENV,
+                   TRY_ANNOTATION: _TRY_ENV}
 
 
 def task_ids(dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int) -> dict[str, str]:
@@ -117,6 +122,9 @@ def _env(job: TrainingJob, settings: ConnectionSettings) -> list[dict[str, Any]]
         {"name": "PET_RDZV_ID", "value": job.name},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *({"name": name, "value": value} for name, value in stop.items()),
+        # The Airflow ids, under the names Airflow exports to a task's own processes (MLflow tags).
+        *({"name": name, "value": job.annotations[key]}
+          for key, name in AIRFLOW_CONTEXT.items() if key in job.annotations),
     ]
 
 
@@ -143,6 +151,8 @@ def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
         "args": [job.algorithm, "--backend", job.backend, "--config-env", CONFIG_ENV,
                  "--termination-message", TERMINATION_LOG],
         "env": _env(job, settings),
+        # Credentials by reference: the Secret's values reach the process, never the Job object.
+        **({"envFrom": [{"secretRef": {"name": settings.tracking_secret}}]} if settings.tracking_secret else {}),
         "ports": [{"name": "rendezvous", "containerPort": job.rdzv_port}],
         "resources": _resources(job, settings),
         "volumeMounts": mounts,

@@ -21,7 +21,7 @@ from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.params import unknown_parameter_message
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
-from airflow_provider_training_hub.operators.links import TrainingRunLink
+from airflow_provider_training_hub.operators.links import MLflowRunLink, TrainingRunLink
 from airflow_provider_training_hub.operators.task_settings import TaskSettings
 from airflow_provider_training_hub.targets import RUN_URL_KEY, TaskTry, TrainingRun
 
@@ -68,7 +68,7 @@ class TrainOperator(BaseOperator):
     algorithm: ClassVar[str]
     param_names: ClassVar[tuple[str, ...]]
     template_fields: Sequence[str] = ("backend",)
-    operator_extra_links = (TrainingRunLink(),)
+    operator_extra_links = (TrainingRunLink(), MLflowRunLink())
     ui_color = "#e8d5f5"
 
     def __init_subclass__(cls, algorithm: str | None = None, **kwargs: Any) -> None:

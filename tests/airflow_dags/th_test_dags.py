@@ -24,6 +24,20 @@ with DAG("th_train_from_conf", schedule=None, render_template_as_native_obj=True
         retry_delay=timedelta(seconds=0),
     )
 
+# Local execution with MLflow tracking: the tracking server comes from the conf.
+with DAG("th_tracked_train", schedule=None, render_template_as_native_obj=True):
+    SFTTrainOperator(
+        task_id="train",
+        backend="pytorch",
+        model_path="{{ dag_run.conf['model_path'] }}",
+        data_path="{{ dag_run.conf['data_path'] }}",
+        mlflow_tracking_uri="{{ dag_run.conf['mlflow_tracking_uri'] }}",
+        mlflow_experiment_name="airflow-runs",
+        num_epochs=1,
+        effective_batch_size=16,
+        max_seq_len=256,
+    )
+
 with DAG("th_validate", schedule=None, render_template_as_native_obj=True):
     ValidateMessagesDataOperator(
         task_id="validate",

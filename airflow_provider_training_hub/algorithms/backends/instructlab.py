@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import ClassVar
 
+from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
+from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.registry import (
     AlgorithmRegistry,
     Backend,
@@ -21,15 +23,13 @@ from airflow_provider_training_hub.algorithms.registry import (
     TrainingStoppedError,
     register_backend,
 )
-from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
-from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
-from airflow_provider_training_hub.algorithms.tracking import TRACKING_PARAMS
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
     interpreter_bin_on_path,
     resolve_torchrun,
 )
+from airflow_provider_training_hub.algorithms.tracking import TRACKING_PARAMS
 from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result, hf_checkpoints
 
 log = logging.getLogger(__name__)
