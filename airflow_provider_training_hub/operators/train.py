@@ -21,6 +21,7 @@ from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.params import unknown_parameter_message
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+from airflow_provider_training_hub.operators.lineage import training_lineage
 from airflow_provider_training_hub.operators.links import MLflowRunLink, TrainingRunLink
 from airflow_provider_training_hub.operators.task_settings import TaskSettings
 from airflow_provider_training_hub.targets import RUN_URL_KEY, TaskTry, TrainingRun
@@ -118,6 +119,7 @@ class TrainOperator(BaseOperator):
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.pod_annotations = pod_annotations or {}
         self._run: TrainingRun | None = None
+        self._result: dict[str, Any] | None = None
         for name, value in values.items():
             setattr(self, name, value)
 
@@ -183,7 +185,8 @@ class TrainOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Back from the trigger: its event is the state ``wait`` returns, so the verdict is the same."""
-        return self._finish(context, self.training_run(context), event)
+        self._run = self.training_run(context)
+        return self._finish(context, self._run, event)
 
     def _finish(self, context: Context, run: TrainingRun, state: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -193,7 +196,18 @@ class TrainOperator(BaseOperator):
         self.log.info("Newest checkpoint: %s; metrics: %s", result.get("checkpoint"), result.get("metrics"))
         for outlet in self.outlets:  # a model Asset carries where its checkpoint is
             context["outlet_events"][outlet].extra = {"checkpoint": result.get("checkpoint"), "metrics": result.get("metrics")}
+        self._result = result
         return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Called by apache-airflow-providers-openlineage, where installed (see ``lineage.py``)."""
+        return training_lineage(self.algorithm, self._run.backend, self._run.params, self._result)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """What was to be trained, where the parameters were valid; nothing came out."""
+        if self._run is None:
+            return None
+        return training_lineage(self.algorithm, self._run.backend, self._run.params, None)
 
     def on_kill(self) -> None:
         """Stop the run this try started: the local process group, or the Job and Service."""

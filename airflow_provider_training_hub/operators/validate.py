@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+from airflow_provider_training_hub.operators.lineage import validation_lineage
 
 
 class ValidateMessagesDataOperator(BaseOperator):
@@ -66,6 +67,7 @@ class ValidateMessagesDataOperator(BaseOperator):
         self.max_errors = max_errors
         self.workers = workers
         self.training_hub_conn_id = training_hub_conn_id
+        self._stats: dict[str, Any] | None = None  # of a valid file, for OpenLineage
 
     @cached_property
     def hook(self) -> TrainingHubHook:
@@ -100,6 +102,7 @@ class ValidateMessagesDataOperator(BaseOperator):
             prepared_path = prepared.path
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = {"data_path": data_path, "samples": report.stats.get("samples", 0)}
+        self._stats = report.stats
         return {
             "data_path": data_path,
             "prepared_path": prepared_path,
@@ -107,6 +110,13 @@ class ValidateMessagesDataOperator(BaseOperator):
             "errors": [str(e) for e in report.errors],
             "quarantine_path": report.quarantine_path,
         }
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Called by apache-airflow-providers-openlineage, where installed (see ``lineage.py``)."""
+        return validation_lineage(self.data_path, self.output_path or None, self._stats)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return validation_lineage(self.data_path, None, None)
 
 
 def _optional_int(name: str, value: Any) -> int | None:

@@ -38,6 +38,24 @@ with DAG("th_tracked_train", schedule=None, render_template_as_native_obj=True):
         max_seq_len=256,
     )
 
+# Validate, then train on what validation wrote (OpenLineage: data in, checkpoint out).
+with DAG("th_lineage", schedule=None, render_template_as_native_obj=True):
+    validated = ValidateMessagesDataOperator(
+        task_id="validate",
+        data_path="{{ dag_run.conf['data_path'] }}",
+        output_path="{{ dag_run.conf['output_path'] }}",
+        model_path="{{ dag_run.conf['model_path'] }}",
+    )
+    SFTTrainOperator(
+        task_id="train",
+        backend="pytorch",
+        model_path="{{ dag_run.conf['model_path'] }}",
+        data_path=validated.output["data_path"],
+        num_epochs=1,
+        effective_batch_size=16,
+        max_seq_len=256,
+    )
+
 with DAG("th_validate", schedule=None, render_template_as_native_obj=True):
     ValidateMessagesDataOperator(
         task_id="validate",
