@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -49,7 +48,8 @@ def test_a_dag_run_names_its_data_and_the_checkpoint_it_made(tiny_model, sample_
     (data,) = validate["inputs"]
     assert (data["namespace"], data["name"]) == ("file", str(sample_data))
     stats = data["facets"][PREFIX + "messagesData"]
-    assert (stats["samples"], stats["invalidLines"], stats["messages"]) == (48, 0, sum(stats["messagesByRole"].values()))
+    assert (stats["samples"], stats["invalidLines"]) == (48, 0)
+    assert stats["messages"] == sum(stats["messagesByRole"].values())
     assert stats["messagesByRole"]["user"] == stats["messagesByRole"]["assistant"] >= 48
     assert stats["tokens"]["max"] > 0  # a tokenizer was given
     assert stats["_schemaURL"].startswith("urn:airflow-provider-training-hub:")
