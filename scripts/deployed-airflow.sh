@@ -11,8 +11,9 @@
 # It uses the repository's .venv (scripts/bootstrap.sh). The DAG folder is
 # $AIRFLOW__CORE__DAGS_FOLDER, else dags/. State (database, logs, AIRFLOW_HOME, the env file) lives
 # in $TRAINING_HUB_AIRFLOW_STATE (default /tmp/training-hub-airflow). The API server listens on
-# 127.0.0.1:$TRAINING_HUB_AIRFLOW_PORT (default 28080); every user is an admin (simple auth manager):
-# it is a test bed, not reachable from another machine.
+# 127.0.0.1:$TRAINING_HUB_AIRFLOW_PORT (default 28080). One user, `admin` (simple auth manager), logs
+# in with the password in $TRAINING_HUB_AIRFLOW_STATE/passwords.json, made at each start: in the
+# UI's login form, or for the REST API with `POST /auth/token` ({"username", "password"}).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 state="${TRAINING_HUB_AIRFLOW_STATE:-/tmp/training-hub-airflow}"
@@ -54,6 +55,8 @@ start() {
   mkdir -p "$state"/{logs,pids,home}
   password="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   secret="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+  python3 -c 'import json, secrets, sys; json.dump({"admin": secrets.token_urlsafe(12)}, open(sys.argv[1], "w"))' \
+    "$state/passwords.json"
 
   install -d -o "$( [ "$(id -u)" -eq 0 ] && echo postgres || id -un)" "$state/postgres" "$state/postgres-socket"
   printf '%s\n' "$password" >"$state/pgpass" && chmod 0644 "$state/pgpass"
@@ -78,7 +81,8 @@ export AIRFLOW__API__HOST=127.0.0.1
 export AIRFLOW__API__PORT=$api_port
 export AIRFLOW__API__BASE_URL="http://127.0.0.1:$api_port"
 export AIRFLOW__API_AUTH__JWT_SECRET="$secret"
-export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$state/passwords.json"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
 export AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL=5
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -29,7 +29,12 @@ class DeployedAirflow:
                                  timeout=600)
         assert started.returncode == 0, started.stderr[-4000:]
         port = self.environ.get("TRAINING_HUB_AIRFLOW_PORT", "28080")
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v2", timeout=30)
+        self.url = f"http://127.0.0.1:{port}"
+        self.user, self.password = next(iter(json.loads((state / "passwords.json").read_text()).items()))
+        token = httpx.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password}, timeout=30)
+        assert token.is_success, f"logging in to the API: {token.status_code} {token.text}"
+        self.api = httpx.Client(base_url=f"{self.url}/api/v2", timeout=30,
+                                headers={"Authorization": f"Bearer {token.json()['access_token']}"})
 
     def env(self, name: str) -> str:
         """A setting of the env file that the deployed processes run with."""
