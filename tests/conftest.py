@@ -28,6 +28,8 @@ DAGS_FOLDER = AIRFLOW_HOME / "dags"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A progress line for every step: tests wait for a given step's line (its pace is tested alone).
+os.environ.setdefault("TRAINING_HUB_PROGRESS_SECONDS", "0")
 os.environ.update(
     AIRFLOW_HOME=str(AIRFLOW_HOME),
     AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),

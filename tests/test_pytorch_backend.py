@@ -193,3 +193,22 @@ def test_impossible_configuration_fails_before_launch(tiny_model, sample_data, t
     with pytest.raises(ValueError, match=r"No sample .* between 20 and max_seq_len=20 tokens"):
         sft(str(tiny_model), str(sample_data), str(tmp_path / "c"), backend="pytorch", max_seq_len=20)
     assert not (tmp_path / "c" / "hf_format").exists()
+
+
+def test_progress_lines_come_at_a_steady_pace_not_every_step(tiny_model, sample_data, tmp_path):
+    """With an interval longer than the run, the task log gets the first and the last step only;
+    the metrics file still has every step."""
+    ckpt = tmp_path / "ckpt"
+    command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=1, effective_batch_size=4)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TRAINING_HUB_PROGRESS_SECONDS": "3600"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    progress = re.findall(r"epoch 1/1 step (\d+)/12 loss \S+ lr \S+ tokens/s \d+ samples \d+ eta \d+m\d\ds$",
+                          run.stdout, re.M)
+    assert progress == ["1", "12"], run.stdout[-3000:]
+    assert [r["step"] for r in read_metrics(ckpt)] == list(range(1, 13))
+
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TRAINING_HUB_PROGRESS_SECONDS": "often"})
+    assert bad.returncode == 0 and "TRAINING_HUB_PROGRESS_SECONDS='often' is not a number of seconds; using 10" in (
+        bad.stdout + bad.stderr)

@@ -58,6 +58,8 @@ from airflow_provider_training_hub.checkpoints import (
 from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
 
 MAX_GRAD_NORM = 1.0
+PROGRESS_SECONDS_ENV = "TRAINING_HUB_PROGRESS_SECONDS"
+DEFAULT_PROGRESS_SECONDS = 10.0
 _stop_requested = False
 
 
@@ -146,6 +148,17 @@ def eta_text(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_interval() -> float:
+    """Seconds between progress lines: ``TRAINING_HUB_PROGRESS_SECONDS``, else 10 (0: every step)."""
+    raw = os.environ.get(PROGRESS_SECONDS_ENV, "")
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_PROGRESS_SECONDS
+    except ValueError:
+        print(f"[training-hub] warning: {PROGRESS_SECONDS_ENV}={raw!r} is not a number of seconds; "
+              f"using {DEFAULT_PROGRESS_SECONDS:g}", file=sys.stderr, flush=True)
+        return DEFAULT_PROGRESS_SECONDS
 
 
 def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
@@ -379,6 +392,9 @@ class Trainer:
         next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples if p.save_samples else None
         started = time.perf_counter()
         first_step = self.global_step  # a resumed run's pace counts only its own steps
+        # A progress line for the first and the last step, and in between at most one per
+        # interval: a steady pace in the task log, whatever a step takes.
+        interval, last_progress = progress_interval(), started
         tokens_done = 0
         for epoch in range(self.start_epoch, p.num_epochs):
             planned = plan_steps(len(self.samples), p.effective_batch_size, p.random_seed, epoch)
@@ -391,13 +407,16 @@ class Trainer:
                 record.update(epoch=epoch, overall_throughput=record["batch_size"] / elapsed,
                               tokens_per_second=record["num_tokens"] / elapsed)
                 self._metrics(record)
-                self._print(
-                    f"epoch {epoch + 1}/{p.num_epochs} step {record['step']}/{self.total_steps} "
-                    f"loss {record['avg_loss']:.4f} lr {record['lr']:.2e} "
-                    f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen} eta "
-                    + eta_text((self.total_steps - self.global_step) * (time.perf_counter() - started)
-                               / (self.global_step - first_step))
-                )
+                now = time.perf_counter()
+                if self.global_step in (first_step + 1, self.total_steps) or now - last_progress >= interval:
+                    last_progress = now
+                    self._print(
+                        f"epoch {epoch + 1}/{p.num_epochs} step {record['step']}/{self.total_steps} "
+                        f"loss {record['avg_loss']:.4f} lr {record['lr']:.2e} "
+                        f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen} eta "
+                        + eta_text((self.total_steps - self.global_step) * (now - started)
+                                   / (self.global_step - first_step))
+                    )
                 every_steps = self.lora.save_steps if self.lora else 0
                 final_save_follows = self.global_step == self.total_steps and (
                     p.checkpoint_at_epoch or (self.lora and self.lora.merge_adapter))
