@@ -122,8 +122,13 @@ def mlflow_run(params: Any, algorithm: str, backend: str) -> Iterator[MlflowRun 
         return
     from mlflow import MlflowClient
 
+    from airflow_provider_training_hub.algorithms.registry import TrainingFailedError, TrainingStoppedError
+
     tags = {**airflow_tags(os.environ), "training_hub.algorithm": algorithm, "training_hub.backend": backend}
-    run = _open_run(params, tags)
+    try:
+        run = _open_run(params, tags)
+    except Exception as exc:  # before any training: asked for a record of the run, it cannot have one
+        raise TrainingFailedError(f"MLflow could not open the run, so training did not start: {exc}") from exc
     log.info("MLflow run %s in experiment %s%s", run.run_id, run.experiment_id, f": {run.url}" if run.url else "")
     previous = os.environ.get(MLFLOW_RUN_ID_ENV)
     os.environ[MLFLOW_RUN_ID_ENV] = run.run_id
@@ -133,7 +138,6 @@ def mlflow_run(params: Any, algorithm: str, backend: str) -> Iterator[MlflowRun 
         status = "FINISHED"
     except BaseException as exc:
         from airflow_provider_training_hub.algorithms.launch import termination_requested
-        from airflow_provider_training_hub.algorithms.registry import TrainingStoppedError
 
         stopped = isinstance(exc, (TrainingStoppedError, KeyboardInterrupt)) or termination_requested()
         status = "KILLED" if stopped else "FAILED"
@@ -143,7 +147,10 @@ def mlflow_run(params: Any, algorithm: str, backend: str) -> Iterator[MlflowRun 
             os.environ.pop(MLFLOW_RUN_ID_ENV, None)
         else:
             os.environ[MLFLOW_RUN_ID_ENV] = previous
-        MlflowClient(run.tracking_uri).set_terminated(run.run_id, status)
+        try:
+            MlflowClient(run.tracking_uri).set_terminated(run.run_id, status)
+        except Exception as exc:  # the training's own outcome stands; the dashboard is behind
+            log.warning("MLflow run %s could not be marked %s: %s", run.run_id, status, exc)
 
 
 def metric_logger(params: Any, output_dir: str) -> logging.Logger | None:
