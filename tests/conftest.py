@@ -177,6 +177,15 @@ def kube(k8s_cluster):
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real MLflow tracking server (SQLite store) on loopback, for the whole session."""
+    from mlflow_server import started_mlflow_server
+
+    with started_mlflow_server(tmp_path_factory.mktemp("mlflow")) as (uri, _):
+        yield uri
+
+
+@pytest.fixture(scope="session")
 def deployed_airflow():
     """Airflow as deployed (scripts/deployed-airflow.sh: PostgreSQL, scheduler, dag-processor,
     triggerer, api-server) over this session's DAG folder; stopped at the end of the session."""

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from airflow_runs import run_dag, states
 from conftest import wait_for
+from loopback import free_port
 from test_kubernetes import RESULT, _annotations, _objects, _running_pods, _start_dag_in_subprocess
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
@@ -32,22 +33,16 @@ TOXIPROXY = Path(os.environ.get("TRAINING_HUB_K8S_CACHE", Path.home() / ".cache"
 RETRY_LOG = "Retrying airflow_provider_training_hub."  # tenacity's warning before each retry
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Toxiproxy:
     """One toxiproxy server with one proxy, ``apiserver``, in front of the API server."""
 
     def __init__(self, upstream: str, workdir: Path) -> None:
-        port = _free_port()
+        port = free_port()
         self.process = subprocess.Popen([str(TOXIPROXY), "-host", "127.0.0.1", "-port", str(port)],
                                         stdout=(workdir / "toxiproxy.log").open("w"), stderr=subprocess.STDOUT)
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
         wait_for(self._up, 30, "toxiproxy to listen")
-        self.listen = f"127.0.0.1:{_free_port()}"
+        self.listen = f"127.0.0.1:{free_port()}"
         self.api.post("/proxies", json={"name": "apiserver", "listen": self.listen, "upstream": upstream}).raise_for_status()
 
     def _up(self) -> bool:

@@ -11,24 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from loopback import free_port
 
 from airflow_provider_training_hub.connection import ConnectionSettings
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job
 from airflow_provider_training_hub.kubernetes.job import COMPLETION_INDEX_ANNOTATION, TERMINATION_LOG
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pod_process(container: dict, index: int, endpoint: str, termination_file: Path) -> subprocess.Popen:
@@ -56,7 +50,7 @@ def test_two_pods_rendezvous_train_and_report_through_the_termination_message(ti
     )
     manifest = build_job(job, ConnectionSettings(image="training-hub:test", gpu_resource=""))
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     messages = [tmp_path / f"termination-{i}" for i in range(2)]
     procs = [_pod_process(container, i, endpoint, messages[i]) for i in range(manifest["spec"]["completions"])]
     outputs = [p.communicate(timeout=600)[0] for p in procs]

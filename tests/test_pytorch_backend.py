@@ -4,25 +4,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import processes_with_marker
+from loopback import free_port
 
 from airflow_provider_training_hub import sft
 from airflow_provider_training_hub.checkpoints import read_metrics
 
 pytestmark = pytest.mark.slow
 COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli_command(model, data, ckpt, **params) -> list[str]:
@@ -72,7 +66,7 @@ def test_two_processes_on_one_node_keep_identical_weights(tiny_model, sample_dat
 
 @pytest.mark.parametrize("rendezvous", ["rdzv_endpoint", "master_addr"])
 def test_two_nodes_on_localhost(tiny_model, sample_data, tmp_path, rendezvous):
-    port = _free_port()
+    port = free_port()
     meet = {"rdzv_endpoint": f"127.0.0.1:{port}"} if rendezvous == "rdzv_endpoint" else {
         "master_addr": "127.0.0.1", "master_port": port}
     ckpt = tmp_path / "shared-ckpt"

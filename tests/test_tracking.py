@@ -8,15 +8,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from mlflow_server import started_mlflow_server
 from support.wandb_log import history_and_config
 
 from airflow_provider_training_hub import sft
@@ -25,50 +22,6 @@ from airflow_provider_training_hub.algorithms.registry import TrainingFailedErro
 from airflow_provider_training_hub.checkpoints import read_metrics
 
 STEP_METRICS = ("avg_loss", "lr", "tokens_per_second", "samples_seen", "gradnorm")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> str:
-    with _started_mlflow_server(tmp_path_factory.mktemp("mlflow")) as (uri, _):
-        yield uri
-
-
-@contextmanager
-def _started_mlflow_server(work: Path):
-    """``mlflow server`` with a SQLite store on 127.0.0.1: its URI and process, stopped (by its
-    process group) at the end."""
-    work.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-         "--artifacts-destination", str(work / "artifacts")],
-        stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(work / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield uri, server
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def _client(uri: str):
@@ -249,7 +202,7 @@ def test_a_tracking_server_lost_mid_run_costs_the_dashboard_not_the_training(tin
     training finishes, its checkpoint is there, and the launcher's final status update only warns.
     (MLflow's own retry settings say how long a call waits first; the test keeps them short.)"""
     ckpt = tmp_path / "ckpt"
-    with _started_mlflow_server(tmp_path / "mlflow") as (uri, server):
+    with started_mlflow_server(tmp_path / "mlflow") as (uri, server):
         command = [str(Path(sys.executable).with_name("training-hub")), "sft", "--backend", "pytorch",
                    "--model-path", str(tiny_model), "--data-path", str(sample_data), "--ckpt-output-dir", str(ckpt),
                    "--effective-batch-size", "4", "--max-seq-len", "256", "--mlflow-tracking-uri", uri]

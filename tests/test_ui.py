@@ -3,8 +3,8 @@ nothing: it launches /usr/bin/chromium), against Airflow as deployed (PostgreSQL
 dag-processor, triggerer, api-server; ``deployed_airflow``).
 
 What a UI user does: log in, trigger ``sft_demo`` from its form, see a bad value refused before
-any run, read the checkpoint XCom of the finished run, and find the ``training_hub`` connection
-form's fields. Screenshots go to ``$TRAINING_HUB_UI_SCREENSHOTS`` (default: pytest's temporary
+any run, read the checkpoint XCom of the finished run, find the ``training_hub`` connection
+form's fields, and follow a tracked run's "MLflow run" link. Screenshots go to ``$TRAINING_HUB_UI_SCREENSHOTS`` (default: pytest's temporary
 directory), never into the repository.
 """
 
@@ -129,3 +129,19 @@ def test_the_training_hub_connection_form_has_its_declared_fields(page, deployed
                   "Node selector", "Tracking secret", "Job link"):
         assert label in lines, label
     page.screenshot(path=screenshots / "5-training-hub-connection-form.png", full_page=True)
+
+
+def test_a_tracked_training_task_shows_its_mlflow_run_link(deployed_airflow, page, mlflow_server, tiny_model,
+                                                           sample_data, screenshots):
+    """The operator's "MLflow run" extra link, in the task's Details, leads to the run's page."""
+    run_id = deployed_airflow.trigger("th_tracked_train", {
+        "model_path": str(tiny_model), "data_path": str(sample_data), "mlflow_tracking_uri": mlflow_server})
+    deployed_airflow.wait_for_task("th_tracked_train", run_id, {"success", "failed"}, 900)
+    assert deployed_airflow.task("th_tracked_train", run_id)["state"] == "success"
+    url = deployed_airflow.xcom("th_tracked_train", run_id, "mlflow_run_url")
+    assert url.startswith(f"{mlflow_server}/#/experiments/")
+    page.goto(f"{deployed_airflow.url}/dags/th_tracked_train/runs/{quote(run_id, safe='')}/tasks/train/details")
+    link = page.get_by_role("link", name="MLflow run")
+    link.wait_for()
+    assert link.get_attribute("href") == url
+    page.screenshot(path=screenshots / "6-mlflow-run-link.png", full_page=True)
