@@ -10,6 +10,7 @@ path is namespace ``file`` with its absolute path; ``s3://bucket/key`` is namesp
 from __future__ import annotations
 
 import os
+from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,8 +19,9 @@ FACET_PREFIX = "trainingHub_"
 SCHEMA_URN = "urn:airflow-provider-training-hub:openlineage-facet:"
 
 
+@cache
 def _facet_classes() -> dict[str, type]:
-    """Built on first use: their base classes exist only where the provider is installed."""
+    """Built once, on first use: their base classes exist only where the provider is installed."""
     from attrs import define, field
     from openlineage.client.facet_v2 import DatasetFacet, RunFacet
 
