@@ -2,8 +2,11 @@
 the block path gives exactly what the line-by-line path gives."""
 
 import json
+import multiprocessing
 import os
 import random
+import signal
+import time
 
 import pytest
 
@@ -216,6 +219,53 @@ def test_a_worker_exception_is_raised_with_its_traceback():
 def test_a_worker_that_dies_is_reported():
     with pytest.raises(workers.WorkerFailed, match="exit code 3"):
         workers.run_forked(os._exit, [(3,)])
+
+
+@pytest.fixture
+def host_ignoring_sigterm_in_children():
+    """SIGTERM caught as Airflow's task runner catches it (``task_runner.run``'s ``_on_term``),
+    whose handler, in a forked child, returns: the child ignores the signal."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_exit_code(process: multiprocessing.Process) -> int | None:
+    process.terminate()
+    process.join(10)
+    code = process.exitcode
+    if code is None:
+        process.kill()
+        process.join()
+    return code
+
+
+@pytest.mark.timeout(120)  # broken, it hangs
+def test_children_forked_while_preparing_data_die_on_sigterm(host_ignoring_sigterm_in_children):
+    """A pool (``datasets`` with ``num_proc``) ends its workers with SIGTERM and waits for them: a
+    worker that ignores it hung the pool's exit, and the task, for good (CI, 2026-12-03)."""
+    context = multiprocessing.get_context("fork")
+    outside = context.Process(target=time.sleep, args=(60,))
+    outside.start()
+    assert _sigterm_exit_code(outside) is None, "the host's handler should keep a plain child alive"
+    with workers.workers_die_on_sigterm():
+        inside = context.Process(target=time.sleep, args=(60,))
+        inside.start()
+        for _ in range(20):  # the hang was one pool exit in a few (8th here)
+            with context.Pool(2) as pool:
+                assert pool.map(abs, [-1]) == [1]
+    assert _sigterm_exit_code(inside) == -signal.SIGTERM
+
+
+@pytest.mark.timeout(120)  # broken, it hangs
+def test_a_failing_worker_stops_the_others_under_such_a_host(host_ignoring_sigterm_in_children):
+    with pytest.raises(ZeroDivisionError):
+        workers.run_forked(_divide_later, [(1, 0, 0), (1, 1, 60)])
+
+
+def _divide_later(a: int, b: int, seconds: float) -> float:
+    time.sleep(seconds)
+    return a / b
 
 
 def test_automatic_workers_follow_the_cpus_and_the_file_size(tmp_path, monkeypatch):

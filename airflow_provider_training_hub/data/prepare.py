@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_provider_training_hub.data.atomic import AtomicWriter
+from airflow_provider_training_hub.data.workers import workers_die_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +53,27 @@ def prepare_for_training(
     report = validate_messages(data_path, output_path=str(out / VALIDATED_FILE))
     if not report.valid:
         raise ValueError(f"data_path {data_path!r} is not valid messages JSONL:\n{report.summary()}")
-    dataset = dp.load_and_validate_dataset(report.output_path, num_proc)
-    tokenizer = dp.configure_tokenizer(model_path)
-    processed = dp.process_samples(dataset, tokenizer, num_proc)
-    lengths = processed["len"]
-    too_short = sum(1 for n in lengths if n < UPSTREAM_MIN_SEQ_LEN)
-    too_long = sum(1 for n in lengths if n >= max_seq_len)
-    if too_short or too_long:
-        log.warning(
-            "%d of %d samples dropped: %d shorter than %d tokens, %d at or over max_seq_len=%d",
-            too_short + too_long, len(lengths), too_short, UPSTREAM_MIN_SEQ_LEN, too_long, max_seq_len,
-        )
-    kept = dp.filter_samples_by_length(processed, max_seq_len, num_proc=num_proc)
-    if kept.num_rows == 0:
-        raise ValueError(
-            f"No sample of {data_path!r} is between {UPSTREAM_MIN_SEQ_LEN} and max_seq_len={max_seq_len} tokens; "
-            "raise max_seq_len or check the data."
-        )
-    final = dp.prepare_final_dataset(kept, tokenizer, num_proc)
-    with AtomicWriter(str(out / PROCESSED_FILE)) as writer:
-        final.to_json(writer.file, lines=True, orient="records")
+    with workers_die_on_sigterm():
+        dataset = dp.load_and_validate_dataset(report.output_path, num_proc)
+        tokenizer = dp.configure_tokenizer(model_path)
+        processed = dp.process_samples(dataset, tokenizer, num_proc)
+        lengths = processed["len"]
+        too_short = sum(1 for n in lengths if n < UPSTREAM_MIN_SEQ_LEN)
+        too_long = sum(1 for n in lengths if n >= max_seq_len)
+        if too_short or too_long:
+            log.warning(
+                "%d of %d samples dropped: %d shorter than %d tokens, %d at or over max_seq_len=%d",
+                too_short + too_long, len(lengths), too_short, UPSTREAM_MIN_SEQ_LEN, too_long, max_seq_len,
+            )
+        kept = dp.filter_samples_by_length(processed, max_seq_len, num_proc=num_proc)
+        if kept.num_rows == 0:
+            raise ValueError(
+                f"No sample of {data_path!r} is between {UPSTREAM_MIN_SEQ_LEN} and max_seq_len={max_seq_len} tokens; "
+                "raise max_seq_len or check the data."
+            )
+        final = dp.prepare_final_dataset(kept, tokenizer, num_proc)
+        with AtomicWriter(str(out / PROCESSED_FILE)) as writer:
+            final.to_json(writer.file, lines=True, orient="records")
     log.info("prepared %d of %d samples into %s", kept.num_rows, len(lengths), out / PROCESSED_FILE)
     return PreparedData(str(out / PROCESSED_FILE), len(lengths), kept.num_rows, too_short, too_long)
 
@@ -91,7 +93,8 @@ def prepare_documents(
     report = validate_documents(data_path, document_column_name, str(out / VALIDATED_FILE))
     if not report.valid:
         raise ValueError(f"data_path {data_path!r} is not valid pretraining JSONL:\n{report.summary()}")
-    with tempfile.TemporaryDirectory(prefix=".documents-", dir=out) as tmp:  # upstream writes in place
+    # upstream writes in place
+    with tempfile.TemporaryDirectory(prefix=".documents-", dir=out) as tmp, workers_die_on_sigterm():
         dp.process_documents_for_pretraining(
             data_path=str(out / VALIDATED_FILE), data_output_path=tmp, model_path=model_path,
             num_cpu_procs=num_proc, document_column_name=document_column_name,

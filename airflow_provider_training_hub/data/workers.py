@@ -4,6 +4,14 @@ Fork, not spawn: a spawned worker would import this package again (about a secon
 than it saves on a file of a few hundred MB; a forked one starts in milliseconds with the parent's
 modules, tokenizer included. Each worker runs one function call and sends back its result (or its
 exception) through its own pipe; the parent reads them in order.
+
+Upstream's data processing forks too: ``datasets`` (with ``num_proc``) runs in a
+``multiprocessing`` pool, which ends its workers with SIGTERM and then waits for them. A forked
+worker inherits its parent's Python signal handlers, and the processes that prepare data catch
+SIGTERM: Airflow's task runner does, and ignores the signal in forked children; our CLI does, to
+pass a stop on to its children. A worker that survives SIGTERM makes that wait endless, a task
+hung rather than failed; ``workers_die_on_sigterm`` gives the children forked meanwhile
+SIGTERM's default action back.
 """
 
 from __future__ import annotations
@@ -11,8 +19,11 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -37,6 +48,30 @@ def available_cpus() -> int:
     return cpus
 
 
+_sigterm_default_in_children = 0
+_sigterm_lock = threading.Lock()
+
+
+def _default_sigterm_in_child() -> None:
+    if _sigterm_default_in_children:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
+@contextmanager
+def workers_die_on_sigterm() -> Iterator[None]:
+    global _sigterm_default_in_children
+    with _sigterm_lock:
+        _sigterm_default_in_children += 1
+    try:
+        yield
+    finally:
+        with _sigterm_lock:
+            _sigterm_default_in_children -= 1
+
+
 class WorkerFailed(RuntimeError):
     """A worker died without a result (killed, or out of memory)."""
 
@@ -58,27 +93,28 @@ def run_forked(fn: Callable[..., Any], calls: Sequence[Sequence[Any]]) -> list[A
     exception raised in a worker is raised here; the other workers are then stopped."""
     context = multiprocessing.get_context("fork")
     workers = []
-    try:
-        for args in calls:
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_run, args=(fn, args, send), daemon=True)
-            process.start()
-            send.close()  # so that a worker that dies leaves an EOF, not a wait
-            workers.append((process, receive))
-        results = []
-        for process, receive in workers:
-            try:
-                ok, value = receive.recv()
-            except EOFError:
+    with workers_die_on_sigterm():
+        try:
+            for args in calls:
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_run, args=(fn, args, send), daemon=True)
+                process.start()
+                send.close()  # so that a worker that dies leaves an EOF, not a wait
+                workers.append((process, receive))
+            results = []
+            for process, receive in workers:
+                try:
+                    ok, value = receive.recv()
+                except EOFError:
+                    process.join()
+                    raise WorkerFailed(f"a validation worker died with exit code {process.exitcode}") from None
+                if not ok:
+                    raise value
+                results.append(value)
+            return results
+        finally:
+            for process, receive in workers:
+                if process.is_alive():
+                    process.terminate()
                 process.join()
-                raise WorkerFailed(f"a validation worker died with exit code {process.exitcode}") from None
-            if not ok:
-                raise value
-            results.append(value)
-        return results
-    finally:
-        for process, receive in workers:
-            if process.is_alive():
-                process.terminate()
-            process.join()
-            receive.close()
+                receive.close()
