@@ -393,7 +393,8 @@ def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model,
     assert "Stopping the local training process group" in output
     # on_kill's SIGTERM made try 1 save its state at the step it was on; try 2 goes on from there
     assert "was stopped by SIGTERM after saving its state (a retry resumes there)" in output
-    resumed = re.search(r"\[training-hub\] resumed from \S+/full_state/step_(\d+): epoch 2, step (\d+)", output)
+    # (in the epoch it was in at the SIGTERM: the 3rd or, on a slow machine, a later one)
+    resumed = re.search(r"\[training-hub\] resumed from \S+/full_state/step_(\d+): epoch \d+, step (\d+)", output)
     assert resumed and resumed[1] == resumed[2], output[-5000:]
     ckpt = result["xcoms"]["train.ckpt_output_dir"]
     assert ckpt == str(epoch_1[0].parent.parent)
