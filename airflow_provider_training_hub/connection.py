@@ -21,6 +21,7 @@ from airflow_provider_training_hub.targets import TARGETS
 CONN_TYPE = "training_hub"
 DEFAULT_CONN_ID = "training_hub_default"
 JOB_LINK_FIELDS = ("namespace", "job_name")  # the placeholders of job_url_template
+NO_GPU = "none"  # gpu_resource of a CPU-only cluster (a blank field means the default)
 
 
 class ConnectionSettings(ParamSchema):
@@ -52,7 +53,11 @@ class ConnectionSettings(ParamSchema):
         None, title="PVC claim", description="PersistentVolumeClaim holding models, data and checkpoints."
     )
     pvc_mount_path: str = Field("/mnt/training", title="PVC mount path", description="Where the PVC is mounted in pods.")
-    gpu_resource: str = Field("nvidia.com/gpu", title="GPU resource", description="Extended resource name of a GPU.")
+    gpu_resource: str = Field(
+        "nvidia.com/gpu",
+        title="GPU resource",
+        description=f"Extended resource name of a GPU; {NO_GPU!r} for a CPU-only cluster (the pods request no GPU).",
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, title="Node selector", description='JSON object, e.g. {"gpu": "h100"}.'
     )
@@ -66,6 +71,22 @@ class ConnectionSettings(ParamSchema):
     memory: str = Field("64Gi", title="Memory per node", description="Memory request of each training pod.")
     shm_size: str = Field("16Gi", title="/dev/shm size", description="In-memory /dev/shm of each pod (NCCL needs it).")
     service_account: str | None = Field(None, title="Service account", description="Service account of the pods.")
+    # The volume's owner decides who may write checkpoints: the image's uid 1000 by default.
+    run_as_user: int | None = Field(
+        None, ge=0, title="Run as user", description="uid of the training processes; empty: the image's user (1000)."
+    )
+    run_as_group: int | None = Field(
+        None, ge=0, title="Run as group", description="Primary gid of the training processes; empty: the image's."
+    )
+    fs_group: int | None = Field(
+        None,
+        ge=0,
+        title="FS group",
+        description=(
+            "A supplementary gid of the training processes, and the group of volumes that support ownership "
+            "(not NFS or hostPath: give their directory to this group, group-writable)."
+        ),
+    )
     termination_grace_period_seconds: int = Field(
         120,
         ge=1,

@@ -119,7 +119,8 @@ start() {
     --authorization-mode RBAC --service-cluster-ip-range 10.96.0.0/16 \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$state/certs/sa.pub" \
     --service-account-signing-key-file "$state/certs/sa.key" \
-    --disable-admission-plugins TaintNodesByCondition,ServiceAccount
+    --disable-admission-plugins TaintNodesByCondition,ServiceAccount \
+    --kubelet-preferred-address-types InternalIP
 
   kubeconfig "$token" >"$state/kubeconfig"
   kubeconfig "$no_rights_token" >"$state/kubeconfig-no-rights"

@@ -167,6 +167,25 @@ def k8s_namespace(k8s_cluster, request) -> str:
     return namespace
 
 
+@pytest.fixture(scope="session")
+def real_node(k8s_cluster) -> dict:
+    """The test bed's real node (k8s-testenv/real-node.sh): its JSON line, with `kubeconfig`,
+    `training_image`, `namespace`, `pvc_claim`, `host_path` and `node_selector`.
+
+    `.ci/run` brings it up and exports the line as TRAINING_HUB_REAL_NODE; otherwise this fixture
+    brings it up (the first `up` builds the kubelet, CoreDNS and both images: about 40 minutes)
+    and takes it down at the end of the session.
+    """
+    line = os.environ.get("TRAINING_HUB_REAL_NODE")
+    if not line:
+        script = REPO / "k8s-testenv" / "real-node.sh"
+        started = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=5400)
+        assert started.returncode == 0, started.stderr[-3000:]
+        line = started.stdout.strip().splitlines()[-1]
+        atexit.register(subprocess.run, ["bash", str(script), "down"], check=False)
+    return json.loads(line)
+
+
 @pytest.fixture
 def kube(k8s_cluster):
     """(CoreV1Api, BatchV1Api) of the control plane, straight (not through any test proxy)."""

@@ -70,6 +70,10 @@ class DeployedAirflow:
         return wait_for(lambda: (ti := self.task(dag_id, run_id, task_id))["state"] in states and ti, timeout,
                         f"{dag_id}.{task_id} to be {'/'.join(sorted(states))}", interval=1)
 
+    def mark(self, dag_id: str, run_id: str, state: str, task_id: str = "train") -> None:
+        """Set a task instance's state as a user does in the UI (e.g. "Mark as failed")."""
+        self._ok(self.api.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": state}))
+
     def xcom(self, dag_id: str, run_id: str, key: str, task_id: str = "train") -> Any:
         entry = self._ok(self.api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
                                       params={"deserialize": True}))

@@ -92,6 +92,8 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace, dag_id)
     assert job.metadata.labels["training-hub/dag-id"] == dag_id
     service = core.read_namespaced_service(name, k8s_namespace)
     assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses is True
+    # owned by the Job: whatever deletes the Job (its TTL, a user) deletes the Service with it
+    assert [(o.kind, o.name, o.uid) for o in service.metadata.owner_references] == [("Job", name, job.metadata.uid)]
 
     pods = core.list_namespaced_pod(k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items
     by_index = {int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]): p for p in pods}

@@ -81,9 +81,26 @@ def test_job_manifest_has_the_distributed_training_essentials():
     assert {e["name"]: e.get("value") for e in long_grace["containers"][0]["env"]}["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "595"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert {v["name"] for v in pod["volumes"]} == {"dshm", "training-data"}
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}  # the image's user
     service = build_service(_job(), settings)
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {
         "batch.kubernetes.io/job-name": "th-x-train-12345678"}
+
+
+def test_pod_user_groups_and_a_cpu_only_cluster_come_from_the_connection():
+    """A volume whose directory belongs to another uid, or to a group (an NFS export), is written
+    by the pods when the connection names that uid or group; a CPU-only cluster requests no GPU."""
+    settings = ConnectionSettings.from_extra({"image": "img", "run_as_user": "2000", "run_as_group": "3000",
+                                              "fs_group": "3000", "gpu_resource": "none"})
+    pod = build_job(_job(), settings)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}, "runAsUser": 2000,
+                                      "runAsGroup": 3000, "fsGroup": 3000}
+    resources = pod["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}
+    with pytest.raises(ValueError, match=r"Invalid parameter 'run_as_user': must be at least 0 \(got -1\)"):
+        ConnectionSettings.from_extra({"run_as_user": -1})
+    blank = ConnectionSettings.from_extra({"gpu_resource": ""})  # a blank form field: the default
+    assert blank.gpu_resource == "nvidia.com/gpu"
 
 
 @pytest.mark.parametrize(("params", "message"), [

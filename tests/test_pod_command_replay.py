@@ -48,7 +48,7 @@ def test_two_pods_rendezvous_train_and_report_through_the_termination_message(ti
                 "num_epochs": 1, "effective_batch_size": 8, "max_seq_len": 512, "learning_rate": 5e-3,
                 "nnodes": 2},  # travels as PET_NNODES, not in the config (node_rank & co. are refused)
     )
-    manifest = build_job(job, ConnectionSettings(image="training-hub:test", gpu_resource=""))
+    manifest = build_job(job, ConnectionSettings(image="training-hub:test", gpu_resource="none"))
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
     endpoint = f"127.0.0.1:{free_port()}"
     messages = [tmp_path / f"termination-{i}" for i in range(2)]

@@ -48,7 +48,8 @@ class TrainingJobClient:
         self, job: TrainingJob, job_manifest: dict[str, Any], service_manifest: dict[str, Any], earlier_tries_timeout: float
     ) -> bool:
         """Create the Service and the Job; ``True`` if this try's Job already existed (a restarted
-        worker reattaches instead of launching a second run)."""
+        worker reattaches instead of launching a second run). The Service is made the Job's
+        dependent, so whatever deletes the Job (its TTL, a user) deletes the Service too."""
         self.remove_earlier_tries(job, earlier_tries_timeout)
         try:
             self._call(self.hook.core_v1_client.create_namespaced_service, self.namespace, service_manifest)
@@ -56,7 +57,8 @@ class TrainingJobClient:
             if exc.status != 409:
                 raise
         try:
-            self._call(self.hook.batch_v1_client.create_namespaced_job, self.namespace, job_manifest)
+            created = self._plain(self._call(self.hook.batch_v1_client.create_namespaced_job, self.namespace, job_manifest))
+            self._own_service(job.name, created["metadata"]["uid"])
             return False
         except ApiException as exc:
             if exc.status != 409:
@@ -67,7 +69,13 @@ class TrainingJobClient:
                 f"Job {job.name!r} exists in {self.namespace!r} but was not created by this task try "
                 f"(labels {existing['metadata'].get('labels')})"
             )
+        self._own_service(job.name, existing["metadata"]["uid"])
         return True
+
+    def _own_service(self, name: str, job_uid: str) -> None:
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid}
+        self._call(self.hook.core_v1_client.patch_namespaced_service, name, self.namespace,
+                   {"metadata": {"ownerReferences": [owner]}})
 
     def remove_earlier_tries(self, job: TrainingJob, timeout: float) -> None:
         """Delete the Jobs that earlier tries of this task instance left (a worker killed while it
@@ -136,9 +144,10 @@ class TrainingJobClient:
         if pod is None:
             return
         try:
+            # The raw body: kubernetes 36 returns the repr of the bytes ("b'...'") as the text.
             text = self.hook.core_v1_client.read_namespaced_pod_log(
-                pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, **cursor.request()
-            )
+                pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False, **cursor.request()
+            ).data.decode("utf-8", "replace")
         except BEST_EFFORT_FAILURES as exc:
             if not self._log_error_reported:
                 self.log.info("Rank 0's log (pod %s) is not readable now: %s", pod, getattr(exc, "reason", exc))

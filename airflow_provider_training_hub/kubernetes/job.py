@@ -17,7 +17,7 @@ from typing import Any
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, stop_environment
 from airflow_provider_training_hub.algorithms.tracking import AIRFLOW_CONTEXT_ENV
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
-from airflow_provider_training_hub.connection import ConnectionSettings
+from airflow_provider_training_hub.connection import NO_GPU, ConnectionSettings
 
 CONTAINER = "trainer"
 CONFIG_ENV = "TRAINING_HUB_CONFIG"
@@ -131,7 +131,7 @@ def _env(job: TrainingJob, settings: ConnectionSettings) -> list[dict[str, Any]]
 def _resources(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
     requests: dict[str, str] = {"cpu": settings.cpu, "memory": settings.memory}
     limits: dict[str, str] = {"memory": settings.memory}
-    if settings.gpu_resource:  # extended resources: request == limit
+    if settings.gpu_resource != NO_GPU:  # extended resources: request == limit
         requests[settings.gpu_resource] = limits[settings.gpu_resource] = str(job.nproc_per_node)
     return {"requests": requests, "limits": limits}
 
@@ -168,7 +168,11 @@ def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
         "subdomain": job.name,  # with the Indexed Job's hostname <job>-<index>: <job>-0.<job> resolves
         "containers": [container],
         "volumes": volumes,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "seccompProfile": {"type": "RuntimeDefault"},
+            **{key: value for key, value in (("runAsUser", settings.run_as_user), ("runAsGroup", settings.run_as_group),
+                                             ("fsGroup", settings.fs_group)) if value is not None},
+        },
     }
     optional = {
         "nodeSelector": settings.node_selector,

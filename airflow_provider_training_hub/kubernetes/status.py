@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.kubernetes.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
 
 RUNNING, SUCCEEDED, FAILED, UNSCHEDULABLE = "running", "succeeded", "failed", "unschedulable"
@@ -109,6 +110,12 @@ def rank0_result(pods: list[dict[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"pod {pod['metadata']['name']}'s termination message is not a result object")
             return result
     raise ValueError("no succeeded pod of completion index 0 (rank 0) was found")
+
+
+def configuration_error(pods: list[dict[str, Any]]) -> bool:
+    """Whether a pod exited with the CLI's configuration-error code: the pod failure policy failed
+    the Job at once, and a retry would fail the same way."""
+    return any(_terminated(pod).get("exitCode") == EXIT_BAD_CONFIG for pod in pods)
 
 
 def describe_failures(pods: list[dict[str, Any]]) -> list[str]:

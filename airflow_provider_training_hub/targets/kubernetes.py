@@ -22,6 +22,7 @@ from airflow_provider_training_hub.kubernetes.status import (
     SUCCEEDED,
     UNSCHEDULABLE,
     JobState,
+    configuration_error,
     describe_failures,
     rank0_result,
 )
@@ -112,6 +113,9 @@ class KubernetesTarget(ExecutionTarget):
             self.jobs.delete(name)
             raise AirflowException(f"Job {name}: {verdict.message}")
         failures = "\n".join(describe_failures(pods)) or "(no failed pod left to inspect)"
+        if configuration_error(pods):
+            raise AirflowFailException(f"Job {name} failed on a configuration error (exit code 2; not retried): "
+                                       f"{verdict.message}\n{failures}")
         raise AirflowException(f"Job {name} failed: {verdict.message}\n{failures}")
 
     def kill(self, task: TaskTry) -> None:

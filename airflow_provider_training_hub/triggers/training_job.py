@@ -73,9 +73,12 @@ class TrainingJobTrigger(BaseTrigger):
                     self.log.info("%s", last)
                 if pod := rank0_pod(pods):  # best effort, not retried, as in polling mode
                     try:
-                        text = await async_client.CoreV1Api(api).read_namespaced_pod_log(
-                            pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, **cursor.request()
+                        # The raw body, as in polling mode (the clients' decoding mangles log text).
+                        response = await async_client.CoreV1Api(api).read_namespaced_pod_log(
+                            pod, self.namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False,
+                            **cursor.request()
                         )
+                        text = (await response.read()).decode("utf-8", "replace")
                         for line in cursor.new_lines(text):
                             self.log.info("[%s] %s", pod, line)
                     except BEST_EFFORT_FAILURES as exc:

@@ -1,0 +1,288 @@
+"""Training Jobs on real pods: the test bed's real node (k8s-testenv/real-node.sh) runs them in
+containers of the image built from docker/training, with containerd, runc, CNI, a real kubelet
+and CoreDNS, beside the kwok nodes of the same control plane.
+
+GPU REPLACED: the node advertises `nvidia.com/gpu` as an extended resource, so each pod requests
+GPUs as on a GPU cluster, but the `pytorch` backend trains on the CPU (gloo). Everything else is
+real: the image and its uid 1000 writing onto the PVC, the ranks meeting at `<job>-0.<job>:29500`
+through the headless Service and cluster DNS, rank 0's log read from the kubelet, its termination
+message as the XCom, the pod failure policy, and the Job, TTL and garbage-collector controllers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from airflow_runs import run_dag, states, xcoms
+from conftest import SAMPLE_DATA, wait_for
+
+pytestmark = [pytest.mark.k8s, pytest.mark.real_node, pytest.mark.usefixtures("airflow_db")]
+
+MOUNT = "/mnt/training"  # the connection's pvc_mount_path (its default)
+RUNS_PATH = Path(__file__).with_name("airflow_runs.py")
+
+
+@pytest.fixture(scope="session")
+def volume(real_node, tiny_model) -> Path:
+    """The PV's host directory, with the tiny model and the sample data as a platform team would
+    put them there; the pods see it at /mnt/training."""
+    host = Path(real_node["host_path"])
+    shutil.copytree(tiny_model, host / "models" / "tiny", dirs_exist_ok=True)
+    (host / "data").mkdir(exist_ok=True)
+    shutil.copy(SAMPLE_DATA, host / "data" / "train.jsonl")
+    for path in [host / "models", host / "data", *(host / "models").rglob("*"), *(host / "data").rglob("*")]:
+        os.chown(path, 1000, 1000)  # the volume is the pods' uid's (safetensors files are 0600)
+    return host
+
+
+def _settings(real_node) -> dict:
+    return {"execution": "kubernetes", "namespace": real_node["namespace"], "image": real_node["training_image"],
+            "pvc_claim": real_node["pvc_claim"], "node_selector": real_node["node_selector"], "cpu": "500m",
+            "memory": "3Gi", "shm_size": "512Mi", "termination_grace_period_seconds": 30}
+
+
+@pytest.fixture
+def real(real_node, volume) -> dict:
+    """The connections of the in-process Airflow: `kubernetes_default` and `training_hub_real`."""
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": real_node["kubeconfig"]}})
+    os.environ["AIRFLOW_CONN_TRAINING_HUB_REAL"] = json.dumps({"conn_type": "training_hub", "extra": _settings(real_node)})
+    return real_node
+
+
+@pytest.fixture
+def api(real_node):
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(real_node["kubeconfig"])
+    return client.CoreV1Api(api), client.BatchV1Api(api)
+
+
+def _objects(api, namespace: str, job: str) -> dict[str, list[str]]:
+    core, batch = api
+    selector = f"batch.kubernetes.io/job-name={job}"
+    return {
+        "jobs": [j.metadata.name for j in batch.list_namespaced_job(namespace).items if j.metadata.name == job],
+        "services": [s.metadata.name for s in core.list_namespaced_service(namespace).items if s.metadata.name == job],
+        "pods": [p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector=selector).items],
+    }
+
+
+def _pods(api, namespace: str, prefix: str) -> list:
+    core, _ = api
+    return [p for p in core.list_namespaced_pod(namespace).items if p.metadata.name.startswith(prefix)]
+
+
+def _log(api, pod: str, namespace: str) -> str:
+    """A pod's log as the kubelet serves it (kubernetes 36 would return the repr of its bytes)."""
+    return api[0].read_namespaced_pod_log(pod, namespace, _preload_content=False).data.decode()
+
+
+def _on_host(volume: Path, path: str) -> Path:
+    return volume / Path(path).relative_to(MOUNT)
+
+
+def test_two_node_job_trains_on_real_pods_and_returns_rank0s_checkpoint(real, api, volume, capfd):
+    run = run_dag("th_real_train", {})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "success"}, out[-5000:]
+    got = xcoms(run)
+    job, namespace = got[("train", "job_name")], real["namespace"]
+    pods = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p for p in _pods(api, namespace, job)}
+    assert sorted(pods) == ["0", "1"] and {p.spec.node_name for p in pods.values()} == {"real-node"}
+    for pod in pods.values():  # the image's entrypoint, run by the kubelet to its end
+        terminated = pod.status.container_statuses[0].state.terminated
+        assert (pod.status.phase, terminated.exit_code) == ("Succeeded", 0)
+        assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"  # GPU REPLACED: advertised only
+
+    # The XCom is rank 0's termination message, and it names files that uid 1000 wrote on the PVC.
+    checkpoint = _on_host(volume, got[("train", "checkpoint")])
+    assert got[("train", "checkpoint")].startswith(f"{MOUNT}/checkpoints/th_real_train/")
+    assert (checkpoint / "config.json").is_file() and list(checkpoint.glob("*.safetensors"))
+    assert {p.stat().st_uid for p in checkpoint.iterdir()} == {1000}
+    assert got[("train", "metrics")]["steps"] > 0
+
+    # Both ranks trained together, which needed rank 1 to reach rank 0 at <job>-0.<job>:29500.
+    rank0 = pods["0"].metadata.name
+    assert f"[{rank0}] [training-hub] " in out and "2 rank(s) on cpu" in out
+    assert re.search(rf"\[{rank0}\] \[training-hub\] weights identical on all 2 rank\(s\)", out)
+    rank1_log = _log(api, pods["1"].metadata.name, namespace)
+    assert "[training-hub]" not in rank1_log  # rank 1 trains quietly; its log has torchrun's lines only
+
+    # Clean-up as documented: ttl_seconds_after_finished (20 s in this DAG) removes the Job, its
+    # pods with it, and the Service, which the Job owns.
+    service = api[0].read_namespaced_service(job, namespace)
+    assert [(o.kind, o.name) for o in service.metadata.owner_references] == [("Job", job)]
+    wait_for(lambda: _objects(api, namespace, job) == {"jobs": [], "services": [], "pods": []}, 120,
+             "the TTL controller and the garbage collector to remove the Job, its pods and the Service")
+
+
+def test_a_bad_parameter_fails_the_job_at_once_and_the_task_without_retry(real, api, capfd):
+    run = run_dag("th_real_train", {"model_path": f"{MOUNT}/models/missing"})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "failed"}
+    (ti,) = run.get_task_instances()
+    assert ti.try_number == 1  # retries=1 in this DAG, yet no second try
+    assert "failed on a configuration error (exit code 2; not retried)" in out
+    assert "PodFailurePolicy" in out  # the Job's own verdict: its pod failure policy, not a backoff
+    assert f"training-hub: error: " in out and f"{MOUNT}/models/missing" in out  # the pod's message
+
+
+def _rank_process(job_prefix: str, rank: int) -> int | None:
+    """The host pid of a training rank (not its torchrun) of a Job whose name starts so."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        if env.get(b"PET_RDZV_ID", b"").startswith(job_prefix.encode()) and env.get(b"RANK") == str(rank).encode() \
+                and b"LOCAL_RANK" in env:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_rank_fails_the_try_and_the_retry_resumes_from_the_last_full_state(real, api, volume):
+    runner = subprocess.Popen([sys.executable, str(RUNS_PATH), "th_real_train", json.dumps({"num_epochs": 8})],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        root = volume / "checkpoints" / "th_real_train"
+        before = set(root.glob("*")) if root.exists() else set()
+        wait_for(lambda: [p for p in root.glob("*/train/full_state/epoch_1") if p.parents[2] not in before], 600,
+                 "try 1 to save its first full state")
+        rank1 = wait_for(lambda: _rank_process("th-th-real-train-train-", 1), 60, "rank 1's process")
+        os.kill(rank1, signal.SIGKILL)  # as the kernel's OOM killer would
+        output, _ = runner.communicate(timeout=900)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    result = json.loads(output.rsplit("RESULT ", 1)[1])
+    assert result["states"] == {"train": "success"}, output[-6000:]
+    # try 1 failed naming the pod, its exit code and reason, and its last log lines
+    failed_job = re.search(r"Job (th-\S+) failed: ", output)
+    assert failed_job, output[-6000:]
+    rank1_failure = re.search(rf"pod {failed_job.group(1)}-1-\S+ \(index 1\) failed: exit code (\d+), (\w+)\n(.+)", output)
+    assert rank1_failure, output[-6000:]
+    assert rank1_failure.group(1) != "0" and rank1_failure.group(3).strip()  # and its log's last lines follow
+    assert "Signal 9 (SIGKILL)" in output  # torchrun's report of its rank, in that log tail
+    # try 2 resumed from try 1's last full state: the step count goes on from there
+    resumed = re.search(r"\[training-hub\] resumed from \S+/full_state/epoch_(\d+): epoch (\d+), step (\d+)", output)
+    assert resumed, output[-6000:]
+    assert int(resumed.group(3)) > 0
+    steps = [int(s) for s in re.findall(r"\[training-hub\] epoch \d+/8 step (\d+)/", output.split(resumed.group(0))[1])]
+    assert steps and min(steps) == int(resumed.group(3)) + 1
+
+
+# --- on Airflow as deployed: PostgreSQL, scheduler (LocalExecutor), dag-processor, triggerer, api-server ---
+
+
+@pytest.fixture
+def deployed(deployed_airflow, real_node, volume):
+    deployed_airflow.set_connection("kubernetes_default", "kubernetes", {"kube_config_path": real_node["kubeconfig"]})
+    deployed_airflow.set_connection("training_hub_real", "training_hub", _settings(real_node))
+    return deployed_airflow
+
+
+@pytest.mark.parametrize("dag_id", ["th_real_train", "th_real_train_deferred"])
+def test_rank0s_progress_reaches_the_task_log_while_it_trains(real_node, api, volume, deployed, dag_id):
+    run_id = deployed.trigger(dag_id, {"num_epochs": 6})
+    job = wait_for(lambda: _xcom_or_none(deployed, dag_id, run_id, "job_name"), 300, "the Job to be created")
+
+    def progress_while_training():
+        log = deployed.log(dag_id, run_id, 1)
+        if not re.search(r"\[training-hub\] epoch 1/6 step 1/", log):
+            return False
+        job_status = api[1].read_namespaced_job(job, real_node["namespace"]).status
+        assert not (job_status.succeeded or job_status.failed), "the step line came only after the Job ended"
+        return log
+
+    log = wait_for(progress_while_training, 600, "rank 0's first step line in the task log", interval=1)
+    assert f"[{job}-0-" in log  # the line came from rank 0's pod
+    ti = deployed.wait_for_task(dag_id, run_id, {"success", "failed"}, 900)
+    assert ti["state"] == "success", deployed.log(dag_id, run_id, 1)[-5000:]
+    checkpoint = deployed.xcom(dag_id, run_id, "checkpoint")
+    assert (_on_host(volume, checkpoint) / "config.json").is_file()
+
+
+def _xcom_or_none(deployed, dag_id: str, run_id: str, key: str):
+    try:
+        return deployed.xcom(dag_id, run_id, key)
+    except AssertionError:  # not pushed yet
+        return None
+
+
+@pytest.mark.parametrize("dag_id", ["th_real_train", "th_real_train_deferred"])
+def test_marking_the_task_failed_removes_job_service_and_pods(real_node, api, volume, deployed, dag_id):
+    run_id = deployed.trigger(dag_id, {"num_epochs": 50})
+    job = wait_for(lambda: _xcom_or_none(deployed, dag_id, run_id, "job_name"), 300, "the Job to be created")
+    namespace = real_node["namespace"]
+    wait_for(lambda: len([p for p in _pods(api, namespace, job) if p.status.phase == "Running"]) == 2, 300,
+             "both pods to run")
+    deployed.mark(dag_id, run_id, "failed")
+    started = time.monotonic()
+    wait_for(lambda: _objects(api, namespace, job) == {"jobs": [], "services": [], "pods": []}, 60,
+             "the Job, the Service and the pods to be gone within 60 s")
+    print(f"gone {time.monotonic() - started:.1f}s after the mark")
+    assert deployed.task(dag_id, run_id)["state"] == "failed"
+
+
+# --- the images themselves ---
+
+
+def _run_pod(api, real_node, name: str, image: str, command: list[str]) -> tuple[str, int]:
+    """Run ``command`` in a pod of ``image`` on the real node; its log and exit code."""
+    core, _ = api
+    namespace = real_node["namespace"]
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "nodeSelector": real_node["node_selector"],
+                 "containers": [{"name": "main", "image": image, "command": command,
+                                 "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}}}]},
+    })
+    try:
+        pod = wait_for(lambda: (p := core.read_namespaced_pod(name, namespace)).status.phase in ("Succeeded", "Failed")
+                       and p, 300, f"pod {name} to finish")
+        return _log(api, name, namespace), pod.status.container_statuses[0].state.terminated.exit_code
+    finally:
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+
+def test_the_airflow_image_lists_the_provider_imports_the_dags_and_has_no_torch(real_node, api):
+    # reserialize parses /opt/airflow/dags as a dag-processor would, recording import errors
+    script = ("set -e; airflow db migrate >/dev/null; airflow dags reserialize >/dev/null; "
+              "airflow providers list -o json; echo ERRORS; "
+              "airflow dags list-import-errors -o json; echo DAGS; airflow dags list -o json; "
+              "python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)'; echo NO-TORCH")
+    log, code = _run_pod(api, real_node, "airflow-image-check", real_node["airflow_image"], ["bash", "-c", script])
+    assert code == 0, log[-3000:]
+    providers, rest = log.split("ERRORS", 1)
+    errors, rest = rest.split("DAGS", 1)
+    dags, rest = rest.split("NO-TORCH", 1)
+    assert "airflow-provider-training-hub" in {p["package_name"] for p in _json_output(providers)}
+    assert _json_output(errors) == [], errors
+    assert {"sft_demo", "sft_retrain", "lora_adapters", "messages_dataset_publish"} <= {
+        d["dag_id"] for d in _json_output(dags)}
+
+
+def _json_output(text: str):
+    """The JSON of an ``airflow ... -o json`` command, whose warnings share its stdout."""
+    return json.loads([line for line in text.splitlines() if line.startswith("[")][-1])
+
+
+def test_the_training_image_runs_as_uid_1000_without_airflow(real_node, api):
+    script = ("id -u; training-hub list; "
+              "python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"airflow\") is not None)' && echo NO-AIRFLOW")
+    log, code = _run_pod(api, real_node, "training-image-check", real_node["training_image"], ["bash", "-c", script])
+    assert code == 0, log[-3000:]
+    lines = log.split()
+    assert lines[0] == "1000" and "sft:" in log and lines[-1] == "NO-AIRFLOW"
