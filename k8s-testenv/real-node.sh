@@ -317,17 +317,17 @@ volume() {  # a ReadWriteMany PV on a host directory, and its claim in $NAMESPAC
 
 up() {
   local started=$SECONDS
-  install_packages
-  mkdir -p "$bin"
-  build_binaries
-  build_images
   if [ -f "$state/pids/kubelet" ] && kill -0 "$(cat "$state/pids/kubelet")" 2>/dev/null; then
     log "already up; run down first"
     exit 1
   fi
   mkdir -p "$state"/{logs,pids,host}
+  [ -f "$state/pids/dockerd" ] || record_host  # before anything of ours runs (a `build` may have started dockerd)
+  install_packages
+  mkdir -p "$bin"
+  build_binaries
+  build_images
   control_plane
-  record_host
   network
   node_config
   spawn apiserver-relay-host socat "UNIX-LISTEN:$state/apiserver.sock,fork,unlink-early" "TCP:127.0.0.1:$APISERVER_PORT"

@@ -47,7 +47,7 @@ def volume(real_node, tiny_model) -> Path:
 def _settings(real_node) -> dict:
     return {"execution": "kubernetes", "namespace": real_node["namespace"], "image": real_node["training_image"],
             "pvc_claim": real_node["pvc_claim"], "node_selector": real_node["node_selector"], "cpu": "500m",
-            "memory": "3Gi", "shm_size": "512Mi", "termination_grace_period_seconds": 30}
+            "memory": "6Gi", "shm_size": "512Mi", "termination_grace_period_seconds": 30}
 
 
 @pytest.fixture
@@ -126,6 +126,26 @@ def test_two_node_job_trains_on_real_pods_and_returns_rank0s_checkpoint(real, ap
              "the TTL controller and the garbage collector to remove the Job, its pods and the Service")
 
 
+@pytest.mark.slow
+def test_smollm2_trains_on_two_real_pods_and_its_checkpoint_loads(real, volume, smollm2_model, capfd):
+    target = volume / "models" / "smollm2"
+    shutil.copytree(smollm2_model, target, dirs_exist_ok=True)
+    for path in [target, *target.rglob("*")]:
+        os.chown(path, 1000, 1000)
+    run = run_dag("th_real_train", {"model_path": f"{MOUNT}/models/smollm2", "num_epochs": 1})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "success"}, out[-5000:]
+    assert "2 rank(s) on cpu" in out and "weights identical on all 2 rank(s)" in out
+    checkpoint = _on_host(volume, xcoms(run)[("train", "checkpoint")])
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_model)
+    assert model.num_parameters() == base.num_parameters()
+    assert AutoTokenizer.from_pretrained(checkpoint).chat_template  # the tokenizer came along, template and all
+
+
 def test_a_bad_parameter_fails_the_job_at_once_and_the_task_without_retry(real, api, capfd):
     run = run_dag("th_real_train", {"model_path": f"{MOUNT}/models/missing"})
     out = capfd.readouterr().out
@@ -199,15 +219,15 @@ def test_rank0s_progress_reaches_the_task_log_while_it_trains(real_node, api, vo
     job = wait_for(lambda: _xcom_or_none(deployed, dag_id, run_id, "job_name"), 300, "the Job to be created")
 
     def progress_while_training():
-        log = deployed.log(dag_id, run_id, 1)
-        if not re.search(r"\[training-hub\] epoch 1/6 step 1/", log):
-            return False
         job_status = api[1].read_namespaced_job(job, real_node["namespace"]).status
-        assert not (job_status.succeeded or job_status.failed), "the step line came only after the Job ended"
-        return log
+        ended = job_status.succeeded or job_status.failed
+        log = deployed.log(dag_id, run_id, 1)
+        # "[<rank 0's pod>] [training-hub] epoch 1/6 step 1/...": one log line, as rank 0 printed it
+        found = re.search(rf"\[{job}-0-\w+\] \[training-hub\] epoch 1/6 step 1/", log)
+        assert not ended, "the Job ended before rank 0's first step line was in the task log"
+        return found
 
-    log = wait_for(progress_while_training, 600, "rank 0's first step line in the task log", interval=1)
-    assert f"[{job}-0-" in log  # the line came from rank 0's pod
+    wait_for(progress_while_training, 600, "rank 0's first step line in the task log", interval=1)
     ti = deployed.wait_for_task(dag_id, run_id, {"success", "failed"}, 900)
     assert ti["state"] == "success", deployed.log(dag_id, run_id, 1)[-5000:]
     checkpoint = deployed.xcom(dag_id, run_id, "checkpoint")
