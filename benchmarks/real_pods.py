@@ -58,8 +58,9 @@ def pod_run(node: dict, volume: Path, params: dict, name: str) -> dict:
 
     api = config.new_client_from_config(node["kubeconfig"])
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    settings = ConnectionSettings(image=node["training_image"], namespace=node["namespace"], pvc_claim=node["pvc_claim"],
-                                  node_selector=node["node_selector"], cpu="500m", memory="6Gi", shm_size="512Mi")
+    settings = ConnectionSettings(image=node["training_image"], namespace=node["namespace"],
+                                  pvc_claim=node["pvc_claim"], node_selector=node["node_selector"],
+                                  cpu="500m", memory="6Gi", shm_size="512Mi")
     job = TrainingJob(name=name, algorithm="sft", backend="pytorch", nnodes=2, nproc_per_node=1,
                       params={**params, "ckpt_output_dir": f"{MOUNT}/bench/{name}"}, ttl_seconds_after_finished=30)
     core.create_namespaced_service(settings.namespace, build_service(job, settings))

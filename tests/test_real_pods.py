@@ -55,7 +55,8 @@ def real(real_node, volume) -> dict:
     """The connections of the in-process Airflow: `kubernetes_default` and `training_hub_real`."""
     os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
         {"conn_type": "kubernetes", "extra": {"kube_config_path": real_node["kubeconfig"]}})
-    os.environ["AIRFLOW_CONN_TRAINING_HUB_REAL"] = json.dumps({"conn_type": "training_hub", "extra": _settings(real_node)})
+    os.environ["AIRFLOW_CONN_TRAINING_HUB_REAL"] = json.dumps(
+        {"conn_type": "training_hub", "extra": _settings(real_node)})
     return real_node
 
 
@@ -154,7 +155,7 @@ def test_a_bad_parameter_fails_the_job_at_once_and_the_task_without_retry(real, 
     assert ti.try_number == 1  # retries=1 in this DAG, yet no second try
     assert "failed on a configuration error (exit code 2; not retried)" in out
     assert "PodFailurePolicy" in out  # the Job's own verdict: its pod failure policy, not a backoff
-    assert f"training-hub: error: " in out and f"{MOUNT}/models/missing" in out  # the pod's message
+    assert "training-hub: error: " in out and f"{MOUNT}/models/missing" in out  # the pod's message
 
 
 def _rank_process(job_prefix: str, rank: int) -> int | None:
@@ -191,7 +192,8 @@ def test_a_killed_rank_fails_the_try_and_the_retry_resumes_from_the_last_full_st
     # try 1 failed naming the pod, its exit code and reason, and its last log lines
     failed_job = re.search(r"Job (th-\S+) failed: ", output)
     assert failed_job, output[-6000:]
-    rank1_failure = re.search(rf"pod {failed_job.group(1)}-1-\S+ \(index 1\) failed: exit code (\d+), (\w+)\n(.+)", output)
+    rank1_failure = re.search(rf"pod {failed_job.group(1)}-1-\S+ \(index 1\) failed: exit code (\d+), (\w+)\n(.+)",
+                              output)
     assert rank1_failure, output[-6000:]
     assert rank1_failure.group(1) != "0" and rank1_failure.group(3).strip()  # and its log's last lines follow
     assert "Signal 9 (SIGKILL)" in output  # torchrun's report of its rank, in that log tail
@@ -282,7 +284,8 @@ def test_the_airflow_image_lists_the_provider_imports_the_dags_and_has_no_torch(
     script = ("set -e; airflow db migrate >/dev/null; airflow dags reserialize >/dev/null; "
               "airflow providers list -o json; echo ERRORS; "
               "airflow dags list-import-errors -o json; echo DAGS; airflow dags list -o json; "
-              "python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)'; echo NO-TORCH")
+              "python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)'; "
+              "echo NO-TORCH")
     log, code = _run_pod(api, real_node, "airflow-image-check", real_node["airflow_image"], ["bash", "-c", script])
     assert code == 0, log[-3000:]
     providers, rest = log.split("ERRORS", 1)
@@ -301,7 +304,8 @@ def _json_output(text: str):
 
 def test_the_training_image_runs_as_uid_1000_without_airflow(real_node, api):
     script = ("id -u; training-hub list; "
-              "python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"airflow\") is not None)' && echo NO-AIRFLOW")
+              "python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"airflow\") is not None)' "
+              "&& echo NO-AIRFLOW")
     log, code = _run_pod(api, real_node, "training-image-check", real_node["training_image"], ["bash", "-c", script])
     assert code == 0, log[-3000:]
     lines = log.split()
