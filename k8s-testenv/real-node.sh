@@ -85,6 +85,7 @@ build_binaries() {
 start_dockerd() {
   [ -f "$state/pids/dockerd" ] && kill -0 "$(cat "$state/pids/dockerd")" 2>/dev/null && return 0
   mkdir -p "$state"/{logs,pids} "$cache/docker"
+  record_host
   # Builds use the host's network (PyPI); nothing else: no bridge, no iptables, no ip_forward.
   spawn dockerd dockerd --data-root "$cache/docker" --exec-root "$state/docker" --pidfile "$state/docker.pid" \
     --host "unix://$state/docker.sock" --bridge none --iptables=false --ip6tables=false --ip-forward=false \
@@ -179,7 +180,9 @@ spawn() {  # spawn NAME COMMAND...: run in the background, log to $state/logs/NA
 
 iptables_rules() { iptables-save | sed '/^#/d'; }  # without the dated comments
 
-record_host() {  # what `down` puts back, and what it compares with
+record_host() {  # what `down` puts back: once, before anything of ours runs (`build` or `up`)
+  [ -f "$state/host/sysctl-before" ] && return 0
+  mkdir -p "$state/host"
   { sysctl -a 2>/dev/null || true; } | sort >"$state/host/sysctl-before"  # some keys are unreadable
   for key in "${SYSCTLS[@]}"; do sysctl -n "$key" 2>/dev/null >"$state/host/$key" || true; done
   iptables_rules >"$state/host/iptables-before"
@@ -322,7 +325,7 @@ up() {
     exit 1
   fi
   mkdir -p "$state"/{logs,pids,host}
-  [ -f "$state/pids/dockerd" ] || record_host  # before anything of ours runs (a `build` may have started dockerd)
+  record_host
   install_packages
   mkdir -p "$bin"
   build_binaries
@@ -398,6 +401,7 @@ down() {
   fi
   # The kubelet's cgroups (cgroupfs driver), deepest first, once their processes are gone.
   find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
+  rm -rf "$state/host"  # the next build or up records the host afresh
   if [ -f "$state/started-control-plane" ]; then
     bash "$here/controlplane.sh" stop
     rm -f "$state/started-control-plane"

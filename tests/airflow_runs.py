@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -33,6 +34,26 @@ def xcoms(dag_run) -> dict[tuple[str, str], Any]:
 
 def states(dag_run) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def start_in_subprocess(dag_id: str, conf: dict[str, Any]) -> subprocess.Popen:
+    """Run ``dag_id`` in a process of its own (this script), for a test that signals that process."""
+    return subprocess.Popen([sys.executable, __file__, dag_id, json.dumps(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(runner: subprocess.Popen, timeout: float = 300) -> tuple[dict[str, Any], str]:
+    """The ``RESULT`` of a run of ``start_in_subprocess`` and its whole output; killed if it
+    outlives ``timeout``."""
+    try:
+        output, _ = runner.communicate(timeout=timeout)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    result = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert result, output[-4000:]
+    return json.loads(result[-1][len("RESULT "):]), output
 
 
 if __name__ == "__main__":

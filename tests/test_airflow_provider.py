@@ -10,14 +10,12 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from airflow_runs import run_dag, states, xcoms
+from airflow_runs import finish, run_dag, start_in_subprocess, states, xcoms
 from conftest import REPO, SAMPLE_DATA, airflow_cli, processes_with_marker, wait_for
 
 from airflow_provider_training_hub.checkpoints import read_metrics
@@ -369,10 +367,7 @@ def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model,
     process of try 1 survives. Try 2 uses the same default ``ckpt_output_dir`` and resumes from
     try 1's last full-state checkpoint instead of starting over."""
     conf = {"model_path": str(tiny_model), "data_path": str(SAMPLE_DATA), "learning_rate": 1e-3, "num_epochs": 12}
-    runner = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("airflow_runs.py")), "th_train_from_conf", json.dumps(conf)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    runner = start_in_subprocess("th_train_from_conf", conf)
     try:
         first_try = wait_for(lambda: processes_with_marker("th_train_from_conf/"), 300, "training to start")
         marker = next(iter(first_try.values()))
@@ -384,11 +379,10 @@ def test_on_kill_stops_the_whole_process_group_and_the_retry_resumes(tiny_model,
 
         wait_for(lambda: processes_with_marker(marker[:-1] + "2"), 120, "try 2 to start")
         assert processes_with_marker(marker) == {}, "a process of the killed try survived"
-        output, _ = runner.communicate(timeout=600)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-    result = json.loads(output.rsplit("RESULT ", 1)[1])
+    except BaseException:
+        runner.kill()
+        raise
+    result, output = finish(runner, timeout=600)
     assert result["states"] == {"train": "success"}, output[-5000:]
     assert "Stopping the local training process group" in output
     # on_kill's SIGTERM made try 1 save its state at the step it was on; try 2 goes on from there

@@ -16,13 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from airflow_runs import run_dag, states, xcoms
+from airflow_runs import run_dag, start_in_subprocess, states, xcoms
 from conftest import airflow_cli, wait_for
 from kwok_nodes import GPUS_PER_NODE
 
@@ -164,13 +161,6 @@ def test_unschedulable_job_reports_the_scheduler_and_times_out(kube, k8s_namespa
               "the unschedulable Job to be deleted")
 
 
-def _start_dag_in_subprocess(dag_id: str, conf: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("airflow_runs.py")), dag_id, json.dumps(conf)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
 def _running_pods(kube, namespace: str, count: int):
     core, _ = kube
     return lambda: len([p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Running"]) == count
@@ -188,7 +178,7 @@ def _stored_links(namespace: str) -> list[str]:
 
 
 def test_on_kill_deletes_job_service_and_pods(kube, k8s_namespace):
-    runner = _start_dag_in_subprocess("th_k8s_train", {
+    runner = start_in_subprocess("th_k8s_train", {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "600000"}),
         "overrides": {"job_url_template": CONSOLE},
     })
@@ -248,7 +238,7 @@ def test_trigger_cleanup_keeps_the_job_and_on_kill_deletes_it(kube, k8s_namespac
 
 
 def test_a_restarted_worker_reattaches_to_its_running_job(kube, k8s_namespace):
-    runner = _start_dag_in_subprocess("th_k8s_train", {
+    runner = start_in_subprocess("th_k8s_train", {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "15000"}),
     })
     try:

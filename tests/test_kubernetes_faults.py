@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from airflow_runs import run_dag, states
+from airflow_runs import finish, run_dag, start_in_subprocess, states
 from conftest import wait_for
 from loopback import free_port
-from test_kubernetes import RESULT, _annotations, _objects, _running_pods, _start_dag_in_subprocess
+from test_kubernetes import RESULT, _annotations, _objects, _running_pods
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
 
@@ -83,16 +83,9 @@ def proxy(k8s_cluster, k8s_namespace, tmp_path):
     toxiproxy.stop()
 
 
-def _finish(runner: subprocess.Popen, timeout: float = 300) -> tuple[dict, str]:
-    output, _ = runner.communicate(timeout=timeout)
-    result = [line for line in output.splitlines() if line.startswith("RESULT ")]
-    assert result, output[-4000:]
-    return json.loads(result[-1][len("RESULT "):]), output
-
-
 @pytest.mark.parametrize("dag_id", ["th_k8s_train", "th_k8s_train_deferred"])
 def test_resets_latency_and_timeouts_while_waiting_are_retried(kube, k8s_namespace, proxy, dag_id):
-    runner = _start_dag_in_subprocess(dag_id, {
+    runner = start_in_subprocess(dag_id, {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "25000"}),
     })
     try:
@@ -105,7 +98,7 @@ def test_resets_latency_and_timeouts_while_waiting_are_retried(kube, k8s_namespa
             proxy.toxic(kind, **attributes)
             time.sleep(seconds)
             proxy.clear(kind)
-        result, output = _finish(runner)
+        result, output = finish(runner)
     finally:
         if runner.poll() is None:
             runner.kill()
@@ -171,7 +164,7 @@ class JobWatch:
 
 def test_a_retry_removes_the_earlier_tries_job_before_creating_its_own(kube, k8s_namespace, proxy):
     watch = JobWatch(kube, k8s_namespace)
-    runner = _start_dag_in_subprocess("th_k8s_train_retried", {
+    runner = start_in_subprocess("th_k8s_train_retried", {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "60000"}),
     })
     try:
@@ -179,7 +172,7 @@ def test_a_retry_removes_the_earlier_tries_job_before_creating_its_own(kube, k8s
         proxy.enabled(False)  # an API outage longer than the retries: try 1 fails, its Job runs on
         time.sleep(25)
         proxy.enabled(True)  # back before try 2 starts (retry_delay 20 s)
-        result, output = _finish(runner, timeout=400)
+        result, output = finish(runner, timeout=400)
     finally:
         watch.stop()
         if runner.poll() is None:
@@ -308,14 +301,14 @@ def test_the_api_servers_own_429s_are_retried(kube, k8s_cluster, k8s_namespace):
         os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
             {"conn_type": "kubernetes", "extra": {"kube_config_path": limit.kubeconfig}}
         )
-        runner = _start_dag_in_subprocess("th_k8s_train", {"nnodes": 2, "pod_annotations": _annotations()})
+        runner = start_in_subprocess("th_k8s_train", {"nnodes": 2, "pod_annotations": _annotations()})
         try:
             # urllib3 itself retries a refused read 3 times as Retry-After says; then the refusal
             # reaches the task's own retry, whose log the test reads: 5 refusals at least
             wait_for(lambda: runner.poll() is not None or limit.rejected() >= limit.probes + 5, 120,
                      "the task's requests to be refused")
             limit.lift()
-            result, output = _finish(runner)
+            result, output = finish(runner)
         finally:
             if runner.poll() is None:
                 runner.kill()

@@ -16,19 +16,16 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from airflow_runs import run_dag, states, xcoms
+from airflow_runs import finish, run_dag, start_in_subprocess, states, xcoms
 from conftest import SAMPLE_DATA, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.real_node, pytest.mark.usefixtures("airflow_db")]
 
 MOUNT = "/mnt/training"  # the connection's pvc_mount_path (its default)
-RUNS_PATH = Path(__file__).with_name("airflow_runs.py")
 
 
 @pytest.fixture(scope="session")
@@ -174,20 +171,18 @@ def _rank_process(job_prefix: str, rank: int) -> int | None:
 
 
 def test_a_killed_rank_fails_the_try_and_the_retry_resumes_from_the_last_full_state(real, api, volume):
-    runner = subprocess.Popen([sys.executable, str(RUNS_PATH), "th_real_train", json.dumps({"num_epochs": 8})],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = volume / "checkpoints" / "th_real_train"
+    before = set(root.glob("*")) if root.exists() else set()
+    runner = start_in_subprocess("th_real_train", {"num_epochs": 8})
     try:
-        root = volume / "checkpoints" / "th_real_train"
-        before = set(root.glob("*")) if root.exists() else set()
         wait_for(lambda: [p for p in root.glob("*/train/full_state/epoch_1") if p.parents[2] not in before], 600,
                  "try 1 to save its first full state")
         rank1 = wait_for(lambda: _rank_process("th-th-real-train-train-", 1), 60, "rank 1's process")
         os.kill(rank1, signal.SIGKILL)  # as the kernel's OOM killer would
-        output, _ = runner.communicate(timeout=900)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-    result = json.loads(output.rsplit("RESULT ", 1)[1])
+    except BaseException:
+        runner.kill()
+        raise
+    result, output = finish(runner, timeout=900)
     assert result["states"] == {"train": "success"}, output[-6000:]
     # try 1 failed naming the pod, its exit code and reason, and its last log lines
     failed_job = re.search(r"Job (th-\S+) failed: ", output)
