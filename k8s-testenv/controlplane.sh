@@ -56,7 +56,9 @@ build() {
   # on an older one each informer falls back to LIST with a backoff, and a pod waited ~20 s to run.
   local etcd_version
   etcd_version="$(cd "$here" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
-  if ! "$bin/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${etcd_version#v}"; then
+  local built
+  built="$("$bin/etcd" --version 2>/dev/null || true)"  # whole, not piped: grep -q would cut etcd off
+  if ! grep -qx "etcd Version: ${etcd_version#v}" <<<"$built"; then
     log "building etcd $etcd_version"
     (cd "$here" && go build -o "$bin/etcd" go.etcd.io/etcd/server/v3)
   fi
