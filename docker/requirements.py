@@ -3,6 +3,8 @@
     python docker/requirements.py train   the [train] extra: what a training pod needs
     python docker/requirements.py train tracking
                                           ... and the [tracking] extra (MLflow, W&B, TensorBoard)
+    python docker/requirements.py base    the package's own dependencies (Airflow and its
+                                          Kubernetes provider included): the Airflow image's
     python docker/requirements.py core    what the package itself needs with neither Airflow nor
                                           torch (the requirements both the base install and
                                           [train] carry)
@@ -29,10 +31,12 @@ def requirement_set(which: str) -> list[str]:
     train = project["optional-dependencies"]["train"]
     if which in ("train", "tracking"):
         return project["optional-dependencies"][which]
+    if which == "base":
+        return project["dependencies"]
     if which == "core":
         base = {_name(r) for r in project["dependencies"]}
         return [r for r in train if _name(r) in base]
-    raise SystemExit(f"unknown requirement set {which!r}: use train, tracking or core")
+    raise SystemExit(f"unknown requirement set {which!r}: use train, tracking, base or core")
 
 
 if __name__ == "__main__":

@@ -65,13 +65,6 @@ build() {
   log "binaries ready in $bin ($((SECONDS - start))s)"
 }
 
-spawn() {  # spawn NAME COMMAND...: run in the background, log to $state/logs/NAME.log
-  local name=$1
-  shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
-  echo $! >"$state/pids/$name"
-}
-
 kubeconfig() {  # kubeconfig TOKEN: the loopback API server, as the user of that token
   cat <<EOF
 apiVersion: v1

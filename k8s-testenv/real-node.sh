@@ -54,8 +54,8 @@ log() { echo "real-node: $*" >&2; }
 # shellcheck source=scripts/testbed.sh
 source "$repo/scripts/testbed.sh"
 
-# nsenter execs the command: a PID in $state/pids is the daemon's own.
-in_node() { nsenter --net="/proc/$(cat "$state/pids/netns")/ns/net" "$@"; }
+node_net() { echo "/proc/$(cat "$state/pids/netns")/ns/net"; }  # the node's network namespace
+in_node() { nsenter --net="$(node_net)" "$@"; }
 token() { awk '/token:/ {gsub(/[{}"]/, ""); print $NF}' "$cp_state/kubeconfig"; }
 ctr_node() { ctr --address "$state/containerd/containerd.sock" --namespace k8s.io "$@"; }
 
@@ -155,12 +155,15 @@ build_images() {
   pause_image
   build_image "$TRAINING_IMAGE" docker/training/Dockerfile "BASE_IMAGE=$BASE_IMAGE" INSTRUCTLAB_TRAINING_EXTRAS=
   build_image "$AIRFLOW_IMAGE" docker/airflow/Dockerfile "BASE_IMAGE=$AIRFLOW_BASE_IMAGE"
+  # A rebuild leaves the image it replaced untagged (6.8 GB for the training image's): drop it.
+  log "pruned the replaced images: $(docker_ image prune -f | tail -n 1)"
 }
 
 load_images() {  # into the node's containerd, unless the same Docker image is there already
-  local image id
+  local image id ids=()
   for image in "$PAUSE_IMAGE" "$TRAINING_IMAGE" "$AIRFLOW_IMAGE"; do
     id="$(docker_ image inspect -f '{{.Id}}' "$image")"
+    ids+=("$id")
     if ctr_node images ls "name==docker.io/$image" | grep -q "training-hub.docker-id=$id"; then
       continue
     fi
@@ -169,13 +172,13 @@ load_images() {  # into the node's containerd, unless the same Docker image is t
     ctr_node images label "docker.io/$image" "training-hub.docker-id=$id" >/dev/null
     log "loaded $image into the node in $((SECONDS - started))s"
   done
-}
-
-spawn() {  # spawn NAME COMMAND...: run in the background, log to $state/logs/NAME.log
-  local name=$1
-  shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
-  echo $! >"$state/pids/$name"
+  # The CRI plugin also names each image by its id (a Docker image's id is its config digest): a
+  # replaced image's id would keep its 7 GB of content and snapshots. containerd's GC frees them
+  # once no name is left.
+  local name
+  for name in $(ctr_node images ls -q | grep '^sha256:' || true); do
+    printf '%s\n' "${ids[@]}" | grep -qxF "$name" || ctr_node images rm --sync "$name" >/dev/null
+  done
 }
 
 iptables_rules() { iptables-save | sed '/^#/d'; }  # without the dated comments
@@ -189,7 +192,7 @@ record_host() {  # what `down` puts back: once, before anything of ours runs (`b
   awk '{print $5}' /proc/self/mountinfo | sort >"$state/host/mounts-before"
 }
 
-netns_made() { [ "$(readlink "/proc/$(cat "$state/pids/netns")/ns/net")" != "$(readlink /proc/$$/ns/net)" ]; }
+netns_made() { [ "$(readlink "$(node_net)")" != "$(readlink /proc/$$/ns/net)" ]; }
 
 network() {  # the node's namespace, its veth to the host, and the pods' bridge
   spawn netns unshare --net sleep infinity
@@ -335,12 +338,13 @@ up() {
   node_config
   spawn apiserver-relay-host socat "UNIX-LISTEN:$state/apiserver.sock,fork,unlink-early" "TCP:127.0.0.1:$APISERVER_PORT"
   wait_for 10 "the API server relay" test -S "$state/apiserver.sock"
-  spawn apiserver-relay-node nsenter --net="/proc/$(cat "$state/pids/netns")/ns/net" socat "TCP-LISTEN:$APISERVER_PORT,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$state/apiserver.sock"
-  spawn containerd nsenter --net="/proc/$(cat "$state/pids/netns")/ns/net" containerd --config "$state/containerd/config.toml"
+  # nsenter, not in_node: nsenter execs its command, so each PID in $state/pids is the daemon's own.
+  spawn apiserver-relay-node nsenter --net="$(node_net)" socat "TCP-LISTEN:$APISERVER_PORT,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$state/apiserver.sock"
+  spawn containerd nsenter --net="$(node_net)" containerd --config "$state/containerd/config.toml"
   wait_for 30 containerd ctr_node version
   load_images
-  spawn coredns nsenter --net="/proc/$(cat "$state/pids/netns")/ns/net" "$bin/coredns" -conf "$state/Corefile"
-  spawn kubelet nsenter --net="/proc/$(cat "$state/pids/netns")/ns/net" "$bin/kubelet" --config "$state/kubelet-config.yaml" --kubeconfig "$state/kubeconfig" \
+  spawn coredns nsenter --net="$(node_net)" "$bin/coredns" -conf "$state/Corefile"
+  spawn kubelet nsenter --net="$(node_net)" "$bin/kubelet" --config "$state/kubelet-config.yaml" --kubeconfig "$state/kubeconfig" \
     --root-dir "$state/kubelet" --hostname-override "$NODE" --node-ip "$NODE_IP" \
     --node-labels "training-hub.test/node=real"
   wait_for 120 "the node to be Ready" node_ready
@@ -378,8 +382,11 @@ down() {
   fi
   for name in kubelet coredns; do stop_pid "$name"; done
   # The containers' shims outlive containerd by design: they are ours (their socket is in $state).
+  # The containers go too (the store is cached across runs), so that their snapshots don't pin
+  # the images that a later `up` replaces.
   if [ -f "$state/pids/containerd" ]; then
-    ctr_node tasks ls -q 2>/dev/null | while read -r task; do ctr_node tasks kill -s KILL "$task" 2>/dev/null || true; done
+    ctr_node tasks ls -q 2>/dev/null | while read -r task; do ctr_node tasks delete --force "$task" >/dev/null 2>&1 || true; done
+    ctr_node containers ls -q 2>/dev/null | while read -r container; do ctr_node containers rm "$container" >/dev/null 2>&1 || true; done
   fi
   stop_pid containerd
   local pid
@@ -387,11 +394,13 @@ down() {
   for name in apiserver-relay-node apiserver-relay-host dockerd netns; do stop_pid "$name"; done
   for pid in $(pgrep -f "containerd-shim.*$state/docker" || true); do kill -9 "$pid" 2>/dev/null || true; done
   ip link del thub-host 2>/dev/null || true
-  # Mounts made since `up` (pods' volumes, overlays, namespaces), innermost first.
-  if [ -f "$state/host/mounts-before" ]; then
-    awk '{print $5}' /proc/self/mountinfo | sort | comm -13 "$state/host/mounts-before" - | sort -r \
-      | while read -r target; do umount -l "$target" 2>/dev/null || true; done
-  fi
+  # Mounts made since `up` (pods' volumes, overlays, namespaces), and any left under our own
+  # directories by an earlier run that failed half-way, innermost first.
+  { if [ -f "$state/host/mounts-before" ]; then
+      awk '{print $5}' /proc/self/mountinfo | sort | comm -13 "$state/host/mounts-before" -
+    fi
+    awk -v state="$state/" -v cache="$cache/" 'index($5, state) == 1 || index($5, cache) == 1 {print $5}' /proc/self/mountinfo
+  } | sort -ru | while read -r target; do umount -l "$target" 2>/dev/null || true; done
   for key in "${SYSCTLS[@]}"; do
     [ -s "$state/host/$key" ] && sysctl -qw "$key=$(cat "$state/host/$key")" 2>/dev/null || true
   done

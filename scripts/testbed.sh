@@ -1,5 +1,6 @@
-# Sourced by the test beds (k8s-testenv/controlplane.sh, scripts/deployed-airflow.sh), which
-# define log() and $state, and keep their processes' logs in $state/logs.
+# Sourced by the test beds (k8s-testenv/controlplane.sh, k8s-testenv/real-node.sh,
+# scripts/deployed-airflow.sh), which define log() and $state, keep their processes' logs in
+# $state/logs and their PIDs in $state/pids.
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: until COMMAND succeeds, else show the logs and exit 1
   local deadline=$((SECONDS + $1)) what=$2
@@ -12,4 +13,11 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: until COMMAND succeeds,
     fi
     sleep 0.5
   done
+}
+
+spawn() {  # spawn NAME COMMAND...: run in the background, log to $state/logs/NAME.log
+  local name=$1
+  shift
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/pids/$name"
 }

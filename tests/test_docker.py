@@ -85,7 +85,8 @@ def test_airflow_dockerfile_parses_and_installs_the_provider_and_dags():
     assert steps[kinds.index("FROM")]["value"] == "${BASE_IMAGE}"
     assert steps[kinds.index("FROM") - 1]["value"] == "BASE_IMAGE=apache/airflow:${AIRFLOW_VERSION}-python3.11"
     run = " ".join(s["value"] for s in steps if s["instruction"] == "RUN")
-    assert '"apache-airflow==${AIRFLOW_VERSION}" /opt/training-hub' in run and "import torch" in run
+    assert '"apache-airflow==${AIRFLOW_VERSION}" -r /tmp/base-requirements.txt' in run and "import torch" in run
+    assert "requirements.py base" in run and "--no-deps /opt/training-hub" in run
     assert any(s["instruction"] == "COPY" and s["value"].split()[-2:] == ["dags", "/opt/airflow/dags"] for s in steps)
 
 
@@ -106,12 +107,13 @@ def test_training_image_requirements_resolve_with_pip_dry_run(tmp_path):
 
 @pytest.mark.slow
 def test_airflow_image_requirements_resolve_with_pip_dry_run_and_bring_no_torch(tmp_path):
+    """As the Dockerfile does: Airflow pinned, the package's own dependencies (its code follows with --no-deps)."""
     python = _venv(tmp_path / "venv")
     report = tmp_path / "report.json"
     _run(python, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check", "--report",
-         str(report), "-c", str(_tested_versions(tmp_path)), "apache-airflow==3.3.2", str(REPO))
+         str(report), "-c", str(_tested_versions(tmp_path)), "apache-airflow==3.3.2", *requirement_set("base"))
     names = {i["metadata"]["name"].lower() for i in json.loads(report.read_text())["install"]}
-    assert {"apache-airflow", "airflow-provider-training-hub", "apache-airflow-providers-cncf-kubernetes"} <= names
+    assert {"apache-airflow", "apache-airflow-providers-cncf-kubernetes", "msgspec", "xxhash"} <= names
     assert "torch" not in names and "instructlab-training" not in names
 
 
