@@ -8,6 +8,7 @@ the Kubernetes builders read their pod settings from it.
 from __future__ import annotations
 
 import json
+import re
 import string
 from typing import Any
 
@@ -22,6 +23,13 @@ CONN_TYPE = "training_hub"
 DEFAULT_CONN_ID = "training_hub_default"
 JOB_LINK_FIELDS = ("namespace", "job_name")  # the placeholders of job_url_template
 NO_GPU = "none"  # gpu_resource of a CPU-only cluster (a blank field means the default)
+_CPU_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(m?)")  # Kubernetes' usual spellings: 8, 2.5, 500m
+
+
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity as the validator below admits it, in cores."""
+    number, milli = _CPU_QUANTITY.fullmatch(quantity).groups()  # type: ignore[union-attr]
+    return float(number) / (1000 if milli else 1)
 
 
 class ConnectionSettings(ParamSchema):
@@ -67,7 +75,11 @@ class ConnectionSettings(ParamSchema):
     affinity: dict[str, Any] = Field(
         default_factory=dict, title="Affinity", description="JSON object: a Kubernetes pod affinity."
     )
-    cpu: str = Field("8", title="CPU per node", description="CPU request of each training pod.")
+    cpu: str = Field(
+        "8",
+        title="CPU per node",
+        description="CPU request of each training pod, e.g. 8 or 500m; its ranks share it as their torch threads.",
+    )
     memory: str = Field("64Gi", title="Memory per node", description="Memory request of each training pod.")
     shm_size: str = Field("16Gi", title="/dev/shm size", description="In-memory /dev/shm of each pod (NCCL needs it).")
     service_account: str | None = Field(None, title="Service account", description="Service account of the pods.")
@@ -124,6 +136,14 @@ class ConnectionSettings(ParamSchema):
             *others, last = (repr(name) for name in TARGETS)
             expected = f"{', '.join(others)} or {last}" if others else last
             raise PydanticCustomError("literal_error", "must be {expected}", {"expected": expected})
+        return value
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu_quantity(cls, value: str) -> str:
+        """Read here, not only by the API server: the pods' thread count derives from it."""
+        if not _CPU_QUANTITY.fullmatch(value) or cpu_cores(value) <= 0:
+            raise ValueError(f"must be a positive CPU quantity such as '8', '2.5' or '500m', got {value!r}")
         return value
 
     @field_validator("job_url_template")

@@ -103,6 +103,22 @@ def test_pod_user_groups_and_a_cpu_only_cluster_come_from_the_connection():
     assert blank.gpu_resource == "nvidia.com/gpu"
 
 
+@pytest.mark.parametrize(("cpu", "nproc_per_node", "threads"), [
+    ("8", 8, "1"), ("64", 8, "8"), ("500m", 1, "1"), ("2.5", 1, "2"), ("16", 1, "16")])
+def test_each_rank_gets_its_share_of_the_cpu_request_as_torch_threads(cpu, nproc_per_node, threads):
+    """Not the node's core count, which torch would take: pods that share a node would oversubscribe it."""
+    pod = build_job(_job(nproc_per_node=nproc_per_node), ConnectionSettings(image="img", cpu=cpu))
+    env = {e["name"]: e.get("value") for e in pod["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OMP_NUM_THREADS"] == threads
+
+
+@pytest.mark.parametrize("cpu", ["8 cores", "0", "-1", "1.5k", "0m"])
+def test_a_cpu_request_that_is_no_quantity_is_refused_when_the_connection_is_read(cpu):
+    with pytest.raises(ValueError, match=rf"^connection of type 'training_hub': Invalid parameter 'cpu': must be a "
+                                         rf"positive CPU quantity such as '8', '2.5' or '500m', got '{cpu}'"):
+        ConnectionSettings.from_extra({"cpu": cpu})
+
+
 @pytest.mark.parametrize(("params", "message"), [
     ({"rdzv_endpoint": "h:1", "master_addr": None}, r"^rdzv_endpoint: set by the Job on Kubernetes"),
     ({"master_addr": "m0", "master_port": 1, "node_rank": 0}, r"^node_rank, master_addr, master_port: set by the Job"),

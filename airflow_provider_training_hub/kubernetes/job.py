@@ -17,7 +17,7 @@ from typing import Any
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, stop_environment
 from airflow_provider_training_hub.algorithms.tracking import AIRFLOW_CONTEXT_ENV
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
-from airflow_provider_training_hub.connection import NO_GPU, ConnectionSettings
+from airflow_provider_training_hub.connection import NO_GPU, ConnectionSettings, cpu_cores
 
 CONTAINER = "trainer"
 CONFIG_ENV = "TRAINING_HUB_CONFIG"
@@ -121,6 +121,10 @@ def _env(job: TrainingJob, settings: ConnectionSettings) -> list[dict[str, Any]]
         {"name": "PET_RDZV_ENDPOINT", "value": job.rdzv_endpoint},
         {"name": "PET_RDZV_ID", "value": job.name},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # torch sizes its thread pool by the node's cores, not by the pod's share, so ranks of
+        # pods sharing a node oversubscribe it. torchrun sets 1 only when it starts several
+        # ranks; here each rank gets its part of the pod's CPU request.
+        {"name": "OMP_NUM_THREADS", "value": str(max(1, int(cpu_cores(settings.cpu) // job.nproc_per_node)))},
         *({"name": name, "value": value} for name, value in stop.items()),
         # The Airflow ids, under the names Airflow exports to a task's own processes (MLflow tags).
         *({"name": name, "value": job.annotations[key]}
