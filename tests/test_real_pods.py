@@ -173,7 +173,8 @@ def _rank_process(job_prefix: str, rank: int) -> int | None:
 def test_a_killed_rank_fails_the_try_and_the_retry_resumes_from_the_last_full_state(real, api, volume):
     root = volume / "checkpoints" / "th_real_train"
     before = set(root.glob("*")) if root.exists() else set()
-    runner = start_in_subprocess("th_real_train", {"num_epochs": 8})
+    # 30 epochs: rank 1 must still be training when the first full state is on the volume
+    runner = start_in_subprocess("th_real_train", {"num_epochs": 30})
     try:
         wait_for(lambda: [p for p in root.glob("*/train/full_state/epoch_1") if p.parents[2] not in before], 600,
                  "try 1 to save its first full state")
@@ -196,7 +197,7 @@ def test_a_killed_rank_fails_the_try_and_the_retry_resumes_from_the_last_full_st
     resumed = re.search(r"\[training-hub\] resumed from \S+/full_state/epoch_(\d+): epoch (\d+), step (\d+)", output)
     assert resumed, output[-6000:]
     assert int(resumed.group(3)) > 0
-    steps = [int(s) for s in re.findall(r"\[training-hub\] epoch \d+/8 step (\d+)/", output.split(resumed.group(0))[1])]
+    steps = [int(s) for s in re.findall(r"\[training-hub\] epoch \d+/30 step (\d+)/", output.split(resumed.group(0))[1])]
     assert steps and min(steps) == int(resumed.group(3)) + 1
 
 
@@ -212,15 +213,17 @@ def deployed(deployed_airflow, real_node, volume):
 
 @pytest.mark.parametrize("dag_id", ["th_real_train", "th_real_train_deferred"])
 def test_rank0s_progress_reaches_the_task_log_while_it_trains(real_node, api, volume, deployed, dag_id):
-    run_id = deployed.trigger(dag_id, {"num_epochs": 6})
+    # 20 epochs (120 steps, with a checkpoint each epoch): long enough at the pods' 20 steps/s for the line
+    # to arrive while the Job runs
+    run_id = deployed.trigger(dag_id, {"num_epochs": 20})
     job = wait_for(lambda: _xcom_or_none(deployed, dag_id, run_id, "job_name"), 300, "the Job to be created")
 
     def progress_while_training():
         job_status = api[1].read_namespaced_job(job, real_node["namespace"]).status
         ended = job_status.succeeded or job_status.failed
         log = deployed.log(dag_id, run_id, 1)
-        # "[<rank 0's pod>] [training-hub] epoch 1/6 step 1/...": one log line, as rank 0 printed it
-        found = re.search(rf"\[{job}-0-\w+\] \[training-hub\] epoch 1/6 step 1/", log)
+        # "[<rank 0's pod>] [training-hub] epoch 1/20 step 1/...": one log line, as rank 0 printed it
+        found = re.search(rf"\[{job}-0-\w+\] \[training-hub\] epoch 1/20 step 1/", log)
         assert not ended, "the Job ended before rank 0's first step line was in the task log"
         return found
 
