@@ -197,7 +197,8 @@ def test_a_killed_rank_fails_the_try_and_the_retry_resumes_from_the_last_full_st
     resumed = re.search(r"\[training-hub\] resumed from \S+/full_state/epoch_(\d+): epoch (\d+), step (\d+)", output)
     assert resumed, output[-6000:]
     assert int(resumed.group(3)) > 0
-    steps = [int(s) for s in re.findall(r"\[training-hub\] epoch \d+/30 step (\d+)/", output.split(resumed.group(0))[1])]
+    after = output.split(resumed.group(0))[1]
+    steps = [int(s) for s in re.findall(r"\[training-hub\] epoch \d+/30 step (\d+)/", after)]
     assert steps and min(steps) == int(resumed.group(3)) + 1
 
 
