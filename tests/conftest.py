@@ -105,11 +105,14 @@ def sample_data() -> Path:
 
 @pytest.fixture
 def fake_gpu(tmp_path, monkeypatch):
-    """GPU REPLACED: CUDA detection reports one device, and `torchrun` is tests/support/fake_gpu_torchrun.py.
+    """GPU REPLACED: CUDA detection reports one device, and `torchrun` is tests/support/fake_gpu_torchrun.py,
+    which runs upstream's main_ds.py for one rank up to its Accelerator (FSDP onto the GPU) and
+    stands in for the CUDA training loop from there.
 
     Everything else in the instructlab-training backend is real: our argument mapping, upstream's
     `run_training` (its checks, its real data processing on the tiny model, its command builder and
-    process streaming) and our result collection.
+    process streaming), main_ds.py's argument parser, loggers, model setup (LoRA included) and data
+    loader, and our result collection.
     """
     import sys
 

@@ -1,7 +1,8 @@
 """The instructlab-training backend: real TrainingArgs/TorchrunArgs, real run_training, GPU replaced.
 
-Tests that train use the `fake_gpu` fixture (see conftest.py): CUDA detection and the spawned
-`torchrun main_ds.py` are the only parts replaced, because this machine has no GPU.
+Tests that train use the `fake_gpu` fixture (see conftest.py): CUDA detection, and in the spawned
+`torchrun main_ds.py` the GPU's part (FSDP sharding and the CUDA training loop), are the only parts
+replaced, because this machine has no GPU; main_ds.py itself runs up to them.
 """
 
 import json

@@ -14,6 +14,7 @@ What a checkpoint holds depends on the backend, and the result says which:
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from pydantic import Field
@@ -57,6 +58,19 @@ class LoRAParams(SFTParams):
             "(pytorch: the adapter only; instructlab-training: the merged model only)."
         ),
     )
+
+
+def check_4bit_supported(params: LoRAParams) -> None:
+    """QLoRA needs bitsandbytes and a CUDA GPU: refused here, before any work, instead of deep in a
+    model load (either backend) once the data is prepared."""
+    if not params.load_in_4bit:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU and this machine has none; set load_in_4bit=False.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes.")
 
 
 @register_algorithm("lora_sft")

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from airflow_provider_training_hub.algorithms.sft import SFTParams, check_host_port
@@ -144,18 +144,26 @@ def resolve_torchrun(
 
 
 @contextmanager
-def interpreter_bin_on_path() -> Iterator[None]:
+def path_entry(variable: str, entry: str, *, first: bool) -> Iterator[None]:
+    """``entry`` in the ``os.pathsep``-separated ``variable`` while the block runs (processes started
+    then inherit it), at the front or the back; a variable that already has it is left alone."""
+    old = os.environ.get(variable)
+    if entry in (old or "").split(os.pathsep):
+        yield
+        return
+    os.environ[variable] = os.pathsep.join(filter(None, [entry, old] if first else [old, entry]))
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = old
+
+
+def interpreter_bin_on_path() -> AbstractContextManager[None]:
     """Let a bare ``torchrun`` resolve to this interpreter's environment even when it is not activated.
 
     The directory is appended, not prepended, so an explicit ``torchrun`` earlier on PATH wins.
     """
-    bin_dir = os.path.dirname(sys.executable)
-    old = os.environ.get("PATH", "")
-    if bin_dir in old.split(os.pathsep):
-        yield
-        return
-    os.environ["PATH"] = os.pathsep.join(filter(None, [old, bin_dir]))
-    try:
-        yield
-    finally:
-        os.environ["PATH"] = old
+    return path_entry("PATH", os.path.dirname(sys.executable), first=False)

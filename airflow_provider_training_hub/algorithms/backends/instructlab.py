@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
-from airflow_provider_training_hub.algorithms.lora import LoRAParams
+from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_4bit_supported
 from airflow_provider_training_hub.algorithms.registry import (
     AlgorithmRegistry,
     Backend,
@@ -27,6 +27,7 @@ from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
     interpreter_bin_on_path,
+    path_entry,
     resolve_torchrun,
 )
 from airflow_provider_training_hub.algorithms.tracking import TRACKING_PARAMS
@@ -34,6 +35,9 @@ from airflow_provider_training_hub.checkpoints import TrainingResult, collect_re
 
 log = logging.getLogger(__name__)
 UPSTREAM_STATE_METADATA = "training_metadata.json"  # a torch.save pickle, despite its name
+# First on the rank processes' PYTHONPATH: its sitecustomize gives them what upstream imports from an
+# older trl (see that module).
+RANK_SITE = Path(__file__).with_name("instructlab_site")
 
 
 def _cuda_device_count() -> int:
@@ -146,7 +150,7 @@ class InstructLabTrainingBackend(Backend):
         rank_log = Path(params.ckpt_output_dir) / f"full_logs_global{torchrun.node_rank}.log"
         log.info("instructlab-training: %s", torchrun)
         try:
-            with interpreter_bin_on_path():
+            with interpreter_bin_on_path(), path_entry("PYTHONPATH", str(RANK_SITE), first=True):
                 run_training(torch_args=torch_args, train_args=train_args)
         except RuntimeError as exc:
             raise TrainingFailedError(
@@ -168,6 +172,7 @@ class InstructLabLoRABackend(InstructLabTrainingBackend):
     algorithm: ClassVar[str] = "lora_sft"
 
     def check(self, params: LoRAParams) -> None:
+        check_4bit_supported(params)
         if params.accelerate_full_state_at_epoch and "accelerate_full_state_at_epoch" in params.model_fields_set:
             raise ValueError(
                 "accelerate_full_state_at_epoch=True: instructlab-training cannot save the full state of a LoRA run "

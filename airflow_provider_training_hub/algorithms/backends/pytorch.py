@@ -8,14 +8,13 @@ checkpoint layout, so switching backends changes nothing downstream.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 from pathlib import Path
 from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
-from airflow_provider_training_hub.algorithms.lora import LoRAParams
+from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_4bit_supported
 from airflow_provider_training_hub.algorithms.registry import Backend, TrainingFailedError, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
@@ -61,11 +60,4 @@ class PyTorchLoRABackend(PyTorchBackend):
     algorithm: ClassVar[str] = "lora_sft"
 
     def check_device(self, params: LoRAParams) -> None:
-        if not params.load_in_4bit:
-            return
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU and this machine has none; set load_in_4bit=False.")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes.")
+        check_4bit_supported(params)
