@@ -36,9 +36,14 @@ def make_tiny_model(
     vocab_size: int = 512,
     hidden_size: int = 32,
     num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> Path:
-    """Write a random-initialised Llama (tens of thousands of parameters) and its tokenizer."""
+    """Write a random-initialised Llama and its tokenizer: by default tens of thousands of
+    parameters; the benchmarks ask for 227M and 1B (``device="cuda"`` initialises those in seconds)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -67,17 +72,18 @@ def make_tiny_model(
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to("cpu")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)

@@ -17,9 +17,11 @@ Semantics follow instructlab-training so results and files are comparable:
   the step, save the full state there (``full_state/step_N``) and exit ``EXIT_STOPPED``; a rerun
   resumes at that step, in the middle of its epoch, as instructlab's on-demand checkpointing does.
 
-Speed on CPU comes from not doing wasted work: no padding (each conversation runs attention on
-its own tokens) and the lm_head and loss only at label positions, which in SFT data are a small
-fraction of all tokens.
+The forward pass is ``packed``'s: each micro-batch's conversations in one row, with no padding,
+attention that stays within each conversation, and the output head and loss at label positions
+only (in SFT data a small fraction of all tokens). The data order is instructlab's (a
+``torch.randperm`` seeded with ``random_seed + epoch``), so both backends see the same samples in
+each step and their loss curves can be compared step by step.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import copy
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import sys
@@ -45,6 +46,12 @@ import torch.distributed as dist
 from torch import nn
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
+from airflow_provider_training_hub.algorithms.backends.packed import (
+    PackedLabelLoss,
+    device_plan,
+    pack,
+    register_packed_attention,
+)
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import SFTParams
@@ -68,26 +75,6 @@ def _request_stop(signum: int, frame: object) -> None:
     _stop_requested = True
 
 
-class LabelOnlyLoss(nn.Module):
-    """Summed next-token loss of a list of conversations; the unit DDP wraps and synchronises."""
-
-    def __init__(self, causal_lm: nn.Module) -> None:
-        super().__init__()
-        self.causal_lm = causal_lm
-
-    def forward(self, samples: list[tuple[torch.Tensor, torch.Tensor]], weights: list[float]) -> torch.Tensor:
-        decoder, head = self.causal_lm.base_model, self.causal_lm.get_output_embeddings()
-        total = torch.zeros((), device=samples[0][0].device)
-        for (input_ids, labels), weight in zip(samples, weights, strict=True):
-            hidden = decoder(input_ids=input_ids[None]).last_hidden_state[0, :-1]
-            targets = labels[1:]
-            positions = (targets != -100).nonzero(as_tuple=True)[0]
-            logits = head(hidden[positions])
-            loss = nn.functional.cross_entropy(logits.float(), targets[positions], reduction="sum")
-            total = total + loss * weight
-        return total
-
-
 @dataclass
 class Sample:
     input_ids: list[int]
@@ -109,9 +96,9 @@ def load_samples(path: Path, block_size: int | None = None) -> list[Sample]:
 
 
 def plan_steps(n: int, effective_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Sample indices per optimizer step: a seeded shuffle per epoch, cut into effective batches."""
-    order = list(range(n))
-    random.Random(seed * 1000 + epoch).shuffle(order)
+    """Sample indices per optimizer step: instructlab's order (its ``EpochSampler``: a
+    ``torch.randperm`` seeded with ``seed + epoch``), cut into effective batches."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return [order[i : i + effective_batch_size] for i in range(0, n, effective_batch_size)]
 
 
@@ -186,25 +173,30 @@ class Trainer:
 
         torch.manual_seed(params.random_seed)
         self.tokenizer = AutoTokenizer.from_pretrained(params.model_path)
-        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.plan = device_plan(self.device)
         self.lora = params if isinstance(params, LoRAParams) else None
+        # float32 master weights: autocast (where the plan has it) computes in bfloat16, as
+        # instructlab's FSDP mixed precision does, while AdamW keeps the small updates.
+        load = {"dtype": torch.float32, "attn_implementation": register_packed_attention()}
         if self.lora and self.lora.load_in_4bit:
             from transformers import BitsAndBytesConfig
 
-            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                              bnb_4bit_compute_dtype=self.plan.autocast_dtype or torch.float32)
             self.model = AutoModelForCausalLM.from_pretrained(
-                params.model_path, dtype=dtype, quantization_config=quantization, device_map={"": self.device})
+                params.model_path, quantization_config=quantization, device_map={"": self.device}, **load)
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(params.model_path, dtype=dtype).to(self.device)
+            self.model = AutoModelForCausalLM.from_pretrained(params.model_path, **load).to(self.device)
         self.model.config.use_cache = False
         self.adapted = self._add_adapters(self.lora) if self.lora else None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.loss_module = nn.parallel.DistributedDataParallel(
-            LabelOnlyLoss(self.model), device_ids=[self.local_rank] if self.device.type == "cuda" else None
+            PackedLabelLoss(self.model, self.plan.autocast(self.device)),
+            device_ids=[self.local_rank] if self.device.type == "cuda" else None,
         )
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps,
-            weight_decay=params.weight_decay,
+            weight_decay=params.weight_decay, fused=self.plan.fused_adamw or None,
         )
         self.global_step = 0
         self.samples_seen = 0
@@ -328,13 +320,11 @@ class Trainer:
         mine = rank_share(step_indices, self.samples, self.rank, self.world)
         # A rank with no sample this step still runs one zero-weight pass, so every rank
         # joins DDP's gradient all-reduce exactly once per step.
-        weights = {i: 1.0 for i in mine}
-        if not mine:
-            mine = [step_indices[0]]
-            weights = {mine[0]: 0.0}
+        weight = 1.0 if mine else 0.0
+        mine = mine or [step_indices[0]]
         counts = torch.tensor(
-            [sum(self.samples[i].loss_tokens * weights[i] for i in mine),
-             sum(len(self.samples[i].input_ids) * weights[i] for i in mine)],
+            [weight * sum(self.samples[i].loss_tokens for i in mine),
+             weight * sum(len(self.samples[i].input_ids) for i in mine)],
             dtype=torch.float64, device=self.device,
         )
         dist.all_reduce(counts)
@@ -348,14 +338,10 @@ class Trainer:
         batches = micro_batches(mine, self.samples, p.batch_token_cap)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for n, batch in enumerate(batches):
-            tensors = [
-                (torch.tensor(self.samples[i].input_ids, device=self.device),
-                 torch.tensor(self.samples[i].labels, device=self.device))
-                for i in batch
-            ]
+            row = pack([(self.samples[i].input_ids, self.samples[i].labels) for i in batch], self.device)
             sync = n == len(batches) - 1
             with nullcontext() if sync else self.loss_module.no_sync():
-                loss = self.loss_module(tensors, [weights[i] for i in batch])
+                loss = self.loss_module(row, weight)
                 (loss * scale).backward()
             loss_sum += loss.detach().double()
         grad_norm = nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM).item()
@@ -383,7 +369,8 @@ class Trainer:
         p = self.params
         self._print(f"{len(self.samples)} samples, {self.world} rank(s) on {self.device.type}, "
                     f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs, "
-                    f"effective batch {p.effective_batch_size}, <= {p.batch_token_cap} tokens per micro-batch")
+                    f"effective batch {p.effective_batch_size}, <= {p.batch_token_cap} tokens per micro-batch "
+                    f"({self.plan.describe()})")
         if self.start_epoch == 0 and self.global_step == 0:
             group = self.optimizer.param_groups[0]  # what AdamW really got, for the record
             self._metrics({"hparams": True, **p.model_dump(), "world_size": self.world, "backend": "pytorch",

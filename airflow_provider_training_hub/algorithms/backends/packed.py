@@ -1,0 +1,228 @@
+"""The ``pytorch`` backend's forward pass: a micro-batch's conversations packed into one row.
+
+A row holds its conversations end to end, with no padding. Each conversation keeps its own
+positions (0, 1, ...), and attention never crosses from one conversation into another: the
+attention function registered here (``PACKED_ATTENTION``) runs each conversation's causal attention
+on its own tokens, reading the boundaries from the ``cu_seq_lens_*``/``max_length_*`` keywords that
+transformers' models pass down to their attention layers (the names of transformers' own
+variable-length flash attention). Every other layer sees one long sequence: large matrix
+multiplications instead of one small one per conversation, which is what a GPU needs.
+
+The loss is computed at label positions only: the output head runs on those hidden states alone,
+in chunks whose float32 logits stay under ``LOGITS_BYTES`` (a chunk's logits are recomputed in
+the backward pass rather than kept).
+
+What differs by device is chosen once, in ``device_plan``: the kernel (CUDA: torch's
+variable-length flash attention, checked against the per-conversation kernel on the device before
+it is trusted; elsewhere: SDPA per conversation), bfloat16 autocast over float32 master weights on
+GPUs that have bfloat16, and the fused AdamW on CUDA.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from itertools import accumulate, chain
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+PACKED_ATTENTION = "training_hub_packed"
+LOGITS_BYTES = 1 << 28  # float32 logits per loss chunk: 256 MiB
+IGNORE = -100
+PER_CONVERSATION = "sdpa per conversation"
+VARLEN = "varlen flash attention"
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    """One micro-batch as the model takes it; tensors on the training device."""
+
+    input_ids: torch.Tensor  # (1, T)
+    position_ids: torch.Tensor  # (1, T): 0.. per conversation
+    cu_seq_lens: torch.Tensor  # (n + 1,) int32: where each conversation starts, and T
+    max_length: int  # the longest conversation
+    label_positions: torch.Tensor  # (N,): rows whose next token is learned
+    label_targets: torch.Tensor  # (N,): those next tokens
+
+    def attention_kwargs(self) -> dict:
+        return {"cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
+                "max_length_q": self.max_length, "max_length_k": self.max_length}
+
+
+def pack(conversations: Sequence[tuple[Sequence[int], Sequence[int]]], device: torch.device) -> PackedRow:
+    """``(input_ids, labels)`` pairs into one row. A token's target is the next label of its own
+    conversation; the last token of each has none, so nothing is learned across a boundary."""
+    lengths = [len(ids) for ids, _ in conversations]
+    targets = list(chain.from_iterable([*labels[1:], IGNORE] for _, labels in conversations))
+    positions = [i for i, t in enumerate(targets) if t != IGNORE]
+    starts = list(accumulate(lengths, initial=0))
+    cpu = {
+        "input_ids": torch.tensor(list(chain.from_iterable(ids for ids, _ in conversations)))[None],
+        "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
+        "cu_seq_lens": torch.tensor(starts, dtype=torch.int32),
+        "label_positions": torch.tensor(positions, dtype=torch.long),
+        "label_targets": torch.tensor([targets[i] for i in positions], dtype=torch.long),
+    }
+    pinned = device.type == "cuda"
+    moved = {k: (v.pin_memory() if pinned else v).to(device, non_blocking=True) for k, v in cpu.items()}
+    return PackedRow(max_length=max(lengths), **moved)
+
+
+# -- attention ---------------------------------------------------------------------------------
+
+
+def _per_conversation(query, key, value, bounds: list[int], scaling: float | None) -> torch.Tensor:
+    """Causal SDPA on each conversation's slice: exact, and no work across boundaries; the loop
+    costs a kernel launch per conversation and layer, nothing next to a CPU's matrix work."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    if key.dtype != query.dtype:
+        key, value = key.to(query.dtype), value.to(query.dtype)
+    out = torch.cat([
+        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling)
+        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+    ], dim=2)
+    return out.transpose(1, 2)
+
+
+def _varlen(query, key, value, cu_seq_lens, max_length: int, scaling: float | None) -> torch.Tensor:
+    """torch's variable-length flash attention (CUDA; torch >= 2.9), bfloat16 in and out."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
+    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # (T, heads, dim)
+    gqa = {}
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in inspect.signature(varlen_attn).parameters:
+            gqa = {"enable_gqa": True}
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu_seq_lens, cu_seq_lens, max_length,
+                      max_length, scale=scaling, window_size=(-1, 0), **gqa)
+    return out[None]
+
+
+_kernel = PER_CONVERSATION
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers' attention-function interface: ``query`` is (1, heads, T, dim), ``key`` and
+    ``value`` (1, kv_heads, T, dim); returns ((1, T, heads, dim), None). A call without the row's
+    boundaries (``generate`` on the training model) is one sequence, as SDPA runs it."""
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is None:
+        cu_seq_lens = torch.tensor([0, query.shape[2]], dtype=torch.int32, device=query.device)
+        kwargs["max_length_q"] = query.shape[2]
+    if _kernel == VARLEN and query.shape[-1] <= 256 and query.shape[-1] % 8 == 0:  # flash's head sizes
+        return _varlen(query, key, value, cu_seq_lens, kwargs["max_length_q"], scaling), None
+    return _per_conversation(query, key, value, cu_seq_lens.tolist(), scaling), None
+
+
+def register_packed_attention() -> str:
+    """Register ``packed_attention`` with transformers (no mask function: the boundaries are the
+    mask), and return the name to load models with."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    return PACKED_ATTENTION
+
+
+def _varlen_agrees(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the varlen kernel cannot be trusted on ``device``, or None: it must run, forward and
+    backward, and match the per-conversation kernel on a row of three conversations with grouped
+    key/value heads."""
+    try:
+        generator = torch.Generator(device=device).manual_seed(0)
+        shape = {"q": (1, 4, 48, 64), "kv": (1, 2, 48, 64)}
+        q = torch.randn(shape["q"], device=device, dtype=dtype, generator=generator, requires_grad=True)
+        k, v = (torch.randn(shape["kv"], device=device, dtype=dtype, generator=generator, requires_grad=True)
+                for _ in range(2))
+        bounds = [0, 5, 30, 48]
+        cu = torch.tensor(bounds, dtype=torch.int32, device=device)
+        fast = _varlen(q, k, v, cu, 25, None)
+        reference = _per_conversation(q, k, v, bounds, None)
+        grads = torch.autograd.grad(fast.float().square().sum(), (q, k, v))
+        expected = torch.autograd.grad(reference.float().square().sum(), (q, k, v))
+    except Exception as exc:  # any failure means: not this kernel, here
+        return f"{type(exc).__name__}: {exc}"
+    pairs = [(fast, reference), *zip(grads, expected, strict=True)]
+    worst = max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-6)).item() for a, b in pairs)
+    return None if worst < 0.05 else f"differs from the per-conversation kernel by {worst:.3f} (relative)"
+
+
+# -- loss --------------------------------------------------------------------------------------
+
+
+def _chunk_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def label_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``head(hidden)`` against ``targets``, in chunks of at most
+    ``LOGITS_BYTES`` of float32 logits; with more than one chunk, each chunk's logits are
+    recomputed in the backward pass instead of all being kept."""
+    rows = max(1, LOGITS_BYTES // (4 * head.weight.shape[0]))
+    if hidden.shape[0] <= rows:
+        return _chunk_loss(hidden, head, targets)
+    return sum(checkpoint(_chunk_loss, h, head, t, use_reentrant=False)
+               for h, t in zip(hidden.split(rows), targets.split(rows), strict=True))
+
+
+class PackedLabelLoss(nn.Module):
+    """Summed next-token loss of one packed row; the unit DDP wraps and synchronises."""
+
+    def __init__(self, causal_lm: nn.Module, autocast: AbstractContextManager | None = None) -> None:
+        super().__init__()
+        self.causal_lm = causal_lm
+        self.autocast = autocast
+
+    def forward(self, row: PackedRow, weight: float) -> torch.Tensor:
+        decoder, head = self.causal_lm.base_model, self.causal_lm.get_output_embeddings()
+        with self.autocast or nullcontext():
+            hidden = decoder(input_ids=row.input_ids, position_ids=row.position_ids,
+                             **row.attention_kwargs()).last_hidden_state[0]
+            loss = label_loss(hidden[row.label_positions], head, row.label_targets)
+        return loss * weight
+
+
+# -- per device --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How this device trains: its attention kernel (and why not the fast one, if not), the autocast
+    dtype (None: float32 throughout) and whether AdamW is fused."""
+
+    kernel: str
+    autocast_dtype: torch.dtype | None
+    fused_adamw: bool
+    fallback_reason: str | None = None
+
+    def autocast(self, device: torch.device) -> AbstractContextManager | None:
+        return torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else None
+
+    def describe(self) -> str:
+        precision = f"{str(self.autocast_dtype).removeprefix('torch.')} autocast" if self.autocast_dtype else "float32"
+        kernel = f"{self.kernel} ({VARLEN} not used: {self.fallback_reason})" if self.fallback_reason else self.kernel
+        return f"{kernel}, {precision}, {'fused' if self.fused_adamw else 'foreach'} AdamW"
+
+
+def device_plan(device: torch.device) -> DevicePlan:
+    """The one place where CPU and GPU training differ; the kernel is also what ``packed_attention``
+    runs from now on in this process. A GPU without bfloat16 (before Ampere) trains in float32:
+    float16 would need loss scaling, which this loop does not do."""
+    global _kernel
+    _kernel = PER_CONVERSATION
+    if device.type != "cuda":
+        return DevicePlan(PER_CONVERSATION, None, fused_adamw=False)
+    if not torch.cuda.is_bf16_supported():
+        return DevicePlan(PER_CONVERSATION, None, fused_adamw=True, fallback_reason="no bfloat16 on this GPU")
+    reason = _varlen_agrees(device, torch.bfloat16)
+    _kernel = PER_CONVERSATION if reason else VARLEN
+    return DevicePlan(_kernel, torch.bfloat16, fused_adamw=True, fallback_reason=reason)
