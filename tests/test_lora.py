@@ -161,9 +161,13 @@ def test_instructlab_mapping_onto_lora_options():
 
 
 def test_instructlab_lora_reaches_main_ds(fake_gpu, tiny_model, sample_data, tmp_path):
+    import torch
+
     """Upstream's own LoRA model setup runs on the tiny model, as far as the GPU (the ``fake_gpu``
-    stand-in runs main_ds.py up to its Accelerator): its ``prepare_peft_model`` imports from trl what
-    trl 1.x no longer has, so this fails without the rank processes' compatibility site."""
+    stand-in runs main_ds.py up to its Accelerator), and its own LoRA save writes the checkpoint.
+    Both fail on instructlab-training 0.16.2 without the rank processes' site (``instructlab_site``):
+    ``prepare_peft_model`` imports from trl what trl 1.x no longer has, and ``save_fsdp_lora_model``
+    reads an ``args.lora_config`` that main_ds.py never sets."""
     ckpt = tmp_path / "c"
     result = lora_sft(str(tiny_model), str(sample_data), str(ckpt), backend="instructlab-training",
                       lora_r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
@@ -177,8 +181,10 @@ def test_instructlab_lora_reaches_main_ds(fake_gpu, tiny_model, sample_data, tmp
     # Only the adapters train: per layer, r x (in + out) for q_proj and v_proj of the tiny Llama.
     assert 0 < setup["trainable_parameters"] < setup["parameters"] / 10
     assert setup["samples"] == sum(1 for _ in sample_data.open())
-    assert not result.adapter  # upstream saves the merged model
     assert "--accelerate_full_state_at_epoch" not in argv and not result.full_state  # the default, turned off
+    # The checkpoint is upstream's own LoRA save (of the FSDP-wrapped model): the merged model, which loads.
+    assert not result.adapter and Path(result.checkpoint, "model.safetensors").is_file()
+    _logits(result.checkpoint, torch.tensor([[1, 2, 3]]))
 
 
 @pytest.mark.parametrize(("override", "message"), [

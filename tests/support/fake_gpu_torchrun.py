@@ -7,11 +7,14 @@ PYTHONPATH makes them import) and its real data loader.
 
 GPU REPLACED, and only this: ``torch.cuda.set_device`` and ``Tensor.cuda`` (there is no device to
 pick or copy to), the process group's backend (gloo for nccl), and everything from upstream's
-``Accelerator`` on, which shards the model onto the GPU with FSDP and is followed by the CUDA
-training loop. At that point the stand-in records what upstream built (``main_ds_setup.json``:
-the model class, its LoRA configuration and trainable parameters, the data loader's samples),
-then leaves what the training loop would leave: through main_ds's own metric logger a record per
-epoch, an HF checkpoint per epoch (a copy of the input model), a full-state dir.
+``Accelerator`` on (accelerate shards with FSDP on GPUs only), with the CUDA training loop. At
+that point the stand-in records what upstream built (``main_ds_setup.json``: the model class, its
+LoRA configuration and trainable parameters, the data loader's samples), then leaves what the
+training loop would leave: through main_ds's own metric logger a record per epoch, an HF
+checkpoint per epoch, a full-state dir. A LoRA run's checkpoints are upstream's own: the stand-in
+wraps the model in torch's FSDP on the CPU, as accelerate would on GPUs, and upstream's
+``save_hf_format_accelerate`` saves it (the merged model); other checkpoints are copies of the
+input model (accelerate's FSDP save needs its GPU mode).
 
 With FAKE_TORCHRUN_FAIL set it prints an error and exits 1, as a crashed rank would. With
 FAKE_TORCHRUN_STOP_IN_EPOCH=N (and --on_demand_checkpointing) it does what main_ds.py does on a stop
@@ -20,6 +23,7 @@ written with torch.save as upstream does), then exits 0.
 """
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -40,11 +44,15 @@ out.mkdir(parents=True, exist_ok=True)
 script_at = next(i for i, a in enumerate(argv) if a.endswith("main_ds.py"))
 
 
+reached = {}
+
+
 class ReachedTheGpu(Exception):
     """Raised where upstream's Accelerator would take the model onto the GPU."""
 
 
 def reached_the_gpu(model, train_loader, **_):
+    reached.update(model=model, args=inspect.currentframe().f_back.f_locals["args"])  # main_ds.main's
     lora = model.lora_config
     trainable = sum(p.numel() for p in model.model.parameters() if p.requires_grad)
     setup = {
@@ -104,6 +112,25 @@ def flush_metrics():
         handler.flush()
 
 
+def save_lora_checkpoint(samples_seen: int) -> None:
+    """Upstream's own LoRA save, of the model wrapped in FSDP as its Accelerator would wrap it."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from instructlab.training.utils import save_hf_format_accelerate
+
+    model = reached["model"]
+    if "fsdp" not in reached:
+        reached["fsdp"] = FullyShardedDataParallel(model.model, auto_wrap_policy=fsdp_auto_wrap_policy(model.model),
+                                                   device_id=torch.device("cpu"))
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, is_main_process=True, get_state_dict=None)
+    save_hf_format_accelerate(reached["args"], reached["fsdp"], model.tokenizer, accelerator, samples_seen,
+                              is_lora=True)
+
+
 for epoch in range(int(opts["num_epochs"])):
     step = epoch + 1
     if os.environ.get("FAKE_TORCHRUN_STOP_IN_EPOCH") == str(epoch) and "--on_demand_checkpointing" in argv:
@@ -117,7 +144,9 @@ for epoch in range(int(opts["num_epochs"])):
         sys.exit(0)
     metrics.info({"epoch": epoch, "step": step, "avg_loss": 3.0 / step, "samples_seen": samples * step},
                  extra={"step": step})
-    if "--checkpoint_at_epoch" in argv:
+    if "--checkpoint_at_epoch" in argv and reached["args"].lora_r:
+        save_lora_checkpoint(samples * step)
+    elif "--checkpoint_at_epoch" in argv:
         shutil.copytree(opts["model_name_or_path"], out / "hf_format" / f"samples_{samples * step}", dirs_exist_ok=True)
     if "--accelerate_full_state_at_epoch" in argv:
         (out / "full_state" / f"epoch_{epoch}").mkdir(parents=True, exist_ok=True)
