@@ -174,7 +174,8 @@ def test_instructlab_lora_reaches_main_ds(fake_gpu, tiny_model, sample_data, tmp
     argv = json.loads((ckpt / "torchrun_argv.json").read_text())
     for expected in ("--lora_r=4", "--lora_alpha=8", "--lora_dropout=0.0", "--learning_rate=0.0002"):
         assert expected in argv
-    assert argv[argv.index("--lora_target_modules") + 1 : argv.index("--lora_target_modules") + 3] == ["q_proj", "v_proj"]
+    modules_at = argv.index("--lora_target_modules") + 1
+    assert argv[modules_at : modules_at + 2] == ["q_proj", "v_proj"]
     setup = json.loads((ckpt / "main_ds_setup.json").read_text())
     assert setup["lora"] == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     assert setup["model_class"] == "PeftModelForCausalLM"  # what upstream's get_peft_model made of the Llama

@@ -68,7 +68,8 @@ def _samples(kind: str, tiny_model: Path, sample_data: Path, tmp_path: Path):
     data = sample_data
     if kind == "unmask_reasoning":  # the reasoning/unmask file's samples among ordinary chats
         data = tmp_path / "mixed.jsonl"
-        data.write_text((GOOD / "system_reasoning_unmask.jsonl").read_text() + "".join(sample_data.open().readlines()[:8]))
+        chats = "".join(sample_data.open().readlines()[:8])
+        data.write_text((GOOD / "system_reasoning_unmask.jsonl").read_text() + chats)
     prepare_for_training(str(data), str(tiny_model), str(tmp_path / "prepared"), 512, num_proc=1)
     return load_samples(tmp_path / "prepared" / PROCESSED_FILE)
 
@@ -122,6 +123,16 @@ def test_a_conversation_cannot_see_the_one_before_it(tiny_model):
     torch.testing.assert_close(after_b, alone, rtol=0, atol=1e-5)
 
 
+def test_a_call_that_is_not_a_packed_row_is_transformers_own_attention(tiny_model):
+    """``generate`` on a model loaded with the packed attention (no row boundaries, a KV cache):
+    the same tokens as with transformers' SDPA."""
+    device_plan(CPU)
+    reference, packed = _models(tiny_model, lora=False)
+    prompt = torch.tensor([[1, 40, 41, 42, 43]])
+    settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    assert torch.equal(packed.generate(prompt, **settings), reference.generate(prompt, **settings))
+
+
 def test_the_loss_in_chunks_equals_the_loss_at_once(monkeypatch):
     """Logits over the chunk budget are computed a chunk at a time, with the same loss and gradients."""
     from airflow_provider_training_hub.algorithms.backends import packed
@@ -139,7 +150,8 @@ def test_the_loss_in_chunks_equals_the_loss_at_once(monkeypatch):
     torch.testing.assert_close(have, want)
 
 
-def test_the_cpu_plan_is_float32_per_conversation():
+def test_the_cpu_plan_is_float32_per_conversation_in_rows_of_1024_tokens():
     plan = device_plan(CPU)
-    assert (plan.kernel, plan.autocast_dtype, plan.fused_adamw, plan.autocast(CPU)) == (
-        "sdpa per conversation", None, False, None)
+    assert (plan.kernel, plan.autocast_dtype, plan.fused_adamw, plan.autocast(CPU), plan.row_tokens) == (
+        "sdpa per conversation", None, False, None, 1024)
+    assert plan.describe() == "sdpa per conversation, float32, foreach AdamW, rows of at most 1024 tokens"

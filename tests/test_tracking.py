@@ -140,8 +140,8 @@ def test_a_tracking_uri_with_credentials_is_refused(uri):
 def test_instructlab_backend_hands_the_parameters_to_its_own_loggers(fake_gpu, mlflow_server, tiny_model,
                                                                      sample_data, tmp_path):
     """GPU REPLACED (``fake_gpu``): the seven parameters reach main_ds.py's command line, and its
-    own loggers (instructlab's setup_metric_logger, run by the stand-in as main_ds.py runs it) log
-    into the MLflow run the launcher opened, and to TensorBoard."""
+    own loggers (set up by main_ds.py itself, which the stand-in runs up to the GPU; the stand-in's
+    epoch records go through them) log into the MLflow run the launcher opened, and to TensorBoard."""
     ckpt = tmp_path / "ckpt"
     tracking = {"mlflow_tracking_uri": mlflow_server, "mlflow_experiment_name": "instructlab",
                 "mlflow_run_name": "ilab", "wandb_project": "p", "wandb_entity": "team", "wandb_run_name": "w",

@@ -153,7 +153,7 @@ def measured(out: Path, started: float, checkpoint: str | None, memory: GpuMemor
     plan = [line for line in log.read_text(errors="replace").splitlines() if "tokens per micro-batch (" in line] \
         if log.is_file() else []
     if plan:  # the pytorch backend names its device plan: attention kernel, precision, optimizer
-        row["plan"] = plan[0].rsplit("(", 1)[1].rstrip(")")
+        row["plan"] = plan[0].split("tokens per micro-batch (", 1)[1].removesuffix(")")
     if reload:
         row["reloaded_answer"] = generate(checkpoint, [QUESTION], max_new_tokens=8)[0]  # the checkpoint loads
     return row
@@ -290,8 +290,8 @@ def summarise(report: dict) -> None:
     pairs = {}
     for model in report["models"]:
         for a, b in PAIRS:
-            got = [(x, y) for x in runs for y in runs
-                   if (x["engine"], y["engine"], x["model"], y["model"], x["cycle"]) == (a, b, model, model, y["cycle"])]
+            got = [(x, y) for x in runs for y in runs if (x["engine"], y["engine"]) == (a, b)
+                   and x["model"] == y["model"] == model and x["cycle"] == y["cycle"]]
             if got:
                 ratios = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in got]
                 pairs[f"{a} vs {b} ({model})"] = {
@@ -348,10 +348,9 @@ def main() -> int:
         models[name] = make_tiny_model(args.work / "models" / name, data.read_text(encoding="utf-8").splitlines(),
                                        device="cuda" if report["cuda"] else "cpu", **MODELS[name])
         config = json.loads((models[name] / "config.json").read_text())
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         with torch.device("meta"):
-            parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(models[name])).parameters())
+            shape = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(models[name]))
+            parameters = sum(p.numel() for p in shape.parameters())
         report["models"][name] = {"parameters": parameters, **{k: config[k] for k in (
             "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size")}}
@@ -362,7 +361,8 @@ def main() -> int:
         try:
             report["checks"][check] = run()
         except Exception as exc:
-            report["checks"][check] = {"failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+            report["checks"][check] = {"failed": f"{type(exc).__name__}: {exc}",
+                                       "traceback": traceback.format_exc()[-3000:]}
         print(json.dumps({check: report["checks"][check]}), flush=True)
     save()
 

@@ -24,7 +24,7 @@ import inspect
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from itertools import accumulate, chain
+from itertools import accumulate, chain, pairwise
 
 import torch
 import torch.nn.functional as F
@@ -76,16 +76,21 @@ def pack(conversations: Sequence[tuple[Sequence[int], Sequence[int]]], device: t
 # -- attention ---------------------------------------------------------------------------------
 
 
-def _per_conversation(query, key, value, bounds: list[int], scaling: float | None) -> torch.Tensor:
-    """Causal SDPA on each conversation's slice: exact, and no work across boundaries; the loop
-    costs a kernel launch per conversation and layer, nothing next to a CPU's matrix work."""
-    groups = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+def _per_conversation(query, key, value, bounds: list[int], scaling: float | None,
+                      dropout: float = 0.0) -> torch.Tensor:
+    """Causal SDPA on each conversation's own tokens: exact, and no work across boundaries; the loop
+    costs a kernel launch per conversation and layer, nothing next to a CPU's matrix work. The
+    pieces are split off (the backward pass then concatenates their gradients once, instead of a
+    full-size gradient per slice) and made contiguous: SDPA's CPU kernel kept 1.3 GB more for
+    strided pieces in SmolLM2's LoRA step, and ran slower (measured, ``benchmarks/README.md``)."""
+    lengths = [end - start for start, end in pairwise(bounds)]
     if key.dtype != query.dtype:
         key, value = key.to(query.dtype), value.to(query.dtype)
+    pieces = zip(*(t.split(lengths, dim=2) for t in (query, key, value)), strict=True)
     out = torch.cat([
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling)
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+        F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), dropout_p=dropout,
+                                       is_causal=True, scale=scaling, enable_gqa=True)
+        for q, k, v in pieces
     ], dim=2)
     return out.transpose(1, 2)
 
@@ -113,15 +118,19 @@ _kernel = PER_CONVERSATION
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """transformers' attention-function interface: ``query`` is (1, heads, T, dim), ``key`` and
-    ``value`` (1, kv_heads, T, dim); returns ((1, T, heads, dim), None). A call without the row's
-    boundaries (``generate`` on the training model) is one sequence, as SDPA runs it."""
+    ``value`` (1, kv_heads, T, dim); returns ((1, T, heads, dim), None). A call that is not a
+    packed row (``generate`` on the training model) gets transformers' own SDPA, causal, with no
+    padding mask (none is made for this implementation)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     if cu_seq_lens is None:
-        cu_seq_lens = torch.tensor([0, query.shape[2]], dtype=torch.int32, device=query.device)
-        kwargs["max_length_q"] = query.shape[2]
-    if _kernel == VARLEN and query.shape[-1] <= 256 and query.shape[-1] % 8 == 0:  # flash's head sizes
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    flash_head = query.shape[-1] <= 256 and query.shape[-1] % 8 == 0
+    if _kernel == VARLEN and flash_head and not dropout:
         return _varlen(query, key, value, cu_seq_lens, kwargs["max_length_q"], scaling), None
-    return _per_conversation(query, key, value, cu_seq_lens.tolist(), scaling), None
+    return _per_conversation(query, key, value, cu_seq_lens.tolist(), scaling, dropout), None
 
 
 def register_packed_attention() -> str:
@@ -194,14 +203,24 @@ class PackedLabelLoss(nn.Module):
 # -- per device --------------------------------------------------------------------------------
 
 
+CPU_ROW_TOKENS = 1024
+
+
 @dataclass(frozen=True)
 class DevicePlan:
     """How this device trains: its attention kernel (and why not the fast one, if not), the autocast
-    dtype (None: float32 throughout) and whether AdamW is fused."""
+    dtype (None: float32 throughout), whether AdamW is fused, and the most tokens a packed row
+    holds (None: a whole micro-batch of ``max_tokens_per_gpu``).
+
+    On a CPU rows stop at ``CPU_ROW_TOKENS``: with rows of a whole step (1,369 tokens) SmolLM2's
+    LoRA run peaked 1.1 GB higher (4.99 against 3.87 GB; glibc's heap keeps what many-megabyte
+    activations leave behind) at the same tokens/s, measured in ``benchmarks/README.md``. A GPU
+    needs the long rows."""
 
     kernel: str
     autocast_dtype: torch.dtype | None
     fused_adamw: bool
+    row_tokens: int | None = None
     fallback_reason: str | None = None
 
     def autocast(self, device: torch.device) -> AbstractContextManager | None:
@@ -210,7 +229,8 @@ class DevicePlan:
     def describe(self) -> str:
         precision = f"{str(self.autocast_dtype).removeprefix('torch.')} autocast" if self.autocast_dtype else "float32"
         kernel = f"{self.kernel} ({VARLEN} not used: {self.fallback_reason})" if self.fallback_reason else self.kernel
-        return f"{kernel}, {precision}, {'fused' if self.fused_adamw else 'foreach'} AdamW"
+        rows = f", rows of at most {self.row_tokens} tokens" if self.row_tokens else ""
+        return f"{kernel}, {precision}, {'fused' if self.fused_adamw else 'foreach'} AdamW{rows}"
 
 
 def device_plan(device: torch.device) -> DevicePlan:
@@ -220,7 +240,7 @@ def device_plan(device: torch.device) -> DevicePlan:
     global _kernel
     _kernel = PER_CONVERSATION
     if device.type != "cuda":
-        return DevicePlan(PER_CONVERSATION, None, fused_adamw=False)
+        return DevicePlan(PER_CONVERSATION, None, fused_adamw=False, row_tokens=CPU_ROW_TOKENS)
     if not torch.cuda.is_bf16_supported():
         return DevicePlan(PER_CONVERSATION, None, fused_adamw=True, fallback_reason="no bfloat16 on this GPU")
     reason = _varlen_agrees(device, torch.bfloat16)

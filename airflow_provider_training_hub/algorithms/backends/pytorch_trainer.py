@@ -335,7 +335,8 @@ class Trainer:
         lr = lr_at(self.global_step, p.learning_rate, p.warmup_steps, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = micro_batches(mine, self.samples, p.batch_token_cap)
+        cap = min(p.batch_token_cap, self.plan.row_tokens or p.batch_token_cap)  # one packed row each
+        batches = micro_batches(mine, self.samples, cap)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for n, batch in enumerate(batches):
             row = pack([(self.samples[i].input_ids, self.samples[i].labels) for i in batch], self.device)
