@@ -35,8 +35,8 @@ from airflow_provider_training_hub.checkpoints import TrainingResult, collect_re
 
 log = logging.getLogger(__name__)
 UPSTREAM_STATE_METADATA = "training_metadata.json"  # a torch.save pickle, despite its name
-# First on the rank processes' PYTHONPATH: its sitecustomize gives them what upstream imports from an
-# older trl (see that module).
+# First on the rank processes' PYTHONPATH: its sitecustomize mends what keeps upstream 0.16.2's
+# lora_sft from running (a trl import, its FSDP LoRA save; see that module).
 RANK_SITE = Path(__file__).with_name("instructlab_site")
 
 
