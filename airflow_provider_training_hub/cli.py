@@ -21,7 +21,7 @@ from airflow_provider_training_hub import json_syntax
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, forward_termination, termination_requested
 from airflow_provider_training_hub.algorithms.params import base_types
-from airflow_provider_training_hub.algorithms.registry import TrainingFailedError, TrainingStoppedError
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
 
 EXIT_TRAINING_FAILED = 1
 EXIT_INVALID_DATA = 1

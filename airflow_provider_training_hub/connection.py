@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.json_syntax import syntax_phrase
-from airflow_provider_training_hub.targets import TARGETS
+from airflow_provider_training_hub.target_names import TARGETS
 
 CONN_TYPE = "training_hub"
 DEFAULT_CONN_ID = "training_hub_default"

@@ -16,7 +16,7 @@ import pytest
 from airflow_provider_training_hub import create_algorithm, sft
 from airflow_provider_training_hub.algorithms import SFTParams
 from airflow_provider_training_hub.algorithms.backends.instructlab import InstructLabTrainingBackend
-from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
 from airflow_provider_training_hub.algorithms.torchrun import interpreter_bin_on_path, resolve_torchrun
 from airflow_provider_training_hub.checkpoints import hf_checkpoints
 

@@ -18,7 +18,7 @@ from support.wandb_log import history_and_config
 
 from airflow_provider_training_hub import sft
 from airflow_provider_training_hub.algorithms import SFTParams
-from airflow_provider_training_hub.algorithms.registry import TrainingFailedError
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
 from airflow_provider_training_hub.checkpoints import read_metrics
 
 STEP_METRICS = ("avg_loss", "lr", "tokens_per_second", "samples_seen", "gradnorm")

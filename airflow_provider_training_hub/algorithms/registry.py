@@ -30,14 +30,6 @@ PLUGIN_GROUP = "training_hub.plugins"
 log = logging.getLogger(__name__)
 
 
-class TrainingFailedError(RuntimeError):
-    """Training started and failed; the message carries the end of the failing process's log."""
-
-
-class TrainingStoppedError(TrainingFailedError):
-    """A stop request (SIGTERM) ended the run before its end, with its state saved to resume from."""
-
-
 class Backend(ABC):
     """One way of running an algorithm (a library, a launcher, a device family)."""
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
+from airflow_provider_training_hub.algorithms.node_env import as_int, env_int, node_rank, pick
 from airflow_provider_training_hub.algorithms.sft import SFTParams, check_host_port
 
 log = logging.getLogger(__name__)
@@ -50,21 +51,6 @@ class TorchrunSpec:
         return args
 
 
-def _as_int(raw: str, name: str, minimum: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"Environment variable {name} must be an integer, got {raw!r}.") from None
-    if value < minimum:
-        raise ValueError(f"Environment variable {name} must be >= {minimum}, got {value}.")
-    return value
-
-
-def _env_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
-    raw = env.get(name)
-    return None if raw in (None, "") else _as_int(raw, name, minimum)
-
-
 def _env_pair(env: Mapping[str, str], name: str) -> tuple[str | None, str | None]:
     """``PET_<NAME>`` or ``<NAME>`` (torchrun reads both), and which one it came from; the two
     must agree where both are set."""
@@ -95,7 +81,7 @@ def _rendezvous(params: SFTParams, env: Mapping[str, str]) -> tuple[str | None, 
     if params.master_port is not None:
         return None, addr, params.master_port
     port, port_from = _env_pair(env, "MASTER_PORT")
-    return None, addr, _as_int(port, port_from, 1) if port else None
+    return None, addr, as_int(port, port_from, 1) if port else None
 
 
 def _nproc_keyword(value: str, source: str) -> str:
@@ -107,30 +93,21 @@ def _nproc_keyword(value: str, source: str) -> str:
     return "gpu"
 
 
-def _pick(param_value, env_value, default):
-    return next((v for v in (param_value, env_value) if v not in (None, "")), default)
-
-
-def node_rank(params: SFTParams, env: Mapping[str, str] | None = None) -> int:
-    """This node's rank: the parameter, else ``PET_NODE_RANK``, else 0."""
-    return _pick(params.node_rank, _env_int(os.environ if env is None else env, "PET_NODE_RANK", 0), 0)
-
-
 def resolve_torchrun(
     params: SFTParams, default_nproc_per_node: int | str, env: Mapping[str, str] | None = None
 ) -> TorchrunSpec:
     """The launch this process should make; a ``ValueError`` names the argument or variable at fault."""
     env = os.environ if env is None else env
 
-    nnodes = _pick(params.nnodes, _env_int(env, "PET_NNODES", 1), 1)
-    rank = node_rank(params, env)
+    nnodes = pick(params.nnodes, env_int(env, "PET_NNODES", 1), 1)
+    rank = node_rank(params.node_rank, env)
     env_nproc = env.get("PET_NPROC_PER_NODE")
     if env_nproc not in NPROC_KEYWORDS:  # torchrun also accepts 'gpu', 'cpu' and 'auto' here
-        env_nproc = _env_int(env, "PET_NPROC_PER_NODE", 1)
-    nproc = _pick(params.nproc_per_node, env_nproc, default_nproc_per_node)
+        env_nproc = env_int(env, "PET_NPROC_PER_NODE", 1)
+    nproc = pick(params.nproc_per_node, env_nproc, default_nproc_per_node)
     if params.nproc_per_node in ("auto", "gpu"):
         nproc = _nproc_keyword(params.nproc_per_node, "nproc_per_node")
-    rdzv_id = _pick(params.rdzv_id, env.get("PET_RDZV_ID"), DEFAULT_RDZV_ID)
+    rdzv_id = pick(params.rdzv_id, env.get("PET_RDZV_ID"), DEFAULT_RDZV_ID)
     endpoint, master_addr, master_port = _rendezvous(params, env)
 
     if rank >= nnodes:

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
+from airflow_provider_training_hub.algorithms.node_env import node_rank
+
 log = logging.getLogger(__name__)
 
 MLFLOW_FIELDS = ("mlflow_tracking_uri", "mlflow_experiment_name", "mlflow_run_name")
@@ -115,14 +118,10 @@ def _open_run(params: Any, tags: dict[str, str]) -> MlflowRun:
 @contextmanager
 def mlflow_run(params: Any, algorithm: str, backend: str) -> Iterator[MlflowRun | None]:
     """The MLflow run that this launch's ranks log into, on node 0 with MLflow turned on; else None."""
-    from airflow_provider_training_hub.algorithms.torchrun import node_rank  # (torchrun needs sft, which needs us)
-
-    if not mlflow_enabled(params) or node_rank(params) != 0:
+    if not mlflow_enabled(params) or node_rank(params.node_rank) != 0:
         yield None
         return
     from mlflow import MlflowClient
-
-    from airflow_provider_training_hub.algorithms.registry import TrainingFailedError, TrainingStoppedError
 
     tags = {**airflow_tags(os.environ), "training_hub.algorithm": algorithm, "training_hub.backend": backend}
     try:

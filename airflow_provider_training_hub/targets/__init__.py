@@ -9,12 +9,13 @@ The operator drives every target the same way (``operators/train.py``)::
     target.outcome(run, state)       # the TrainingResult dict, or an exception saying why not
     target.kill(task_try)            # a stopped task or a timed-out deferral stops its run
 
-The connection's ``execution`` field names the target; ``TARGETS`` maps each name to its class,
-imported only when used. A third target (a Kubeflow TrainJob, a Ray job) is one module with an
-``ExecutionTarget`` subclass and one line in ``TARGETS``; its own settings are fields of the
-connection (``connection.py``), as the Kubernetes ones are.
+The connection's ``execution`` field names the target; ``TARGETS`` (``target_names.py``, below
+both this package and the connection) maps each name to its class, imported only when used. A
+third target (a Kubeflow TrainJob, a Ray job) is one module with an ``ExecutionTarget`` subclass
+and one line in ``TARGETS``; its own settings are fields of the connection (``connection.py``),
+as the Kubernetes ones are.
 
-This module imports no Airflow: the connection model validates ``execution`` against it.
+This module imports no Airflow.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_training_hub.target_names import TARGETS
+
 if TYPE_CHECKING:
     from logging import Logger
 
@@ -32,11 +35,6 @@ if TYPE_CHECKING:
     from airflow_provider_training_hub.algorithms.params import ParamSchema
     from airflow_provider_training_hub.connection import ConnectionSettings
     from airflow_provider_training_hub.operators.task_settings import TaskSettings
-
-TARGETS = {
-    "local": "airflow_provider_training_hub.targets.local.LocalTarget",
-    "kubernetes": "airflow_provider_training_hub.targets.kubernetes.KubernetesTarget",
-}
 
 
 # The XCom entry, among those submit() returns, that is the run's URL in its own console: the

@@ -16,13 +16,8 @@ from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
 from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_4bit_supported
-from airflow_provider_training_hub.algorithms.registry import (
-    AlgorithmRegistry,
-    Backend,
-    TrainingFailedError,
-    TrainingStoppedError,
-    register_backend,
-)
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
+from airflow_provider_training_hub.algorithms.registry import AlgorithmRegistry, Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,

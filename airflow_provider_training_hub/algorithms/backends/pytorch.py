@@ -15,7 +15,8 @@ from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
 from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_4bit_supported
-from airflow_provider_training_hub.algorithms.registry import Backend, TrainingFailedError, register_backend
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
+from airflow_provider_training_hub.algorithms.registry import Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
 from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
