@@ -121,7 +121,9 @@ def fake_gpu(tmp_path, monkeypatch):
     bin_dir = tmp_path / "fake-gpu-bin"
     bin_dir.mkdir()
     script = bin_dir / "torchrun"
-    script.write_text(f"#!{sys.executable}\n" + (SUPPORT / "fake_gpu_torchrun.py").read_text())
+    # The stand-in runs where it lies, with the tests' helpers importable (its free port).
+    script.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.path.insert(0, {str(SUPPORT.parent)!r})\n"
+                      f"runpy.run_path({str(SUPPORT / 'fake_gpu_torchrun.py')!r}, run_name='__main__')\n")
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(instructlab, "_cuda_device_count", lambda: 1)

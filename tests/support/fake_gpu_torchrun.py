@@ -29,12 +29,12 @@ import logging
 import os
 import runpy
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from loopback import free_port  # tests/, put on the path by the fake_gpu fixture
 
 argv = sys.argv[1:]
 opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
@@ -57,7 +57,6 @@ def reached_the_gpu(model, train_loader, **_):
     trainable = sum(p.numel() for p in model.model.parameters() if p.requires_grad)
     setup = {
         "model_class": type(model.model).__name__,
-        "wrapper_class": type(model).__name__,
         "lora": None if lora is None else {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
                                            "target_modules": sorted(lora.target_modules)},
         "trainable_parameters": trainable,
@@ -73,11 +72,8 @@ def gloo(*args, **kwargs):
     return init_process_group(*args, **kwargs)
 
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
 os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                  MASTER_PORT=str(port))
+                  MASTER_PORT=str(free_port()))
 torch.cuda.set_device = lambda device: None
 torch.Tensor.cuda = lambda self, *args, **kwargs: self
 init_process_group, dist.init_process_group = dist.init_process_group, gloo

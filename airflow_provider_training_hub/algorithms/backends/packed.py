@@ -24,12 +24,15 @@ import inspect
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import cache
 from itertools import accumulate, chain, pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 PACKED_ATTENTION = "training_hub_packed"
 LOGITS_BYTES = 1 << 28  # float32 logits per loss chunk: 256 MiB
@@ -95,6 +98,15 @@ def _per_conversation(query, key, value, bounds: list[int], scaling: float | Non
     return out.transpose(1, 2)
 
 
+@cache
+def _varlen_takes_gqa() -> bool:
+    """Whether this torch's ``varlen_attn`` takes grouped key/value heads (2.11's does not); asked
+    once, not in every layer's call."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
 def _varlen(query, key, value, cu_seq_lens, max_length: int, scaling: float | None) -> torch.Tensor:
     """torch's variable-length flash attention (CUDA; torch >= 2.9), bfloat16 in and out."""
     from torch.nn.attention.varlen import varlen_attn
@@ -103,7 +115,7 @@ def _varlen(query, key, value, cu_seq_lens, max_length: int, scaling: float | No
     q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # (T, heads, dim)
     gqa = {}
     if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in inspect.signature(varlen_attn).parameters:
+        if _varlen_takes_gqa():
             gqa = {"enable_gqa": True}
         else:
             groups = q.shape[1] // k.shape[1]
@@ -121,8 +133,6 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     ``value`` (1, kv_heads, T, dim); returns ((1, T, heads, dim), None). A call that is not a
     packed row (``generate`` on the training model) gets transformers' own SDPA, causal, with no
     padding mask (none is made for this implementation)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     if cu_seq_lens is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -136,8 +146,6 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 def register_packed_attention() -> str:
     """Register ``packed_attention`` with transformers (no mask function: the boundaries are the
     mask), and return the name to load models with."""
-    from transformers import AttentionInterface
-
     AttentionInterface.register(PACKED_ATTENTION, packed_attention)
     return PACKED_ATTENTION
 
