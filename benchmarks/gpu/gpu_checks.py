@@ -239,7 +239,8 @@ def packed_against_reference(model_dir: Path, data: Path, work: Path) -> dict:
         results[name] = (loss.item(), grads)
         del model
     (ref_loss, ref_grad), (loss, grad) = results["reference"], results["packed"]
-    torch.cuda.empty_cache() if cuda() else None
+    if cuda():
+        torch.cuda.empty_cache()
     return {"plan": plan.describe(), "conversations": len(samples), "loss": loss, "reference_loss": ref_loss,
             "loss_rel_diff": abs(loss - ref_loss) / ref_loss,
             "grad_rel_diff": ((grad - ref_grad).norm() / ref_grad.norm()).item()}
