@@ -5,7 +5,8 @@
 # advertises `nvidia.com/gpu` as an extended resource, so the Jobs are those a GPU cluster gets.
 #
 #   k8s-testenv/real-node.sh packages  install the Debian packages it needs (apt-get)
-#   k8s-testenv/real-node.sh build   install and build whatever is missing (cached, see below)
+#   k8s-testenv/real-node.sh build   install and build whatever is missing (cached, see below):
+#                                    `binaries` (the kubelet, CoreDNS) and `images`, which CI runs apart
 #   k8s-testenv/real-node.sh up      build if needed, start the control plane if it is not running,
 #                                    start the node; the last line on stdout is one JSON object:
 #     {"kubeconfig", "training_image", "airflow_image", "namespace", "pvc_claim", "host_path", "node_selector"}
@@ -70,15 +71,14 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-build_binaries() {
+build_binaries() {  # after controlplane.sh build: the kubelet then reuses its compiled packages
   if [ ! -x "$bin/kubelet" ]; then
     log "building the kubelet (with the control plane's Go module)"
-    (cd "$here" && go build -ldflags "-X k8s.io/component-base/version.gitVersion=v1.34.2" \
-      -o "$bin/kubelet" k8s.io/kubernetes/cmd/kubelet)
+    (cd "$here" && timed "go build kubelet" go build -ldflags "$(k8s_ldflags)" -o "$bin/kubelet" k8s.io/kubernetes/cmd/kubelet)
   fi
   if [ ! -x "$bin/coredns" ]; then
-    log "building CoreDNS $COREDNS_VERSION (about 6 minutes on 2 cores)"
-    GOBIN="$bin" go install "github.com/coredns/coredns@$COREDNS_VERSION"
+    log "building CoreDNS $COREDNS_VERSION (about 3 minutes on 2 cores)"
+    GOBIN="$bin" timed "go install coredns" go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
   fi
 }
 
@@ -103,7 +103,7 @@ base_images() {  # Debian bookworm with Python 3.11 in a venv on PATH, this mach
     log "debootstrap bookworm (about 2 minutes)"
     rm -rf "$rootfs"
     mkdir -p "$rootfs"
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+    timed debootstrap debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
       http://deb.debian.org/debian >"$state/logs/debootstrap.log" 2>&1
     # pip inside the builds reaches PyPI only through the CAs this machine trusts; they enter the
     # base image here and are never part of the repository.
@@ -144,8 +144,9 @@ build_image() {  # build_image NAME DOCKERFILE BUILD-ARG...: log its time and si
   for arg in "$@"; do args+=(--build-arg "$arg"); done
   log "building $name from $dockerfile"
   # The legacy builder: BuildKit would fetch the `# syntax` frontend from a registry.
-  DOCKER_BUILDKIT=0 docker_ build --network host -f "$repo/$dockerfile" -t "$name" "${args[@]}" "$repo" \
-    >"$state/logs/build-${name//[\/:]/_}.log" 2>&1 || { tail -n 40 "$state/logs/build-${name//[\/:]/_}.log" >&2; exit 1; }
+  timed "image $name" env DOCKER_BUILDKIT=0 docker -H "unix://$state/docker.sock" build --network host \
+    -f "$repo/$dockerfile" -t "$name" "${args[@]}" "$repo" >"$state/logs/build-${name//[\/:]/_}.log" 2>&1 \
+    || { tail -n 40 "$state/logs/build-${name//[\/:]/_}.log" >&2; exit 1; }
   log "built $name in $((SECONDS - started))s, $(docker_ image inspect -f '{{.Size}}' "$name" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
@@ -167,9 +168,11 @@ load_images() {  # into the node's containerd, unless the same Docker image is t
     if ctr_node images ls "name==docker.io/$image" | grep -q "training-hub.docker-id=$id"; then
       continue
     fi
-    local started=$SECONDS
+    local started=$SECONDS began
+    began="$(date +%s.%N)"
     docker_ save "$image" | ctr_node images import --no-unpack=false - >/dev/null
     ctr_node images label "docker.io/$image" "training-hub.docker-id=$id" >/dev/null
+    phase_record "load $image into the node" "$began"
     log "loaded $image into the node in $((SECONDS - started))s"
   done
   # The CRI plugin also names each image by its id (a Docker image's id is its config digest): a
@@ -421,7 +424,9 @@ down() {
 case "${1:-}" in
   packages) install_packages ;;
   build) install_packages; mkdir -p "$bin" "$state"/{logs,pids}; build_binaries; build_images ;;
+  binaries) mkdir -p "$bin"; build_binaries ;;
+  images) install_packages; mkdir -p "$state"/{logs,pids}; build_images ;;
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 packages|build|up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 packages|build|binaries|images|up|down" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@
 # pyproject.toml allows, installs those instead, and prints how they differ from the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+exec 9<scripts/bootstrap.sh && flock 9  # one at a time: CI's test runs start side by side
 UV_VERSION=0.13.9  # installed only where no uv is found
 python3 -m uv --version >/dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"

@@ -63,6 +63,19 @@ def processes_with_marker(prefix: str) -> dict[int, str]:
     return found
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a test bed carries its marker, whatever its module says: CI's first run,
+    `-m "not k8s"`, starts before the control plane is built, and a test bed fixture reached there
+    would build and start its own."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"k8s_cluster", "real_node"}:
+            item.add_marker(pytest.mark.k8s)
+        if "real_node" in fixtures:
+            item.add_marker(pytest.mark.real_node)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """``airflow db migrate`` once per session: a real SQLite metadata database."""

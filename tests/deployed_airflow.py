@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from loopback import free_port
 from polling import wait_for
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "deployed-airflow.sh"
@@ -25,11 +26,14 @@ class DeployedAirflow:
         mine = ("AIRFLOW_HOME", "AIRFLOW__", "AIRFLOW_CONN_")
         self.environ = {k: v for k, v in os.environ.items() if not k.startswith(mine)}
         self.environ.update(TRAINING_HUB_AIRFLOW_STATE=str(state), AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder))
+        # Ports of its own: CI runs the real-node tests beside the other k8s tests, each session
+        # with its own deployed Airflow.
+        for port_variable in ("TRAINING_HUB_AIRFLOW_PORT", "TRAINING_HUB_POSTGRES_PORT"):
+            self.environ.setdefault(port_variable, str(free_port()))
         started = subprocess.run(["bash", str(SCRIPT), "start"], env=self.environ, capture_output=True, text=True,
                                  timeout=600)
         assert started.returncode == 0, started.stderr[-4000:]
-        port = self.environ.get("TRAINING_HUB_AIRFLOW_PORT", "28080")
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{self.environ['TRAINING_HUB_AIRFLOW_PORT']}"
         self.user, self.password = next(iter(json.loads((state / "passwords.json").read_text()).items()))
         token = httpx.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password}, timeout=30)
         assert token.is_success, f"logging in to the API: {token.status_code} {token.text}"
