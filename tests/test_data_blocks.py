@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -255,6 +257,30 @@ def test_children_forked_while_preparing_data_die_on_sigterm(host_ignoring_sigte
             with context.Pool(2) as pool:
                 assert pool.map(abs, [-1]) == [1]
     assert _sigterm_exit_code(inside) == -signal.SIGTERM
+
+
+_SIGTERM_WHILE_FORKING = """
+import multiprocessing, os, signal, time
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the host's, as above
+os.register_at_fork(after_in_child=lambda: time.sleep(1))  # runs before workers' own hook
+from airflow_provider_training_hub.data import workers
+with workers.workers_die_on_sigterm():
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    child.start()
+    child.terminate()  # still in the after-fork hooks
+    child.join(10)
+print(child.exitcode)
+child.kill()
+"""
+
+
+def test_a_child_sent_sigterm_while_it_is_being_forked_still_dies():
+    """A pool that terminates a worker it has just forked: the signal came before the child's own
+    after-fork hook and was lost, and the pool's exit waited for good (CI, the test above, once in
+    its 20 pools under load). A slow hook ahead of ours widens that window to a second."""
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_FORKING], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == [str(-signal.SIGTERM)], done.stderr
 
 
 @pytest.mark.timeout(120)  # broken, it hangs

@@ -50,14 +50,33 @@ def available_cpus() -> int:
 
 _sigterm_default_in_children = 0
 _sigterm_lock = threading.Lock()
+_mask_before_fork = threading.local()
 
 
-def _default_sigterm_in_child() -> None:
+def _block_sigterm_before_fork() -> None:
+    """A SIGTERM that reaches a child before its after-fork hook has run meets the inherited
+    handler, or is cleared by CPython's own after-fork reset: either way it is lost, and a pool that
+    terminated a worker it had just forked waited for it for good (rarely; a CI run under load).
+    Blocked across the fork, the signal waits in the kernel for the default action."""
     if _sigterm_default_in_children:
+        _mask_before_fork.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _restore_mask_after_fork(in_child: bool) -> None:
+    mask = getattr(_mask_before_fork, "mask", None)
+    if mask is None:
+        return
+    del _mask_before_fork.mask
+    if in_child:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-os.register_at_fork(after_in_child=_default_sigterm_in_child)
+os.register_at_fork(
+    before=_block_sigterm_before_fork,
+    after_in_parent=lambda: _restore_mask_after_fork(in_child=False),
+    after_in_child=lambda: _restore_mask_after_fork(in_child=True),
+)
 
 
 @contextmanager
