@@ -67,9 +67,11 @@ def _restore_mask_after_fork(in_child: bool) -> None:
     if mask is None:
         return
     del _mask_before_fork.mask
-    if in_child:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        if in_child:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    finally:  # never a child left deaf to SIGTERM
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 os.register_at_fork(
