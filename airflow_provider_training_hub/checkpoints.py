@@ -8,12 +8,20 @@
     <ckpt_output_dir>/training_params_and_metrics_global0.jsonl   rank 0's hparams + per-step metrics
 
 Both backends write this layout, so one reader serves both, and the result is plain JSON for XCom.
+The ``pytorch`` backend publishes each checkpoint with ``publish``: whole or not at all, and a
+checkpoint it replaces is kept until the new one is in place.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,9 @@ MERGED_DIR = "merged"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's: the checkpoint is an adapter, not a whole model
 _NUMBERED = re.compile(r"^(samples|epoch|step)_(\d+)$")
 FULL_STATE_METADATA = "training_metadata.json"
+PUBLISH_LOCK = ".publish.lock"
+_REPLACED = re.compile(r"^\.(.+)\.old-[^.]+$")  # a checkpoint moved aside while its successor goes in
+_UNFINISHED = re.compile(r"^\..+\.(old|tmp)-[^.]+$")  # what a killed publish leaves
 
 
 @dataclass(frozen=True)
@@ -43,10 +54,63 @@ class TrainingResult:
         return asdict(self)
 
 
+@contextmanager
+def _publish_lock(parent: Path) -> Iterator[None]:
+    """One writer or restorer at a time in ``parent`` (an flock: it also holds across the nodes of
+    an NFS share, and dies with its process)."""
+    with (parent / PUBLISH_LOCK).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _tidy(parent: Path) -> None:
+    """What a killed ``publish`` left, under the lock (so no publish is under way): a checkpoint it
+    had moved aside goes back where its successor did not arrive, half-written ones go."""
+    for path in sorted(parent.iterdir()):
+        if (m := _REPLACED.match(path.name)) and not (parent / m.group(1)).exists():
+            os.rename(path, parent / m.group(1))
+        elif _UNFINISHED.match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def publish(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a checkpoint directory with ``write(tmp)`` into a hidden sibling of its own name, then
+    rename it into place: readers see the old checkpoint or the whole new one, and a kill at any
+    moment leaves one of them (the old one moved aside is put back by the next reader)."""
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with _publish_lock(parent):
+        _tidy(parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide it from the pods' other users
+            write(tmp)
+            old = parent / f".{final.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+            if final.exists():
+                os.rename(final, old)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _numbered_dirs(parent: Path) -> list[Path]:
     """Children named ``samples_N`` / ``epoch_N``, ordered by N."""
     if not parent.is_dir():
         return []
+    if any(_UNFINISHED.match(p.name) for p in parent.iterdir()):
+        with _publish_lock(parent):
+            _tidy(parent)
     found = [(int(m.group(2)), p) for p in parent.iterdir() if p.is_dir() and (m := _NUMBERED.match(p.name))]
     return [p for _, p in sorted(found)]
 

@@ -92,6 +92,25 @@ def test_operator_fields_come_from_the_schema_and_typos_are_named():
         SFTTrainOperator(task_id="t", model_path="m", data_path="d", learning_rte=1e-4)
 
 
+def test_the_default_checkpoint_directory_is_one_per_run_id_and_stays_under_its_root(monkeypatch, tmp_path):
+    """Run ids differing only in characters a path cannot hold keep their own directories (a shared
+    one would let one run resume another's state), and no run id climbs out of the root."""
+    from types import SimpleNamespace
+
+    from airflow_provider_training_hub.operators import SFTTrainOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_DEFAULT", json.dumps(
+        {"conn_type": "training_hub", "extra": {"checkpoint_root": str(tmp_path)}}))
+    operator = SFTTrainOperator(task_id="train", model_path="m", data_path="d")
+    run_ids = ["a:b", "a+b", "a_b", "..", "../../etc", "manual__2026-12-05T12:00:00+00:00"]
+    dirs = [operator.default_ckpt_output_dir({"ti": SimpleNamespace(dag_id="d", run_id=r, task_id="train", map_index=-1)})
+            for r in run_ids]
+    assert len(set(dirs)) == len(run_ids), dirs
+    assert dirs[2] == f"{tmp_path}/d/a_b/train"  # an id that needs no change keeps its name
+    for d in dirs:
+        assert Path(d).resolve().is_relative_to(tmp_path / "d") and ".." not in Path(d).parts, d
+
+
 def test_operator_parameters_work_in_partial_expand_and_default_args():
     """Airflow takes only the arguments an operator's signature names in dynamic task mapping and
     default_args; the generated fields are named there."""

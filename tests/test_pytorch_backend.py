@@ -206,3 +206,31 @@ def test_progress_lines_come_at_a_steady_pace_not_every_step(tiny_model, sample_
                          env={**os.environ, "TRAINING_HUB_PROGRESS_SECONDS": "often"})
     assert bad.returncode == 0 and "TRAINING_HUB_PROGRESS_SECONDS='often' is not a number of seconds; using 10" in (
         bad.stdout + bad.stderr)
+
+
+def test_a_run_with_other_data_never_resumes_the_earlier_runs_checkpoints(tiny_model, sample_data, tmp_path):
+    """A weekly retraining into a fixed directory: last week's finished run must not come back as
+    this week's result. The changed run is refused before any work, names what changed, and starts
+    afresh only when asked; the same run still resumes (here: finds its finished state)."""
+    ckpt = tmp_path / "ckpt"
+    week1 = sft(str(tiny_model), str(sample_data), str(ckpt), backend="pytorch", **COMMON)
+    week1_weights = (Path(week1.checkpoint) / "model.safetensors").read_bytes()
+    week2_data = tmp_path / "week2.jsonl"
+    week2_data.write_text("".join(sample_data.read_text().splitlines(keepends=True)[:24]))
+
+    with pytest.raises(ValueError) as refused:
+        sft(str(tiny_model), str(week2_data), str(ckpt), backend="pytorch", **COMMON)
+    message = str(refused.value)
+    assert f"ckpt_output_dir {str(ckpt)!r} holds the checkpoints of another run: the data's content" in message
+    assert "restart_changed_run=True" in message
+    with pytest.raises(ValueError, match=r"learning_rate 0\.005 then, 0\.001 now"):
+        sft(str(tiny_model), str(sample_data), str(ckpt), backend="pytorch", **{**COMMON, "learning_rate": 1e-3})
+
+    week2 = sft(str(tiny_model), str(week2_data), str(ckpt), backend="pytorch", restart_changed_run=True, **COMMON)
+    assert week2.metrics["samples_seen"] == 24 and week2.metrics["steps"] == 3, week2.metrics
+    assert (Path(week2.checkpoint) / "model.safetensors").read_bytes() != week1_weights
+    [aside] = (ckpt / "superseded").iterdir()  # week 1's run is kept, out of the way
+    assert (aside / "hf_format" / "samples_48" / "model.safetensors").read_bytes() == week1_weights
+
+    again = sft(str(tiny_model), str(week2_data), str(ckpt), backend="pytorch", **COMMON)
+    assert again.checkpoint == week2.checkpoint and again.metrics == week2.metrics

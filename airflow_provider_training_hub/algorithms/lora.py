@@ -15,7 +15,7 @@ What a checkpoint holds depends on the backend, and the result says which:
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 from pydantic.fields import FieldInfo
@@ -34,6 +34,8 @@ def _with_default(name: str, default: Any, description: str) -> Any:
 
 class LoRAParams(SFTParams):
     """Every parameter of ``lora_sft()``: those of ``sft()`` and the adapter's."""
+
+    RESULT_NEUTRAL: ClassVar[frozenset[str]] = SFTParams.RESULT_NEUTRAL | {"save_steps", "merge_adapter"}
 
     learning_rate: float = _with_default(
         "learning_rate",

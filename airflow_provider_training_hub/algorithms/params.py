@@ -11,7 +11,7 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -20,6 +20,10 @@ class ParamSchema(BaseModel):
     """Base for algorithm parameter models: unknown names are errors, never silently dropped."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # The parameters that leave the trained weights alone (where to write, how often, how to spread
+    # the work); every other one is part of the run's identity (``run_identity.py``). ``None``:
+    # the algorithm writes no resumable checkpoints, so it has no identity to keep.
+    RESULT_NEUTRAL: ClassVar[frozenset[str] | None] = None
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> Self:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema, param_types
 from airflow_provider_training_hub.algorithms.tracking import mlflow_run
+from airflow_provider_training_hub.run_identity import claim
 
 if TYPE_CHECKING:
     from airflow_provider_training_hub.checkpoints import TrainingResult
@@ -56,9 +57,12 @@ class Algorithm(ABC):
 
     def train(self, **kwargs: Any) -> TrainingResult:
         """Validate ``config`` updated with ``kwargs`` against the schema (a ``ValueError`` before
-        any work), check the input paths where training runs, then run on ``self.backend``."""
+        any work), check the input paths where training runs and that ``ckpt_output_dir`` holds
+        no other run's checkpoints, then run on ``self.backend``."""
         params = self.params_schema.parse({**self.config, **kwargs})
         params.check_local_paths()
+        if params.RESULT_NEUTRAL is not None:  # before any expensive work: never resume another run
+            claim(self.name, params)
         with mlflow_run(params, self.name, getattr(self.backend, "name", type(self.backend).__name__)) as run:
             result = self.backend.execute(params)
         return replace(result, mlflow_run_id=run.run_id, mlflow_run_url=run.url) if run else result

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -40,6 +40,13 @@ def check_host_port(name: str, value: str) -> str:
 
 class SFTParams(ParamSchema):
     """Every parameter of ``sft()``; the seed's parameter reference, field for field."""
+
+    RESULT_NEUTRAL: ClassVar[frozenset[str]] = frozenset({
+        "ckpt_output_dir", "data_output_dir", "save_samples", "accelerate_full_state_at_epoch", "checkpoint_at_epoch",
+        "restart_changed_run", "max_tokens_per_gpu", "mlflow_tracking_uri", "mlflow_experiment_name",
+        "mlflow_run_name", "wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir",
+        "nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port",
+    })
 
     model_path: str = Field(description="Model to fine-tune: a Hugging Face model directory.")
     data_path: str = Field(description="Training data: a messages-format JSONL file.")
@@ -79,6 +86,14 @@ class SFTParams(ParamSchema):
     )
     checkpoint_at_epoch: bool = Field(True, description="Save an HF checkpoint at the end of each epoch.")
     random_seed: int = Field(42, description="Seed for data order and initialisation.")
+    restart_changed_run: bool = Field(
+        False,
+        description=(
+            "When ckpt_output_dir holds the checkpoints of a run with another model, data or parameters: "
+            "False refuses to start; True moves that run's files into ckpt_output_dir/superseded/ and starts "
+            "afresh. The same run always resumes from its newest full state."
+        ),
+    )
 
     is_pretraining: bool = Field(
         False,

@@ -8,7 +8,6 @@ operator with ``class DPOTrainOperator(TrainOperator, algorithm="dpo")``.
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, ClassVar
@@ -21,13 +20,13 @@ from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.params import unknown_parameter_message
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+from airflow_provider_training_hub.kubernetes.names import label_value
 from airflow_provider_training_hub.operators.lineage import training_lineage
 from airflow_provider_training_hub.operators.links import MLflowRunLink, TrainingRunLink
 from airflow_provider_training_hub.operators.task_settings import TaskSettings
 from airflow_provider_training_hub.targets import RUN_URL_KEY, TaskTry, TrainingRun
 
 _OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
-_UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _init_naming(cls: type[TrainOperator], names: Sequence[str]):
@@ -136,10 +135,12 @@ class TrainOperator(BaseOperator):
         return TrainingHubHook(self.training_hub_conn_id, **self.task_settings.connection_overrides)
 
     def default_ckpt_output_dir(self, context: Context) -> str:
+        """One directory per task instance: each id by the Job labels' rule (``[A-Za-z0-9_.-]``,
+        and a hash of the original wherever a character had to change), so that run ids such as
+        ``a:b``, ``a+b`` and ``a_b`` get three directories and ``..`` cannot climb out."""
         ti = context["ti"]
         parts = [ti.dag_id, ti.run_id, ti.task_id + (f"-{ti.map_index}" if ti.map_index >= 0 else "")]
-        safe = [_UNSAFE_PATH_CHARS.sub("_", p) for p in parts]
-        return "/".join([self.hook.default_checkpoint_root().rstrip("/"), *safe])
+        return "/".join([self.hook.default_checkpoint_root().rstrip("/"), *map(label_value, parts)])
 
     def training_run(self, context: Context) -> TrainingRun:
         """This try's run, from the rendered fields; ``ValueError`` naming a bad one."""

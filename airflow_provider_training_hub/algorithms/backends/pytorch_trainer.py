@@ -30,7 +30,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -61,6 +60,7 @@ from airflow_provider_training_hub.checkpoints import (
     MERGED_DIR,
     METRICS_FILE,
     full_state_checkpoints,
+    publish,
 )
 from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
 
@@ -253,14 +253,9 @@ class Trainer:
                     f"samples {self.samples_seen}")
 
     def _publish(self, final: Path, what: str, write: Callable[[Path], None]) -> None:
-        """Rank 0 writes into a hidden sibling, then renames: readers never see a partial checkpoint."""
+        """Rank 0 writes it (``checkpoints.publish``: readers never see a partial checkpoint)."""
         if self.rank == 0:
-            tmp = final.with_name(f".{final.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            write(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            publish(final, write)
             self._print(f"saved {what} {final}")
         dist.barrier()
 
