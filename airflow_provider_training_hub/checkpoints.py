@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_training_hub.data.atomic import umask
+
 METRICS_FILE = "training_params_and_metrics_global0.jsonl"
 MERGED_DIR = "merged"
 ADAPTER_CONFIG = "adapter_config.json"  # peft's: the checkpoint is an adapter, not a whole model
@@ -86,7 +88,7 @@ def publish(final: Path, write: Callable[[Path], None]) -> None:
         _tidy(parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide it from the pods' other users
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide it from the pods' other users
             write(tmp)
             old = parent / f".{final.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
             if final.exists():
@@ -96,12 +98,6 @@ def publish(final: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _numbered_dirs(parent: Path) -> list[Path]:

@@ -1,10 +1,10 @@
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from airflow_provider_training_hub.data.atomic import AtomicWriter, umask
 from airflow_provider_training_hub.checkpoints import collect_result, full_state_checkpoints, hf_checkpoints, read_metrics
 
 
@@ -51,6 +51,7 @@ def test_metrics_skip_hparams_and_a_truncated_last_line(tmp_path):
 _WRITER = """
 import os, signal, sys, time
 from pathlib import Path
+from airflow_provider_training_hub.data.atomic import AtomicWriter, umask
 from airflow_provider_training_hub.checkpoints import publish
 
 final, tag, kill_between = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "kill"
@@ -87,7 +88,7 @@ def test_two_writers_of_one_checkpoint_each_publish_it_whole(tmp_path):
     assert [w.returncode for w in writers] == [0, 0, 0], outputs
     assert len(list(final.iterdir())) == 20 and len(_tags(final)) == 1  # one writer's, whole
     assert [p.name for p in final.parent.iterdir() if p.name != ".publish.lock"] == ["samples_8"]
-    assert final.stat().st_mode & 0o777 == 0o777 & ~_umask()  # readable by the pods' other users
+    assert final.stat().st_mode & 0o777 == 0o777 & ~umask()  # readable by the pods' other users
 
 
 def test_a_kill_while_replacing_a_checkpoint_leaves_the_old_one(tmp_path):
@@ -102,7 +103,8 @@ def test_a_kill_while_replacing_a_checkpoint_leaves_the_old_one(tmp_path):
     assert sorted(p.name for p in final.parent.iterdir()) == [".publish.lock", "epoch_0"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def test_atomically_written_files_get_the_umasks_mode_not_mkstemps_0600(tmp_path):
+    """Prepared data written by the worker's uid must be readable by the pods' uid 1000."""
+    with AtomicWriter(str(tmp_path / "data.jsonl")) as writer:
+        writer.write(b"{}\n")
+    assert (tmp_path / "data.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask() == 0o644

@@ -226,11 +226,18 @@ def test_a_run_with_other_data_never_resumes_the_earlier_runs_checkpoints(tiny_m
     with pytest.raises(ValueError, match=r"learning_rate 0\.005 then, 0\.001 now"):
         sft(str(tiny_model), str(sample_data), str(ckpt), backend="pytorch", **{**COMMON, "learning_rate": 1e-3})
 
-    week2 = sft(str(tiny_model), str(week2_data), str(ckpt), backend="pytorch", restart_changed_run=True, **COMMON)
-    assert week2.metrics["samples_seen"] == 24 and week2.metrics["steps"] == 3, week2.metrics
+    week2 = sft(str(tiny_model), str(week2_data), str(ckpt), backend="pytorch", restart_changed_run=True,
+                num_epochs=2, **COMMON)
+    assert week2.metrics["samples_seen"] == 48 and week2.metrics["steps"] == 6, week2.metrics
     assert (Path(week2.checkpoint) / "model.safetensors").read_bytes() != week1_weights
     [aside] = (ckpt / "superseded").iterdir()  # week 1's run is kept, out of the way
     assert (aside / "hf_format" / "samples_48" / "model.safetensors").read_bytes() == week1_weights
 
-    again = sft(str(tiny_model), str(week2_data), str(ckpt), backend="pytorch", **COMMON)
-    assert again.checkpoint == week2.checkpoint and again.metrics == week2.metrics
+    # The same run resumes; its newest full state is corrupt (a disk that filled while it was
+    # saved), so it resumes from the one before and trains the last epoch again.
+    (ckpt / "full_state" / "epoch_1" / "state.pt").write_bytes(b"not a state")
+    again = sft(str(tiny_model), str(week2_data), str(ckpt), backend="pytorch", num_epochs=2, **COMMON)
+    log = (ckpt / "full_logs_global0.log").read_text()
+    assert f"warning: full state {ckpt}/full_state/epoch_1 is unreadable" in log
+    assert f"resumed from {ckpt}/full_state/epoch_0: epoch 1, step 3, samples 24" in log
+    assert again.checkpoint == week2.checkpoint and again.metrics["steps"] == 6

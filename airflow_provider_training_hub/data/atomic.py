@@ -7,6 +7,13 @@ import tempfile
 from pathlib import Path
 
 
+def umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class AtomicWriter:
     """Bytes go to a hidden temporary file beside ``path``, renamed over it only on a clean exit
     (not after an exception or ``discard()``)."""
@@ -15,6 +22,8 @@ class AtomicWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        # mkstemp's 0600 would keep the file from the pods' user when the worker's uid wrote it.
+        os.chmod(fd, 0o666 & ~umask())
         self.file = os.fdopen(fd, "wb")
         self.write = self.file.write
         self.discarded = False

@@ -234,14 +234,26 @@ class Trainer:
         names = {name for name, t in self.model.named_parameters() if t.requires_grad}
         return {k: v for k, v in state.items() if k in names}
 
+    def _newest_readable_state(self) -> tuple[Path, dict] | None:
+        """The newest full state that loads, with tensors and plain values only (``weights_only``:
+        a file on a shared volume must not run code when read). A corrupt one (a disk filled
+        while it was saved) is skipped for the one before, instead of failing every retry."""
+        for saved in reversed(full_state_checkpoints(self.out)):
+            try:
+                return saved, torch.load(saved / "state.pt", map_location=self.device, weights_only=True)
+            except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
+                self._print(f"warning: full state {saved} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                            "trying the one before")
+        return None
+
     def _resume(self) -> None:
-        saved = full_state_checkpoints(self.out)
-        if not saved:
+        found = self._newest_readable_state()
+        if found is None:
             return
-        state = torch.load(saved[-1] / "state.pt", map_location=self.device, weights_only=False)
+        saved, state = found
         missing, unexpected = self.model.load_state_dict(state["model"], strict=not self.lora)
         if unexpected or (self.lora and set(self._trained_state()) - set(state["model"])):
-            raise RuntimeError(f"{saved[-1]} does not match this model: unexpected {unexpected[:5]}, missing {missing[:5]}")
+            raise RuntimeError(f"{saved} does not match this model: unexpected {unexpected[:5]}, missing {missing[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         meta = state["metadata"]
         # A state saved within an epoch (a stop) resumes that epoch after the steps it holds.
@@ -249,7 +261,7 @@ class Trainer:
         self.start_epoch = meta["current_epoch"] + (0 if self.skip_steps else 1)
         self.global_step = meta["global_step"]
         self.samples_seen = meta["samples_seen"]
-        self._print(f"resumed from {saved[-1]}: epoch {self.start_epoch}, step {self.global_step}, "
+        self._print(f"resumed from {saved}: epoch {self.start_epoch}, step {self.global_step}, "
                     f"samples {self.samples_seen}")
 
     def _publish(self, final: Path, what: str, write: Callable[[Path], None]) -> None:
