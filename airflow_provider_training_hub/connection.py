@@ -82,10 +82,19 @@ class ConnectionSettings(ParamSchema):
     )
     memory: str = Field("64Gi", title="Memory per node", description="Memory request of each training pod.")
     shm_size: str = Field("16Gi", title="/dev/shm size", description="In-memory /dev/shm of each pod (NCCL needs it).")
+    ephemeral_storage: str = Field(
+        "20Gi",
+        title="Local disk per node",
+        description=(
+            "Ephemeral storage each training pod requests and may use outside its volumes (logs, caches); "
+            "the kubelet evicts a pod that writes more. Checkpoints go to the PVC, never here."
+        ),
+    )
     service_account: str | None = Field(None, title="Service account", description="Service account of the pods.")
     # The volume's owner decides who may write checkpoints: the image's uid 1000 by default.
     run_as_user: int | None = Field(
-        None, ge=0, title="Run as user", description="uid of the training processes; empty: the image's user (1000)."
+        None, ge=1, title="Run as user",
+        description="uid of the training processes (not 0: the pods run as non-root); empty: the image's user (1000).",
     )
     run_as_group: int | None = Field(
         None, ge=0, title="Run as group", description="Primary gid of the training processes; empty: the image's."

@@ -167,21 +167,35 @@ def k8s_cluster() -> str:
 
 @pytest.fixture
 def k8s_namespace(k8s_cluster, request) -> str:
-    """A fresh namespace, and the connections that point at it: `kubernetes_default` (the
-    cncf-kubernetes connection, by kubeconfig) and `training_hub_k8s` (execution kubernetes)."""
+    """A fresh namespace with a PVC `training`, and the connections that point at it:
+    `kubernetes_default` (the cncf-kubernetes connection, by kubeconfig) and `training_hub_k8s`
+    (execution kubernetes, the PVC mounted at its default path)."""
     import secrets
 
     from kubernetes import client, config
 
     namespace = f"t-{request.node.name[5:30].replace('_', '-').strip('-')}-{secrets.token_hex(3)}".lower()
-    client.CoreV1Api(config.new_client_from_config(k8s_cluster)).create_namespace({"metadata": {"name": namespace}})
+    core = client.CoreV1Api(config.new_client_from_config(k8s_cluster))
+    core.create_namespace({"metadata": {"name": namespace}})
+    # The volume the pods write to (kwok's pods write nothing, but must be admitted with it).
+    core.create_persistent_volume({
+        "metadata": {"name": f"pv-{namespace}"},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                 "hostPath": {"path": "/tmp"}},
+    })
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "training"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": f"pv-{namespace}",
+                 "resources": {"requests": {"storage": "10Gi"}}},
+    })
     os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
         {"conn_type": "kubernetes", "extra": {"kube_config_path": k8s_cluster}}
     )
     os.environ["AIRFLOW_CONN_TRAINING_HUB_K8S"] = json.dumps({
         "conn_type": "training_hub",
         "extra": {"execution": "kubernetes", "namespace": namespace, "image": "registry.example/training-hub:test",
-                  "cpu": "1", "memory": "1Gi", "node_selector": {"gpu": "h100"}},
+                  "cpu": "1", "memory": "1Gi", "ephemeral_storage": "1Gi", "pvc_claim": "training",
+                  "node_selector": {"gpu": "h100"}},
     })
     return namespace
 

@@ -14,7 +14,7 @@ def ensure_gpu_nodes(kubeconfig: str, count: int = GPU_NODES, gpus: int = GPUS_P
 
     api = client.CoreV1Api(config.new_client_from_config(kubeconfig))
     existing = {n.metadata.name for n in api.list_node(label_selector="type=kwok").items}
-    capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(gpus)}
+    capacity = {"cpu": "64", "memory": "512Gi", "ephemeral-storage": "1Ti", "pods": "110", "nvidia.com/gpu": str(gpus)}
     for i in range(count):
         if f"gpu-node-{i}" in existing:
             continue

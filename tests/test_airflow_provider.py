@@ -82,6 +82,14 @@ def test_hook_without_a_connection_runs_locally_and_reads_one_when_present(monke
         TrainingHubHook("training_hub_typo").settings
 
 
+def test_the_hooks_generate_takes_questions_that_look_like_options(tiny_model):
+    """Questions come from trigger forms: "-h" is a question to answer, not argparse's help."""
+    from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+
+    answers = TrainingHubHook().generate(str(tiny_model), ["-h", "--json", "what is 2+2?"], max_new_tokens=2)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+
+
 def test_operator_fields_come_from_the_schema_and_typos_are_named():
     from airflow_provider_training_hub.algorithms import SFTParams
     from airflow_provider_training_hub.operators import SFTTrainOperator
@@ -230,6 +238,7 @@ def test_invalid_data_fails_the_task_with_line_numbers_in_the_log(capfd):
     out = capfd.readouterr().out
     assert "bad_role.jsonl is not valid messages JSONL: 1 error(s)" in out
     assert "line 2: messages[0].role: invalid value 'bot'" in out
+    assert "XCom not found" not in out  # no alarming line for the link of a run that has no console
 
 
 def test_skip_policy_quarantines_bad_lines_and_publishes_the_asset(tmp_path):
@@ -285,6 +294,28 @@ def test_bad_parameters_fail_the_task_before_any_process_and_without_retry(tiny_
     assert not ckpt.exists()
 
 
+@pytest.mark.parametrize(("extra", "overrides", "message"), [
+    ({"pvc_claim": "training"}, {"run_as_user": 0}, "Invalid parameter 'run_as_user': must be at least 1 (got 0)."),
+    ({"pvc_claim": "training"}, {"checkpoint_root": "/scratch/ckpt"},
+     "ckpt_output_dir '/scratch/ckpt/th_k8s_train_text/"),
+    ({}, {}, "ckpt_output_dir: the pods would write into their containers, which are gone when they end; set the "
+             "connection's pvc_claim"),
+])
+def test_root_pods_and_outputs_off_the_volume_are_refused_before_the_cluster(monkeypatch, capfd, extra, overrides,
+                                                                            message):
+    """A checkpoint written outside the PVC would vanish with its pod while the task succeeds; a
+    pod as root would not pass runAsNonRoot. Both fail the task before any API call (no control
+    plane runs here) and without retry."""
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_K8S", json.dumps({"conn_type": "training_hub", "extra": {
+        "execution": "kubernetes", "namespace": "ml", "image": "img", **extra}}))
+    run = run_dag("th_k8s_train_text", {"overrides": overrides})
+    assert states(run) == {"train": "failed"}
+    out = capfd.readouterr().out
+    assert message in out, out[-3000:]
+    if "checkpoint_root" in overrides:
+        assert "is not on the volume: the pods mount PVC 'training' at '/mnt/training'" in out
+
+
 @pytest.mark.parametrize(("conf", "message"), [
     ({"pending_timeout": "soon"}, "Invalid parameter 'pending_timeout': must be a number (got 'soon')."),
     ({"overrides": "gpu=h100"}, "Invalid parameter 'connection_overrides': is neither a JSON object nor a Python dict"),
@@ -309,6 +340,7 @@ def test_data_the_training_process_refuses_fails_the_task_without_retry(tiny_mod
     out = capfd.readouterr().out
     assert "Starting local sft training" in out  # this time the process ran, and refused the data
     assert "line 2: messages[0].role: invalid value 'bot'" in out
+    assert "XCom not found" not in out  # no alarming line for the link of a run that has no console
 
 
 class RecordedTarget(ExecutionTarget):
@@ -363,7 +395,7 @@ def test_a_refused_configuration_keeps_its_whole_message(tiny_model, tmp_path):
     """The training process's error may span lines (a data error lists its lines): all of them
     reach the ValueError, not only the first one, which ends in a colon."""
     from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
-    from airflow_provider_training_hub.operators.task_settings import TaskSettings
+    from airflow_provider_training_hub.targets.task_settings import TaskSettings
     from airflow_provider_training_hub.targets import TaskTry, TrainingRun
 
     bad = REPO / "tests" / "data" / "bad" / "bad_role.jsonl"

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from airflow_runs import run_dag, start_in_subprocess, states, xcoms
-from conftest import airflow_cli, wait_for
+from conftest import REPO, airflow_cli, wait_for
 from kwok_nodes import GPUS_PER_NODE
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
@@ -59,20 +62,9 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace, dag_id)
     ok, message = TrainingHubHook("training_hub_k8s").test_connection()
     assert ok, message
     core, batch = kube
-    core.create_persistent_volume({
-        "metadata": {"name": f"pv-{k8s_namespace}"},
-        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
-                 "hostPath": {"path": "/tmp"}},
-    })
-    core.create_namespaced_persistent_volume_claim(k8s_namespace, {
-        "metadata": {"name": "training"},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": f"pv-{k8s_namespace}",
-                 "resources": {"requests": {"storage": "10Gi"}}},
-    })
     run = run_dag(dag_id, {
         "nnodes": 2, "nproc_per_node": 2, "pod_annotations": _annotations(), "job_backoff_limit": 1, "pending_timeout": 90,
-        "overrides": {"pvc_claim": "training", "tolerations": [{"key": "gpu", "operator": "Exists"}],
-                      "job_url_template": CONSOLE},
+        "overrides": {"tolerations": [{"key": "gpu", "operator": "Exists"}], "job_url_template": CONSOLE},
     })
     assert states(run) == {"train": "success"}
     got = xcoms(run)
@@ -108,7 +100,8 @@ def test_two_node_job_runs_and_returns_rank0_result(kube, k8s_namespace, dag_id)
         config = json.loads(env["TRAINING_HUB_CONFIG"].value)
         assert config["model_path"] == "/mnt/training/models/tiny" and "nnodes" not in config
         assert container.resources.limits["nvidia.com/gpu"] == "2"
-        assert container.resources.requests == {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "2"}
+        assert container.resources.requests == {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi",
+                                                "nvidia.com/gpu": "2"}
         mounts = {m.name: m.mount_path for m in container.volume_mounts}
         assert mounts == {"dshm": "/dev/shm", "training-data": "/mnt/training"}
         assert pod.spec.node_selector == {"gpu": "h100"} and pod.spec.tolerations[0].key == "gpu"
@@ -238,6 +231,7 @@ def test_trigger_cleanup_keeps_the_job_and_on_kill_deletes_it(kube, k8s_namespac
 
 
 def test_a_restarted_worker_reattaches_to_its_running_job(kube, k8s_namespace):
+    """Found by its name and labels, including when someone added labels of their own."""
     runner = start_in_subprocess("th_k8s_train", {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "15000"}),
     })
@@ -251,6 +245,8 @@ def test_a_restarted_worker_reattaches_to_its_running_job(kube, k8s_namespace):
     (job_name,) = _objects(kube, k8s_namespace)["jobs"]
     _, batch = kube
     run_id = batch.read_namespaced_job(job_name, k8s_namespace).metadata.annotations["training-hub/run-id"]
+    # an admission webhook or a queue (Kueue, Kyverno) labels the Job too: it is still this try's
+    batch.patch_namespaced_job(job_name, k8s_namespace, {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "gpu"}}})
 
     again = airflow_cli("tasks", "test", "th_k8s_train", "train", run_id, timeout=300)  # the same try, again
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
@@ -273,3 +269,83 @@ def test_sixty_four_nodes_are_created_and_scheduled(kube, k8s_namespace, capsys)
     with capsys.disabled():
         print(f"\n64-node Job: created, scheduled on {len({p.spec.node_name for p in pods})} fake GPU nodes "
               f"and completed in {elapsed:.1f}s")
+
+
+def _documented_role(k8s_cluster: str, namespace: str, without_verb: tuple[str, str] | None = None) -> str:
+    """A kubeconfig for a service account that holds the README's Role and nothing more
+    (``without_verb``: less, one verb of one resource fewer); returns its path."""
+    import yaml
+    from kubernetes import client, config
+
+    text = (REPO / "README.md").read_text()
+    role = yaml.safe_load(re.search(r"```yaml\n(apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n.*?)```",
+                                    text, re.S).group(1))
+    if without_verb:
+        resource, verb = without_verb
+        for rule in role["rules"]:
+            if resource in rule["resources"]:
+                rule["verbs"].remove(verb)
+    api = config.new_client_from_config(k8s_cluster)
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "airflow"}})
+    rbac.create_namespaced_role(namespace, role)
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "airflow-training-hub"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
+        "subjects": [{"kind": "ServiceAccount", "name": "airflow", "namespace": namespace}],
+    })
+    token = core.create_namespaced_service_account_token("airflow", namespace, {"spec": {"expirationSeconds": 3600}})
+    kubeconfig = yaml.safe_load(Path(k8s_cluster).read_text())
+    kubeconfig["users"][0]["user"] = {"token": token.status.token}
+    path = Path(k8s_cluster).with_name(f"kubeconfig-{namespace}-documented-role")
+    path.write_text(yaml.safe_dump(kubeconfig))
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(path)}})
+    return str(path)
+
+
+def test_the_readmes_role_is_all_the_kubernetes_path_needs(kube, k8s_cluster, k8s_namespace, capfd):
+    """Airflow's identity holds the README's Role, no more: a Job trains to its result (polling),
+    and a Job whose pods the namespace's quota refuses fails the deferred task within
+    pending_timeout, naming the refusal, and is deleted."""
+    _documented_role(k8s_cluster, k8s_namespace)
+    run = run_dag("th_k8s_train", {"nnodes": 2, "pod_annotations": _annotations()})
+    assert states(run) == {"train": "success"}, capfd.readouterr().out[-4000:]
+    assert xcoms(run)[("train", "checkpoint")] == RESULT["checkpoint"]
+
+    core, _ = kube
+    core.create_namespaced_resource_quota(k8s_namespace, {"metadata": {"name": "no-more-pods"},
+                                                          "spec": {"hard": {"pods": "0"}}})
+    run = run_dag("th_k8s_train_deferred", {"nnodes": 2, "pending_timeout": 5, "pod_annotations": _annotations()})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "failed"}
+    assert re.search(r"Job th-\S+ had too few pods for 5s: the Job controller cannot create its pods: .*exceeded quota: "
+                     r"no-more-pods", out), out[-4000:]
+    finished = xcoms(run)[("train", "job_name")]
+    wait_for(lambda: finished not in _objects(kube, k8s_namespace)["jobs"], 60, "the refused Job to be deleted")
+
+
+def test_a_refusal_after_the_job_exists_deletes_the_job(kube, k8s_cluster, k8s_namespace, capfd):
+    """A Role short of one verb the path needs (as the README's was, without `patch` on services):
+    the task fails without retry, and the Job it had created does not train on unwatched."""
+    _documented_role(k8s_cluster, k8s_namespace, without_verb=("services", "patch"))
+    run = run_dag("th_k8s_train_retried", {"nnodes": 2, "pod_annotations": _annotations()})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "failed"}
+    assert run.get_task_instance("train").try_number == 1
+    assert 'services "th-th-k8s-train-retried-train-' in out and "cannot patch resource" in out, out[-4000:]
+    assert "was created but its Service could not be given to it; deleting both" in out
+    assert _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}
+
+
+def test_a_succeeded_job_whose_result_cannot_be_read_is_retried(kube, k8s_namespace, capfd):
+    """Rank 0's termination message is not the result (cut, or its pod gone): the training did
+    not refuse its input, so the try fails as one a retry can mend, not as "Invalid input"."""
+    run = run_dag("th_k8s_train_retried", {"nnodes": 2, "pod_annotations": _annotations(
+        **{"training-hub.test/result": '{"checkpoint": "/mnt/training/checkp'})})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "failed"}
+    assert run.get_task_instance("train").try_number == 2, out[-4000:]  # retried once
+    assert re.search(r"Job th-\S+ succeeded, but its result cannot be read: pod \S+ left no result in its "
+                     r"termination message", out), out[-4000:]
+    assert "Invalid sft input" not in out

@@ -81,7 +81,12 @@ def test_job_manifest_has_the_distributed_training_essentials():
     assert {e["name"]: e.get("value") for e in long_grace["containers"][0]["env"]}["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "595"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert {v["name"] for v in pod["volumes"]} == {"dshm", "training-data"}
-    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}  # the image's user
+    # Pod Security's "restricted" profile, with the image's user (uid 1000)
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert container["resources"]["limits"]["ephemeral-storage"] == "20Gi"  # the kubelet evicts a pod past it
+    assert "activeDeadlineSeconds" not in spec  # a task without execution_timeout
+    assert build_job(_job(active_deadline_seconds=3600), settings)["spec"]["activeDeadlineSeconds"] == 3600
     service = build_service(_job(), settings)
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {
         "batch.kubernetes.io/job-name": "th-x-train-12345678"}
@@ -93,12 +98,14 @@ def test_pod_user_groups_and_a_cpu_only_cluster_come_from_the_connection():
     settings = ConnectionSettings.from_extra({"image": "img", "run_as_user": "2000", "run_as_group": "3000",
                                               "fs_group": "3000", "gpu_resource": "none"})
     pod = build_job(_job(), settings)["spec"]["template"]["spec"]
-    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}, "runAsUser": 2000,
-                                      "runAsGroup": 3000, "fsGroup": 3000}
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                                      "runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 3000}
     resources = pod["containers"][0]["resources"]
-    assert resources == {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "64Gi"}}
-    with pytest.raises(ValueError, match=r"Invalid parameter 'run_as_user': must be at least 0 \(got -1\)"):
-        ConnectionSettings.from_extra({"run_as_user": -1})
+    assert resources == {"requests": {"cpu": "8", "memory": "64Gi", "ephemeral-storage": "20Gi"},
+                         "limits": {"memory": "64Gi", "ephemeral-storage": "20Gi"}}
+    for root in (0, "0"):  # root would be refused by runAsNonRoot on the node: refused here, before any Job
+        with pytest.raises(ValueError, match=r"Invalid parameter 'run_as_user': must be at least 1 \(got"):
+            ConnectionSettings.from_extra({"run_as_user": root})
     blank = ConnectionSettings.from_extra({"gpu_resource": ""})  # a blank form field: the default
     assert blank.gpu_resource == "nvidia.com/gpu"
 

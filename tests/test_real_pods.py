@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kubernetes.client import ApiException
 from airflow_runs import finish, run_dag, start_in_subprocess, states, xcoms
 from conftest import SAMPLE_DATA, wait_for
 
@@ -44,7 +45,7 @@ def volume(real_node, tiny_model) -> Path:
 def _settings(real_node) -> dict:
     return {"execution": "kubernetes", "namespace": real_node["namespace"], "image": real_node["training_image"],
             "pvc_claim": real_node["pvc_claim"], "node_selector": real_node["node_selector"], "cpu": "500m",
-            "memory": "6Gi", "shm_size": "512Mi", "termination_grace_period_seconds": 30}
+            "memory": "6Gi", "shm_size": "512Mi", "ephemeral_storage": "2Gi", "termination_grace_period_seconds": 30}
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def real(real_node, volume) -> dict:
     return real_node
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def api(real_node):
     from kubernetes import client, config
 
@@ -89,12 +90,46 @@ def _on_host(volume: Path, path: str) -> Path:
     return volume / Path(path).relative_to(MOUNT)
 
 
-def test_two_node_job_trains_on_real_pods_and_returns_rank0s_checkpoint(real, api, volume, capfd):
-    run = run_dag("th_real_train", {})
+def _create(call, *args) -> None:
+    """Create an object; one left by an earlier session of the same test bed is fine."""
+    try:
+        call(*args)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+@pytest.fixture(scope="session")
+def restricted(real_node, api) -> str:
+    """A namespace that enforces Pod Security's "restricted" profile, as a platform team's may,
+    with a claim `training` on the same volume; its name."""
+    core, _ = api
+    namespace = f"{real_node['namespace']}-restricted"
+    _create(core.create_namespace, {"metadata": {"name": namespace,
+                                                 "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    _create(core.create_persistent_volume, {"metadata": {"name": namespace}, "spec": {
+        "capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "real-node",
+        "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": real_node["host_path"], "type": "Directory"}}})
+    _create(core.create_namespaced_persistent_volume_claim, namespace, {"metadata": {"name": "training"}, "spec": {
+        "accessModes": ["ReadWriteMany"], "storageClassName": "real-node", "volumeName": namespace,
+        "resources": {"requests": {"storage": "20Gi"}}}})
+    wait_for(lambda: core.read_namespaced_persistent_volume_claim("training", namespace).status.phase == "Bound", 30,
+             "the restricted namespace's claim to bind")
+    # It does enforce: a pod without the profile's settings is refused.
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace, {"metadata": {"name": "unrestricted"}, "spec": {
+            "containers": [{"name": "main", "image": real_node["training_image"]}]}})
+    assert refused.value.status == 403 and 'violates PodSecurity \\"restricted:latest\\"' in refused.value.body
+    return namespace
+
+
+def test_two_node_job_trains_on_real_pods_and_returns_rank0s_checkpoint(real, api, volume, restricted, capfd):
+    """In a namespace of Pod Security "restricted": the training pods are admitted as they are."""
+    run = run_dag("th_real_train", {"overrides": {"namespace": restricted}})
     out = capfd.readouterr().out
     assert states(run) == {"train": "success"}, out[-5000:]
     got = xcoms(run)
-    job, namespace = got[("train", "job_name")], real["namespace"]
+    job, namespace = got[("train", "job_name")], restricted
     pods = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p for p in _pods(api, namespace, job)}
     assert sorted(pods) == ["0", "1"] and {p.spec.node_name for p in pods.values()} == {"real-node"}
     for pod in pods.values():  # the image's entrypoint, run by the kubelet to its end
@@ -116,11 +151,11 @@ def test_two_node_job_trains_on_real_pods_and_returns_rank0s_checkpoint(real, ap
     rank1_log = _log(api, pods["1"].metadata.name, namespace)
     assert "[training-hub]" not in rank1_log  # rank 1 trains quietly; its log has torchrun's lines only
 
-    # Clean-up as documented: ttl_seconds_after_finished (20 s in this DAG) removes the Job, its
-    # pods with it, and the Service, which the Job owns.
+    # Clean-up as documented: ttl_seconds_after_finished (60 s in this DAG, the least allowed)
+    # removes the Job, its pods with it, and the Service, which the Job owns.
     service = api[0].read_namespaced_service(job, namespace)
     assert [(o.kind, o.name) for o in service.metadata.owner_references] == [("Job", job)]
-    wait_for(lambda: _objects(api, namespace, job) == {"jobs": [], "services": [], "pods": []}, 120,
+    wait_for(lambda: _objects(api, namespace, job) == {"jobs": [], "services": [], "pods": []}, 180,
              "the TTL controller and the garbage collector to remove the Job, its pods and the Service")
 
 
@@ -142,6 +177,26 @@ def test_smollm2_trains_on_two_real_pods_and_its_checkpoint_loads(real, volume, 
     base = AutoModelForCausalLM.from_pretrained(smollm2_model)
     assert model.num_parameters() == base.num_parameters()
     assert AutoTokenizer.from_pretrained(checkpoint).chat_template  # the tokenizer came along, template and all
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    # an image no registry serves (one on the node's own loopback: nothing leaves the test bed)
+    ({"image": "127.0.0.1:9/training-hub/no-such-image:dev"}, r"(ErrImagePull|ImagePullBackOff): .*no-such-image"),
+    # a mistyped tracking_secret
+    ({"tracking_secret": "mlflow-credentails"}, r'CreateContainerConfigError: secret "mlflow-credentails" not found'),
+])
+def test_pods_that_cannot_start_fail_the_try_within_pending_timeout(real, api, capfd, overrides, reason):
+    """Scheduled, so holding their GPUs, but never starting: the try fails after pending_timeout,
+    naming the pod and the kubelet's reason, and the Job is deleted."""
+    started = time.monotonic()
+    run = run_dag("th_real_train_once", {"overrides": overrides, "pending_timeout": 15})
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "failed"}
+    assert time.monotonic() - started < 90
+    assert re.search(rf"pod th-th-real-train-once-train-\S+ did not start for 15s: {reason}", out), out[-4000:]
+    job = xcoms(run)[("train", "job_name")]
+    wait_for(lambda: _objects(api, real["namespace"], job) == {"jobs": [], "services": [], "pods": []}, 60,
+             "the Job that could not start to be deleted")
 
 
 def test_a_bad_parameter_fails_the_job_at_once_and_the_task_without_retry(real, api, capfd):

@@ -112,7 +112,8 @@ class TrainingHubHook(BaseHook):
 
     def generate(self, model_dir: str, questions: list[str], max_new_tokens: int = 48) -> list[str]:
         """Greedy answers of ``model_dir`` (a model or checkpoint) to ``questions``."""
-        out = self._cli("generate", model_dir, *questions, "--max-new-tokens", str(max_new_tokens), "--json")
+        # After "--", a question such as "-h" or "--json" is a question, not an option.
+        out = self._cli("generate", "--max-new-tokens", str(max_new_tokens), "--json", "--", model_dir, *questions)
         return json.loads(out.strip().splitlines()[-1])
 
     def _cli(self, *args: str) -> str:

@@ -64,6 +64,7 @@ class TrainingJob:
     pod_annotations: dict[str, str] = field(default_factory=dict)
     backoff_limit: int = 0
     ttl_seconds_after_finished: int | None = 86400
+    active_deadline_seconds: int | None = None  # the task's execution_timeout: no pod outlives its task
 
     @property
     def rdzv_endpoint(self) -> str:
@@ -133,8 +134,9 @@ def _env(job: TrainingJob, settings: ConnectionSettings) -> list[dict[str, Any]]
 
 
 def _resources(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
-    requests: dict[str, str] = {"cpu": settings.cpu, "memory": settings.memory}
-    limits: dict[str, str] = {"memory": settings.memory}
+    requests: dict[str, str] = {"cpu": settings.cpu, "memory": settings.memory,
+                                "ephemeral-storage": settings.ephemeral_storage}
+    limits: dict[str, str] = {"memory": settings.memory, "ephemeral-storage": settings.ephemeral_storage}
     if settings.gpu_resource != NO_GPU:  # extended resources: request == limit
         requests[settings.gpu_resource] = limits[settings.gpu_resource] = str(job.nproc_per_node)
     return {"requests": requests, "limits": limits}
@@ -172,7 +174,10 @@ def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
         "subdomain": job.name,  # with the Indexed Job's hostname <job>-<index>: <job>-0.<job> resolves
         "containers": [container],
         "volumes": volumes,
+        # Pod Security's "restricted" profile: non-root, the runtime's seccomp profile, and (in the
+        # container) no capabilities and no privilege escalation.
         "securityContext": {
+            "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
             **{key: value for key, value in (("runAsUser", settings.run_as_user), ("runAsGroup", settings.run_as_group),
                                              ("fsGroup", settings.fs_group)) if value is not None},
@@ -229,6 +234,8 @@ def build_job(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
     }
     if job.ttl_seconds_after_finished is not None:
         spec["ttlSecondsAfterFinished"] = job.ttl_seconds_after_finished
+    if job.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = job.active_deadline_seconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -18,21 +18,26 @@ from airflow_provider_training_hub.targets import RUN_URL_KEY
 MLFLOW_RUN_URL_KEY = "mlflow_run_url"  # a key of the training result (one XCom each: multiple_outputs)
 
 
-class TrainingRunLink(BaseOperatorLink):
+class _XComLink(BaseOperatorLink):
+    """A link that is the task's XCom ``key`` (empty when it is None)."""
+
+    key: str
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        return XCom.get_value(ti_key=ti_key, key=self.key) or ""
+
+
+class TrainingRunLink(_XComLink):
     """The run in its own console: for Kubernetes, the connection's ``job_url_template`` filled
     with the namespace and the Job's name."""
 
     name = "Training run"
-
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        return XCom.get_value(ti_key=ti_key, key=RUN_URL_KEY) or ""
+    key = RUN_URL_KEY
 
 
-class MLflowRunLink(BaseOperatorLink):
+class MLflowRunLink(_XComLink):
     """The run's page in the MLflow UI, where ``mlflow_tracking_uri`` is an http(s) server; the
     result's ``mlflow_run_url``, so it appears when the training task has ended."""
 
     name = "MLflow run"
-
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        return XCom.get_value(ti_key=ti_key, key=MLFLOW_RUN_URL_KEY) or ""
+    key = MLFLOW_RUN_URL_KEY

@@ -7,7 +7,9 @@ operator with ``class DPOTrainOperator(TrainOperator, algorithm="dpo")``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import math
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, ClassVar
@@ -23,7 +25,7 @@ from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 from airflow_provider_training_hub.kubernetes.names import label_value
 from airflow_provider_training_hub.operators.lineage import training_lineage
 from airflow_provider_training_hub.operators.links import MLflowRunLink, TrainingRunLink
-from airflow_provider_training_hub.operators.task_settings import TaskSettings
+from airflow_provider_training_hub.targets.task_settings import TaskSettings
 from airflow_provider_training_hub.targets import RUN_URL_KEY, TaskTry, TrainingRun
 
 _OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
@@ -55,10 +57,13 @@ class TrainOperator(BaseOperator):
         same directory on every try, so a retry resumes from the last full-state checkpoint.
     :param deferrable: (Kubernetes) wait in the triggerer instead of holding a worker slot.
     :param poll_interval: (Kubernetes) seconds between status checks.
-    :param pending_timeout: (Kubernetes) fail, and delete the Job, when a pod cannot be scheduled
-        for this many seconds (no node with enough GPUs, a missing PVC...).
+    :param pending_timeout: (Kubernetes) fail, and delete the Job, when a pod has not started this
+        many seconds after its creation for a reason it will not get over by itself (no node with
+        enough GPUs, an image that cannot be pulled, a missing Secret), or the Job could not create
+        its pods for that long (a quota, Pod Security, a missing service account).
     :param job_backoff_limit: (Kubernetes) pod failures the Job retries before it fails.
-    :param ttl_seconds_after_finished: (Kubernetes) when Kubernetes deletes the finished Job.
+    :param ttl_seconds_after_finished: (Kubernetes) when Kubernetes deletes the finished Job (at
+        least 60 s, so that the task reads its result first).
     :param pod_annotations: (Kubernetes) extra annotations of the training pods.
 
     Every other keyword that names a parameter of the algorithm is a templated field, and may be
@@ -128,7 +133,13 @@ class TrainOperator(BaseOperator):
         return TaskSettings.parse({"connection_overrides": self.connection_overrides,
                                    "pending_timeout": self.pending_timeout, "job_backoff_limit": self.job_backoff_limit,
                                    "pod_annotations": self.pod_annotations,
-                                   "ttl_seconds_after_finished": self.ttl_seconds_after_finished})
+                                   "ttl_seconds_after_finished": self.ttl_seconds_after_finished,
+                                   "active_deadline_seconds": self._deadline_seconds()})
+
+    def _deadline_seconds(self) -> int | None:
+        """``execution_timeout`` in whole seconds (at least 1), for the Job's activeDeadlineSeconds."""
+        timeout = self.execution_timeout
+        return max(1, math.ceil(timeout.total_seconds())) if timeout else None
 
     @cached_property
     def hook(self) -> TrainingHubHook:
@@ -152,6 +163,10 @@ class TrainOperator(BaseOperator):
                            self.task_settings, self.poll_interval)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # Airflow reads each extra link's XCom when the task ends, and logs a missing one as an
+        # error: a link with nowhere to lead (yet) is an empty XCom, not an alarming log line.
+        for link in self.operator_extra_links:
+            context["ti"].xcom_push(key=link.key, value=None)
         hook = self.hook
         try:
             run = self.training_run(context)
@@ -168,8 +183,10 @@ class TrainOperator(BaseOperator):
             ti.xcom_push(key=TrainingRunLink().xcom_key, value=located[RUN_URL_KEY])
         self._run = run
         if self.deferrable and (trigger := hook.target.trigger(run)) is not None:
+            classpath, kwargs = trigger
+            module, _, name = classpath.rpartition(".")
             self.defer(
-                trigger=trigger,
+                trigger=getattr(importlib.import_module(module), name)(**kwargs),
                 method_name="execute_complete",
                 timeout=self.execution_timeout,  # as on the worker: the scheduler fails the task then
             )

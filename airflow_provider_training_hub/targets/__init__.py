@@ -4,7 +4,8 @@ The operator drives every target the same way (``operators/train.py``)::
 
     target.check(run)                # ValueError before anything starts (no pod for a typo)
     target.submit(run)               # start it, or reattach to this try's run if it is there
-    target.trigger(run) -> defer     # deferrable: wait in the triggerer; its event is the state
+    target.trigger(run) -> defer     # deferrable: the trigger (as a class path and its arguments)
+                                     # that waits in the triggerer; its event is the state
     target.wait(run)                 # or wait on the worker; the same state
     target.outcome(run, state)       # the TrainingResult dict, or an exception saying why not
     target.kill(task_try)            # a stopped task or a timed-out deferral stops its run
@@ -30,11 +31,9 @@ from airflow_provider_training_hub.target_names import TARGETS
 if TYPE_CHECKING:
     from logging import Logger
 
-    from airflow.triggers.base import BaseTrigger
-
     from airflow_provider_training_hub.algorithms.params import ParamSchema
     from airflow_provider_training_hub.connection import ConnectionSettings
-    from airflow_provider_training_hub.operators.task_settings import TaskSettings
+    from airflow_provider_training_hub.targets.task_settings import TaskSettings
 
 
 # The XCom entry, among those submit() returns, that is the run's URL in its own console: the
@@ -92,9 +91,11 @@ class ExecutionTarget(ABC):
         """Start the run, or reattach to this try's run when it already exists; the XCom entries
         that locate it (e.g. the Job's name), with ``RUN_URL_KEY`` where the run has a page."""
 
-    def trigger(self, run: TrainingRun) -> BaseTrigger | None:
-        """The trigger that waits for the submitted run in the triggerer; ``None``: this target
-        cannot wait there, and the task waits on the worker. The trigger's event is a state."""
+    def trigger(self, run: TrainingRun) -> tuple[str, dict[str, Any]] | None:
+        """The trigger that waits for the submitted run in the triggerer, as ``BaseTrigger.serialize``
+        gives it (class path, keyword arguments: the operator builds it, so targets stay below the
+        triggers); ``None``: this target cannot wait there, and the task waits on the worker. The
+        trigger's event is a state."""
         return None
 
     @abstractmethod

@@ -1,6 +1,6 @@
 """Kubernetes execution: each try is an Indexed Job of ``nnodes`` pods and a headless Service.
 
-``kubernetes/`` builds the objects (pure), ``hooks/kubernetes_jobs.TrainingJobClient`` talks to the
+``kubernetes/`` builds the objects (pure), ``kubernetes_jobs.TrainingJobClient`` talks to the
 cluster, ``triggers/training_job.TrainingJobTrigger`` waits in the triggerer. A try's Job name, labels
 and annotations follow from the task try alone, so a restarted worker finds its own Job again and a
 new try finds (and removes) an earlier try's.
@@ -8,26 +8,29 @@ new try finds (and removes) an earlier try's.
 
 from __future__ import annotations
 
+import posixpath
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import ApiException
 
-from airflow_provider_training_hub.hooks.api_retry import PERMANENT, api_error
-from airflow_provider_training_hub.hooks.kubernetes_jobs import TrainingJobClient
+from airflow_provider_training_hub.targets.kubernetes_api import PERMANENT, api_error
+from airflow_provider_training_hub.targets.kubernetes_jobs import TrainingJobClient
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
 from airflow_provider_training_hub.kubernetes.job import task_ids
 from airflow_provider_training_hub.kubernetes.status import (
     SUCCEEDED,
     UNSCHEDULABLE,
     JobState,
+    ResultUnreadable,
     configuration_error,
     describe_failures,
     rank0_result,
 )
 from airflow_provider_training_hub.targets import RUN_URL_KEY, ExecutionTarget, TaskTry, TrainingRun
-from airflow_provider_training_hub.triggers.training_job import TrainingJobTrigger
+
+TRIGGER = "airflow_provider_training_hub.triggers.training_job.TrainingJobTrigger"
 
 
 def try_job_name(task: TaskTry) -> str:
@@ -57,6 +60,7 @@ class KubernetesTarget(ExecutionTarget):
             pod_annotations=run.settings.pod_annotations,
             backoff_limit=run.settings.job_backoff_limit,
             ttl_seconds_after_finished=run.settings.ttl_seconds_after_finished,
+            active_deadline_seconds=run.settings.active_deadline_seconds,
         )
 
     def job_manifests(self, job: TrainingJob) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -65,7 +69,26 @@ class KubernetesTarget(ExecutionTarget):
         return build_job(job, self.settings), build_service(job, self.settings)
 
     def check(self, run: TrainingRun) -> None:
+        self._check_outputs_on_the_volume(run)
         self.job_manifests(self.training_job(run))
+
+    def _check_outputs_on_the_volume(self, run: TrainingRun) -> None:
+        """What the pods write must land on the PVC: anything else is written into the container
+        and gone with the pod, while the task reports success."""
+        mount = posixpath.normpath(self.settings.pvc_mount_path)
+        outputs = {name: getattr(run.params, name, None) for name in ("ckpt_output_dir", "data_output_dir")}
+        outputs = {name: path for name, path in outputs.items() if path}
+        if outputs and not self.settings.pvc_claim:
+            raise ValueError(
+                f"{', '.join(outputs)}: the pods would write into their containers, which are gone when they end; "
+                "set the connection's pvc_claim (and pvc_mount_path) to a volume that keeps them."
+            )
+        for name, path in outputs.items():
+            if posixpath.commonpath([mount, posixpath.normpath(posixpath.join(mount, path))]) != mount:
+                raise ValueError(
+                    f"{name} {path!r} is not on the volume: the pods mount PVC {self.settings.pvc_claim!r} at "
+                    f"{mount!r}, and anything written elsewhere is gone with the pod. Give a path under {mount}/."
+                )
 
     def submit(self, run: TrainingRun) -> dict[str, Any]:
         job = self.training_job(run)
@@ -93,9 +116,10 @@ class KubernetesTarget(ExecutionTarget):
                       job.nnodes, job.nproc_per_node, job.rdzv_endpoint)
         return reattached
 
-    def trigger(self, run: TrainingRun) -> TrainingJobTrigger:
-        return TrainingJobTrigger(try_job_name(run.task), self.settings.namespace, self.settings.kubernetes_conn_id,
-                                  run.settings.pending_timeout, run.poll_interval)
+    def trigger(self, run: TrainingRun) -> tuple[str, dict[str, Any]]:
+        return TRIGGER, {"job_name": try_job_name(run.task), "namespace": self.settings.namespace,
+                         "kubernetes_conn_id": self.settings.kubernetes_conn_id,
+                         "pending_timeout": run.settings.pending_timeout, "poll_interval": run.poll_interval}
 
     def wait(self, run: TrainingRun) -> dict[str, Any]:
         name = try_job_name(run.task)
@@ -108,7 +132,10 @@ class KubernetesTarget(ExecutionTarget):
         name, verdict = state["job_name"], JobState(state["status"], state.get("message", ""))
         _, pods = self.jobs.read(name)
         if verdict.status == SUCCEEDED:
-            return rank0_result(pods)
+            try:
+                return rank0_result(pods)
+            except ResultUnreadable as exc:  # retried: the next try returns the finished run's result
+                raise AirflowException(f"Job {name} succeeded, but its result cannot be read: {exc}") from None
         if verdict.status == UNSCHEDULABLE:
             self.jobs.delete(name)
             raise AirflowException(f"Job {name}: {verdict.message}")

@@ -3,7 +3,7 @@
 It keeps no state of its own (the verdict comes from the API objects, see ``kubernetes.status``),
 so a triggerer restart resumes watching where it was (rank 0's log is then shown again from its
 first line). It logs what the polling operator logs: pod phases, the scheduler's reasons, rank 0's
-log lines; and it retries transient API errors as the operator does (``hooks.api_retry``).
+log lines; and it retries transient API errors as the operator does (``targets.kubernetes_api``).
 
 ``cleanup()`` is left alone: it runs on every triggerer shutdown and must not stop the training;
 ``on_kill()``, called when a user marks the deferred task failed or clears it, deletes the Job and
@@ -21,10 +21,10 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes_asyncio import client as async_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from airflow_provider_training_hub.hooks.api_retry import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
+from airflow_provider_training_hub.targets.kubernetes_api import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
 from airflow_provider_training_hub.kubernetes.job import pod_selector
 from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
-from airflow_provider_training_hub.kubernetes.status import FAILED, assess
+from airflow_provider_training_hub.kubernetes.status import FAILED, assess, job_events_selector, needs_events
 
 
 class TrainingJobTrigger(BaseTrigger):
@@ -61,13 +61,13 @@ class TrainingJobTrigger(BaseTrigger):
         while True:
             async with hook.get_conn() as api:
                 try:
-                    job, pods = await self._read(api)
+                    job, pods, events = await self._read(api)
                 except ApiException as exc:
                     if exc.status == 404:
                         yield self._event(FAILED, f"Job {self.job_name} no longer exists in {self.namespace}")
                         return
                     raise
-                state = assess(job, pods, self.pending_timeout)
+                state = assess(job, pods, self.pending_timeout, events=events)
                 if (progress := state.progress(self.job_name)) != last:
                     last = progress
                     self.log.info("%s", last)
@@ -91,14 +91,21 @@ class TrainingJobTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_interval)
 
     @retry_transient
-    async def _read(self, api: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        job = await async_client.BatchV1Api(api).read_namespaced_job(
+    async def _read(self, api: Any) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The Job, its pods and, where ``assess`` needs them, its events."""
+        core = async_client.CoreV1Api(api)
+        job = api.sanitize_for_serialization(await async_client.BatchV1Api(api).read_namespaced_job(
             self.job_name, self.namespace, _request_timeout=REQUEST_TIMEOUT
-        )
-        pods = await async_client.CoreV1Api(api).list_namespaced_pod(
+        ))
+        pods = api.sanitize_for_serialization(await core.list_namespaced_pod(
             self.namespace, label_selector=pod_selector(self.job_name), _request_timeout=REQUEST_TIMEOUT
-        )
-        return api.sanitize_for_serialization(job), api.sanitize_for_serialization(pods)["items"]
+        ))["items"]
+        events = []
+        if needs_events(job, pods):
+            events = api.sanitize_for_serialization(await core.list_namespaced_event(
+                self.namespace, field_selector=job_events_selector(self.job_name), _request_timeout=REQUEST_TIMEOUT
+            ))["items"]
+        return job, pods, events
 
     async def on_kill(self) -> None:
         hook = AsyncKubernetesHook(conn_id=self.kubernetes_conn_id)

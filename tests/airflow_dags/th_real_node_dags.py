@@ -9,9 +9,11 @@ from airflow.sdk import DAG
 
 from airflow_provider_training_hub.operators import SFTTrainOperator
 
-for dag_id, deferrable in (("th_real_train", False), ("th_real_train_deferred", True)):
+# th_real_train_once: no retry, for the pods that cannot start (a retry would wait as long again).
+for dag_id, deferrable, retries in (("th_real_train", False, 1), ("th_real_train_deferred", True, 1),
+                                    ("th_real_train_once", False, 0)):
     with DAG(dag_id, schedule=None, render_template_as_native_obj=True,
-             default_args={"retries": 1, "retry_delay": timedelta(seconds=5)}):
+             default_args={"retries": retries, "retry_delay": timedelta(seconds=5)}):
         SFTTrainOperator(
             task_id="train",
             training_hub_conn_id="training_hub_real",
@@ -24,7 +26,9 @@ for dag_id, deferrable in (("th_real_train", False), ("th_real_train_deferred", 
             learning_rate=1e-3,
             effective_batch_size=8,
             max_seq_len=256,
-            ttl_seconds_after_finished=20,  # the tests wait for the clean-up: 20 s, not a day
+            ttl_seconds_after_finished=60,  # the tests wait for the clean-up: the least allowed, not a day
+            connection_overrides="{{ dag_run.conf.get('overrides', {}) }}",
+            pending_timeout="{{ dag_run.conf.get('pending_timeout', 900) }}",
             poll_interval=1,
             deferrable=deferrable,
         )

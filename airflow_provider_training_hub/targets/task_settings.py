@@ -22,7 +22,9 @@ class TaskSettings(ParamSchema):
     pending_timeout: float = Field(gt=0)
     job_backoff_limit: int = Field(ge=0)
     pod_annotations: dict[str, str] = Field(default_factory=dict)
-    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    # At least a minute: the Job and its pods hold the result until the task has read it.
+    ttl_seconds_after_finished: int | None = Field(None, ge=60)
+    active_deadline_seconds: int | None = Field(None, ge=1)  # from execution_timeout
 
     @field_validator("connection_overrides", "pod_annotations", mode="before")
     @classmethod

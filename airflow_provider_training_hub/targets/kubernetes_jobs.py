@@ -2,7 +2,7 @@
 (its connection handles kubeconfig, in-cluster config and contexts; nothing is re-implemented).
 
 Every API call goes through ``_call``: bounded by a timeout, and retried on transient errors
-(``api_retry``). Jobs are created only after every earlier try's Job of the same task instance is
+(``kubernetes_api``). Jobs are created only after every earlier try's Job of the same task instance is
 gone, since all tries train into one checkpoint directory.
 """
 
@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiException
 
-from airflow_provider_training_hub.hooks.api_retry import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
+from airflow_provider_training_hub.targets.kubernetes_api import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
 from airflow_provider_training_hub.kubernetes.job import TRY_ANNOTATION, TrainingJob, pod_selector
 from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
-from airflow_provider_training_hub.kubernetes.status import FAILED, JobState, assess
+from airflow_provider_training_hub.kubernetes.status import FAILED, JobState, assess, job_events_selector, needs_events
 
 T = TypeVar("T")
 
@@ -64,18 +64,30 @@ class TrainingJobClient:
             if exc.status != 409:
                 raise
         existing = self._plain(self._call(self.hook.batch_v1_client.read_namespaced_job, job.name, self.namespace))
-        if existing["metadata"].get("labels") != job.labels:
+        labels = existing["metadata"].get("labels") or {}
+        # Ours if it carries our labels; an admission webhook (Kueue, Kyverno) may have added more.
+        if any(labels.get(key) != value for key, value in job.labels.items()):
             raise ValueError(
                 f"Job {job.name!r} exists in {self.namespace!r} but was not created by this task try "
-                f"(labels {existing['metadata'].get('labels')})"
+                f"(labels {labels})"
             )
         self._own_service(job.name, existing["metadata"]["uid"])
         return True
 
     def _own_service(self, name: str, job_uid: str) -> None:
+        """Make the Job the Service's owner; if that fails for good, the task fails, so its Job
+        must not train on unwatched: it is deleted, with the Service."""
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid}
-        self._call(self.hook.core_v1_client.patch_namespaced_service, name, self.namespace,
-                   {"metadata": {"ownerReferences": [owner]}})
+        try:
+            self._call(self.hook.core_v1_client.patch_namespaced_service, name, self.namespace,
+                       {"metadata": {"ownerReferences": [owner]}})
+        except BaseException:
+            self.log.error("Job %s was created but its Service could not be given to it; deleting both", name)
+            try:
+                self.delete(name)
+            except Exception as exc:  # the first error is the one to report
+                self.log.error("Job %s could not be deleted either: %s", name, exc)
+            raise
 
     def remove_earlier_tries(self, job: TrainingJob, timeout: float) -> None:
         """Delete the Jobs that earlier tries of this task instance left (a worker killed while it
@@ -117,6 +129,11 @@ class TrainingJobClient:
         job = self._plain(self._call(self.hook.batch_v1_client.read_namespaced_job, name, self.namespace))
         return job, self._pods(name)
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        listed = self._call(self.hook.core_v1_client.list_namespaced_event, self.namespace,
+                            field_selector=job_events_selector(name))
+        return self._plain(listed)["items"]
+
     def wait(self, name: str, pending_timeout: float, poll_interval: float) -> JobState:
         """Poll until the Job ends or a pod stays unschedulable past ``pending_timeout``; log
         pod-phase changes, the scheduler's reasons, and rank 0's log lines as they come."""
@@ -129,7 +146,7 @@ class TrainingJobClient:
                 if exc.status != 404:
                     raise
                 return JobState(FAILED, f"Job {name} no longer exists in {self.namespace} (deleted by someone else?)")
-            state = assess(job, pods, pending_timeout)
+            state = assess(job, pods, pending_timeout, events=self.events(name) if needs_events(job, pods) else [])
             if (progress := state.progress(name)) != last:
                 last = progress
                 self.log.info("%s", last)
