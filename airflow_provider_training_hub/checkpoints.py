@@ -126,6 +126,23 @@ def full_state_checkpoints(ckpt_output_dir: str | Path) -> list[Path]:
     return sorted(_numbered_dirs(Path(ckpt_output_dir) / "full_state"), key=_samples_seen)
 
 
+def full_state_snapshot(ckpt_output_dir: str | Path) -> dict[Path, int | None]:
+    """Each full state with the modification time of its metadata: the directory as a run found it."""
+    return {p: _mtime(p / FULL_STATE_METADATA) for p in full_state_checkpoints(ckpt_output_dir)}
+
+
+def saved_since(ckpt_output_dir: str | Path, before: dict[Path, int | None]) -> list[Path]:
+    """The full states saved, or saved again, since ``before`` (``full_state_snapshot``), oldest first."""
+    return [p for p in full_state_checkpoints(ckpt_output_dir) if before.get(p, -1) != _mtime(p / FULL_STATE_METADATA)]
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def _samples_seen(state_dir: Path) -> int:
     try:
         return int(json.loads((state_dir / FULL_STATE_METADATA).read_text(encoding="utf-8"))["samples_seen"])

@@ -208,6 +208,10 @@ def test_a_stop_request_is_reported_as_stopped_and_the_rerun_completes(fake_gpu,
     stopped_at = int(hf_checkpoints(ckpt)[-1].name.removeprefix("samples_"))
 
     monkeypatch.delenv("FAKE_TORCHRUN_STOP_IN_EPOCH")  # the retry: resumes and reaches the end
+    # A retry that saves nothing more (no checkpoint, no full state) is not "stopped" again by the
+    # earlier try's stop state, which it resumed from.
+    sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), num_epochs=2,
+        checkpoint_at_epoch=False, accelerate_full_state_at_epoch=False)
     result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), num_epochs=2)
     assert int(result.checkpoint.rpartition("samples_")[2]) > stopped_at
 

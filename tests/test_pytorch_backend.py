@@ -13,7 +13,7 @@ from conftest import processes_with_marker
 from loopback import free_port
 
 from airflow_provider_training_hub import sft
-from airflow_provider_training_hub.checkpoints import read_metrics
+from airflow_provider_training_hub.checkpoints import full_state_checkpoints, read_metrics
 
 pytestmark = pytest.mark.slow
 COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3}
@@ -241,3 +241,28 @@ def test_a_run_with_other_data_never_resumes_the_earlier_runs_checkpoints(tiny_m
     assert f"warning: full state {ckpt}/full_state/epoch_1 is unreadable" in log
     assert f"resumed from {ckpt}/full_state/epoch_0: epoch 1, step 3, samples 24" in log
     assert again.checkpoint == week2.checkpoint and again.metrics["steps"] == 6
+
+
+def test_a_stop_of_one_node_ends_every_node_as_stopped(tiny_model, sample_data, tmp_path):
+    """A preempted pod gets SIGTERM; its peer does not, and its torchrun exits 1 when its ranks
+    exit 3. Both nodes' runs must end "stopped" (exit 3, which a Job does not count as a failure),
+    since the state they agreed on is saved."""
+    port = free_port()
+    ckpt = tmp_path / "shared-ckpt"
+    procs = [
+        subprocess.Popen(_cli_command(tiny_model, sample_data, ckpt, nnodes=2, node_rank=rank, rdzv_id="stop",
+                                      rdzv_endpoint=f"127.0.0.1:{port}", num_epochs=2, effective_batch_size=4),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for rank in (0, 1)
+    ]
+    seen = []
+    for line in procs[0].stdout:
+        seen.append(line)
+        if "step 3/24" in line:
+            procs[0].send_signal(signal.SIGTERM)  # node 0 alone, as a preemption does
+    procs[0].wait(timeout=120)
+    peer = procs[1].communicate(timeout=120)[0]
+    assert [p.returncode for p in procs] == [3, 3], "".join(seen)[-3000:] + peer[-3000:]
+    state = full_state_checkpoints(ckpt)[-1]
+    assert state.name.startswith("step_")
+    assert f"training-hub: stopped by SIGTERM; a rerun with the same ckpt_output_dir resumes from {state}" in peer

@@ -26,7 +26,13 @@ from airflow_provider_training_hub.algorithms.torchrun import (
     resolve_torchrun,
 )
 from airflow_provider_training_hub.algorithms.tracking import TRACKING_PARAMS
-from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result, hf_checkpoints
+from airflow_provider_training_hub.checkpoints import (
+    TrainingResult,
+    collect_result,
+    full_state_snapshot,
+    hf_checkpoints,
+    saved_since,
+)
 
 log = logging.getLogger(__name__)
 UPSTREAM_STATE_METADATA = "training_metadata.json"  # a torch.save pickle, despite its name
@@ -41,22 +47,23 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _stopped_on_demand(ckpt_output_dir: str) -> Path | None:
+def _stopped_on_demand(ckpt_output_dir: str, before: dict[Path, float]) -> Path | None:
     """The on-demand full state that ended this run, if one did.
 
     Upstream exits 0 after an on-demand save (its documentation warns of this), so exit codes
     cannot tell. Such a save is the only full state whose metadata has ``global_step`` (a
-    mid-epoch state), and a run that went on afterwards, or resumed from it, saved a checkpoint of
-    more samples later.
+    mid-epoch state); it must be this run's (not in ``before``, ``full_state_snapshot``'s view of
+    the directory when the run started: an earlier stop that this run resumed from does not
+    count), and a run that went on afterwards saved a checkpoint of more samples later.
     """
     import torch
 
     newest = hf_checkpoints(ckpt_output_dir)
     newest_samples = int(newest[-1].name.rpartition("_")[2]) if newest and newest[-1].name.startswith("samples_") else -1
-    for metadata in sorted(Path(ckpt_output_dir, "full_state").glob(f"*/{UPSTREAM_STATE_METADATA}")):
-        state = torch.load(metadata, weights_only=True)
+    for state_dir in saved_since(ckpt_output_dir, before):
+        state = torch.load(state_dir / UPSTREAM_STATE_METADATA, weights_only=True)
         if "global_step" in state and state["samples_seen"] >= newest_samples:
-            return metadata.parent
+            return state_dir
     return None
 
 
@@ -144,6 +151,7 @@ class InstructLabTrainingBackend(Backend):
             raise TrainingFailedError("stopped by SIGTERM before training started")
         rank_log = Path(params.ckpt_output_dir) / f"full_logs_global{torchrun.node_rank}.log"
         log.info("instructlab-training: %s", torchrun)
+        before = full_state_snapshot(params.ckpt_output_dir)
         try:
             with interpreter_bin_on_path(), path_entry("PYTHONPATH", str(RANK_SITE), first=True):
                 run_training(torch_args=torch_args, train_args=train_args)
@@ -153,7 +161,7 @@ class InstructLabTrainingBackend(Backend):
             ) from exc
         if not rank_log.is_file():  # upstream returns silently when torchrun cannot even start
             raise TrainingFailedError(f"instructlab-training did not start torchrun (no {rank_log}).")
-        if stopped := _stopped_on_demand(params.ckpt_output_dir):
+        if stopped := _stopped_on_demand(params.ckpt_output_dir, before):
             raise TrainingStoppedError(f"instructlab-training saved {stopped} on a stop request and exited before the "
                                        "end of its last epoch")
         return collect_result(params.ckpt_output_dir)

@@ -8,6 +8,7 @@ checkpoint layout, so switching backends changes nothing downstream.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,14 +16,28 @@ from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
 from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_4bit_supported
-from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
 from airflow_provider_training_hub.algorithms.registry import Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
-from airflow_provider_training_hub.checkpoints import TrainingResult, collect_result
+from airflow_provider_training_hub.checkpoints import (
+    FULL_STATE_METADATA,
+    TrainingResult,
+    collect_result,
+    full_state_snapshot,
+    saved_since,
+)
 
 log = logging.getLogger(__name__)
 TRAINER_MODULE = "airflow_provider_training_hub.algorithms.backends.pytorch_trainer"
+
+
+def _stopped_within_epoch(state_dir: Path) -> bool:
+    """A full state saved by a stop: the trainer records the steps of its epoch it holds."""
+    try:
+        return "epoch_step" in json.loads((state_dir / FULL_STATE_METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 @register_backend("sft", "pytorch")
@@ -46,8 +61,14 @@ class PyTorchBackend(Backend):
             "-m", TRAINER_MODULE, self.algorithm, params.model_dump_json(),
         ]
         rank_log = out / f"full_logs_global{torchrun.node_rank}.log"
+        before = full_state_snapshot(out)
         returncode = run_streamed(command, rank_log)
         if returncode != 0:
+            if stopped := [p for p in saved_since(out, before) if _stopped_within_epoch(p)]:
+                # The ranks agreed on a stop and saved: whichever node got the SIGTERM, every
+                # node's run ends "stopped" (torchrun itself exits 1 on its ranks' exit 3), so a
+                # Job's pods all exit 3, which its pod failure policy does not count.
+                raise TrainingStoppedError(f"the ranks stopped and saved {stopped[-1]}")
             raise TrainingFailedError(
                 f"pytorch training exited with code {returncode}\n--- last lines of {rank_log} ---\n{log_tail(rank_log)}"
             )
