@@ -129,11 +129,27 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "wandb", "t
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("uri", ["http://alice:s3cret@mlflow:5000", "https://:token@mlflow.example"])
+@pytest.mark.parametrize("uri", ["http://alice:s3cret@mlflow:5000", "https://:token@mlflow.example",
+                                 "https://s3cret@mlflow.example", "https://mlflow.example/?token=s3cret",
+                                 "https://mlflow.example/api?X-Amz-Signature=s3cret"])
 def test_a_tracking_uri_with_credentials_is_refused(uri):
-    refused = r"mlflow_tracking_uri must not carry credentials: set MLFLOW_TRACKING_USERNAME"
-    with pytest.raises(ValueError, match=refused):
+    refused = r"mlflow_tracking_uri must not carry credentials \(.*\): set MLFLOW_TRACKING_USERNAME"
+    with pytest.raises(ValueError, match=refused) as error:
         SFTParams.parse({"model_path": "m", "data_path": "d", "ckpt_output_dir": "c", "mlflow_tracking_uri": uri})
+    assert "s3cret" not in str(error.value)
+    SFTParams.parse({"model_path": "m", "data_path": "d", "ckpt_output_dir": "c",
+                     "mlflow_tracking_uri": "https://mlflow.example:5000/?experiment=7"})  # no secret: fine
+
+
+def test_a_tracking_uri_with_credentials_from_the_environment_is_refused_before_training(
+        tiny_model, sample_data, tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI from a Secret (tracking_secret) would reach the run's link, the task log,
+    XCom and lineage: refused like the parameter, before anything is trained or contacted."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret@127.0.0.1:9")
+    with pytest.raises(ValueError, match=r"^MLFLOW_TRACKING_URI must not carry credentials") as error:
+        sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", mlflow_experiment_name="x")
+    assert "s3cret" not in str(error.value)
+    assert not (tmp_path / "ckpt" / "hf_format").exists()
 
 
 @pytest.mark.slow

@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
 from airflow_provider_training_hub.algorithms.node_env import node_rank
@@ -51,11 +52,20 @@ AIRFLOW_CONTEXT_ENV = {
 _SAME_TASK = ("airflow.dag_id", "airflow.run_id", "airflow.task_id")
 
 
-def check_tracking_uri(uri: str) -> str:
-    """A tracking URI is shown in task logs, XCom and the Job spec, so it must not hold a secret."""
-    if urlsplit(uri).password is not None:
+# Query parameters that carry a secret in the URLs of tracking servers and their proxies.
+_SECRET_QUERY = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNORECASE)
+
+
+def check_tracking_uri(uri: str, name: str = "mlflow_tracking_uri") -> str:
+    """A tracking URI is shown in task logs, XCom, the run's link, lineage and the Job spec, so it
+    must not hold a secret: no user information (``user:pass@``, ``TOKEN@``) and no query
+    parameter named like one (``?token=``). ``name``: the parameter or variable to blame."""
+    parts = urlsplit(uri)
+    secret_query = [key for key, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.search(key)]
+    if parts.username is not None or parts.password is not None or secret_query:
+        where = f"a query parameter {secret_query[0]!r}" if secret_query else "user information before '@'"
         raise ValueError(
-            "mlflow_tracking_uri must not carry credentials: set MLFLOW_TRACKING_USERNAME and "
+            f"{name} must not carry credentials ({where}): set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the training environment instead "
             "(on Kubernetes, a Secret named by the connection's tracking_secret)"
         )
@@ -99,7 +109,7 @@ def _open_run(params: Any, tags: dict[str, str]) -> MlflowRun:
     from mlflow import MlflowClient
     from mlflow.tracking import get_tracking_uri
 
-    uri = params.mlflow_tracking_uri or get_tracking_uri()
+    uri = params.mlflow_tracking_uri or check_tracking_uri(get_tracking_uri(), "MLFLOW_TRACKING_URI")
     client = MlflowClient(uri)
     experiment_id = _experiment_id(
         client, params.mlflow_experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
@@ -126,6 +136,8 @@ def mlflow_run(params: Any, algorithm: str, backend: str) -> Iterator[MlflowRun 
     tags = {**airflow_tags(os.environ), "training_hub.algorithm": algorithm, "training_hub.backend": backend}
     try:
         run = _open_run(params, tags)
+    except ValueError:  # a tracking URI that would leak a credential: a configuration error
+        raise
     except Exception as exc:  # before any training: asked for a record of the run, it cannot have one
         raise TrainingFailedError(f"MLflow could not open the run, so training did not start: {exc}") from exc
     log.info("MLflow run %s in experiment %s%s", run.run_id, run.experiment_id, f": {run.url}" if run.url else "")
