@@ -105,7 +105,10 @@ def test_json_syntax_phrases_cover_this_python(text):
 @pytest.mark.parametrize(("line", "problem"), [
     (b'{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "y"}]}',
      ("", "a \\u escape stands for half of a surrogate pair, which is not valid Unicode")),
-    (b"[" * 5000, ("", "malformed JSON: nested too deeply")),
+    (b"[" * 5000, ("", "JSON nested too deeply to read (over Python's recursion limit)")),
+    # valid JSON, but deeper than the standard library reads: msgspec skips the unknown key
+    (b'{"messages": [{"role": "user", "content": "x"}], "meta": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+     ("", "JSON nested too deeply to read (over Python's recursion limit)")),
     (b'{"messages": [{"role": 5, "content": "x"}]}',
      ("messages[0].role", "expected one of 'system', 'user', 'assistant', 'pretraining', got a number")),
     (b'{"messages": [{"content": "x", "role": "user", "reasoning_content": []}]}',
@@ -118,3 +121,17 @@ def test_json_syntax_phrases_cover_this_python(text):
 def test_line_problems(line, problem):
     assert line_problem(line) == problem
     assert check_line(line) == (None, [problem])  # what validation reports for the line
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_line_nested_too_deeply_is_skipped_like_any_invalid_line(tmp_path, workers):
+    from airflow_provider_training_hub.data.validate import validate_messages
+
+    good = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    deep = b'{"messages": [{"role": "user", "content": "x"}], "meta": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+    (tmp_path / "d.jsonl").write_bytes(good + deep + good)
+    report = validate_messages(str(tmp_path / "d.jsonl"), on_invalid="skip", output_path=str(tmp_path / "out.jsonl"),
+                               workers=workers)
+    assert report.valid and [(e.line, e.reason) for e in report.errors] == [
+        (2, "JSON nested too deeply to read (over Python's recursion limit)")]
+    assert (tmp_path / "out.jsonl").read_bytes().count(b"\n") == 2

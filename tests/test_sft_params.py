@@ -105,3 +105,24 @@ def test_every_training_hub_sft_parameter_is_known():
     algorithm = create_algorithm("sft", "pytorch")
     known = {*algorithm.get_required_params(), *algorithm.get_optional_params(), "backend"}
     assert set(TRAINING_HUB_0_11_2_SFT) - NOT_YET - known == set()
+
+
+def test_paths_that_cannot_be_training_input_are_named_before_any_work(tmp_path, monkeypatch, tiny_model):
+    """A directory given as data_path, and a relative model path that is missing here (with the
+    Hub reachable, `models/foo` would otherwise be taken for a Hub id): a ValueError each, which
+    no retry repeats."""
+    from airflow_provider_training_hub.data.validate import validate_messages
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data").mkdir()
+    base = {"model_path": str(tiny_model), "data_path": "data", "ckpt_output_dir": "c"}
+    with pytest.raises(ValueError, match=r"^data_path 'data' is a directory: give the JSONL file in it\.$"):
+        SFTParams.parse(base).check_local_paths()
+    with pytest.raises(ValueError, match=r"^data_path 'data' is a directory"):
+        validate_messages("data")
+    with pytest.raises(ValueError, match=r"^model_path 'models/foo' is not a model directory on this machine: it "
+                                         r"must hold the model's config.json and weights"):
+        SFTParams.parse({**base, "model_path": "models/foo"}).check_local_paths()
+    SFTParams.parse({**base, "model_path": "org/name", "data_path": str(tiny_model / "config.json")}).check_local_paths()

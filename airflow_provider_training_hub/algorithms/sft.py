@@ -227,16 +227,24 @@ class SFTParams(ParamSchema):
     def check_local_paths(self) -> None:
         """Paths must exist where training runs (not on the Airflow worker, for a pod on a PVC)."""
         if not Path(self.model_path).is_dir() and not _is_hub_model_id(self.model_path):
-            raise ValueError(f"model_path {self.model_path!r} is not a model directory on this machine.")
+            raise ValueError(
+                f"model_path {self.model_path!r} is not a model directory on this machine: it must hold the model's "
+                "config.json and weights (*.safetensors), as save_pretrained writes them "
+                "(`training-hub models tiny DIR` makes a small one offline)."
+            )
         if "://" not in self.data_path and not Path(self.data_path).exists():
             raise ValueError(f"data_path {self.data_path!r} does not exist.")
+        if "://" not in self.data_path and Path(self.data_path).is_dir():
+            raise ValueError(f"data_path {self.data_path!r} is a directory: give the JSONL file in it.")
 
 
 def _is_hub_model_id(model_path: str) -> bool:
-    """An ``org/name`` Hub id, acceptable only where the Hub can be reached."""
+    """An ``org/name`` Hub id, acceptable only where the Hub can be reached; a path whose first
+    part exists here (``models/foo`` with a ``models/`` directory) is a missing local model."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         return False
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model_path)) and not model_path.startswith(".")
+    org = model_path.split("/", 1)[0]
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model_path)) and not org.startswith(".") and not Path(org).exists()
 
 
 def prepare_data(params: SFTParams):

@@ -73,7 +73,7 @@ def validate_documents(
                 continue
             try:
                 document = decoder.decode(line[:-1])
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 refuse(number, *line_problem(line[:-1], struct))
                 continue
             text = getattr(document, column)

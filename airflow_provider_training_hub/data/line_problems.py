@@ -29,6 +29,9 @@ Problem = tuple[str, str]  # (location, reason), e.g. ("messages[1].content", "m
 _TRUNCATED = "truncated JSON: the line ends inside a value"
 
 
+NESTED_TOO_DEEPLY = "JSON nested too deeply to read (over Python's recursion limit)"
+
+
 class _NonFiniteNumber(ValueError):
     pass
 
@@ -51,7 +54,7 @@ def line_problem(line: bytes, struct: type[msgspec.Struct] = Sample) -> Problem:
     except json.JSONDecodeError as exc:
         return "", _syntax_reason(text, exc)
     except RecursionError:
-        return "", "malformed JSON: nested too deeply"
+        return "", NESTED_TOO_DEEPLY
     problem = _shape_problem(value, struct, "")
     if problem:
         return problem

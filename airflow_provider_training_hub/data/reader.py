@@ -46,6 +46,8 @@ def open_source(path: str) -> Iterator[BinaryIO]:
             f = fsspec.open(path, "rb", compression="infer").open()
     except FileNotFoundError:
         raise ValueError(f"data_path {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"data_path {path!r} is a directory: give the JSONL file in it") from None
     with f:
         yield f
 

@@ -38,7 +38,7 @@ from airflow_provider_training_hub.data.reader import (
     line_ranges,
     open_source,
 )
-from airflow_provider_training_hub.data.line_problems import line_problem, overlong_problem
+from airflow_provider_training_hub.data.line_problems import NESTED_TOO_DEEPLY, line_problem, overlong_problem
 from airflow_provider_training_hub.data.repeated_keys import may_repeat_a_key, repeated_key
 from airflow_provider_training_hub.data.schema import Batch, Sample, semantic_problems
 from airflow_provider_training_hub.data.stats import Statistics, chat_token_counter
@@ -111,9 +111,14 @@ def check_line(line: bytes) -> tuple[Sample | None, list[tuple[str, str]]]:
     pairs)."""
     try:
         sample = _decoder.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec.ValidationError is a DecodeError
+    # msgspec.ValidationError is a DecodeError; a RecursionError is a line nested too deeply
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None, [line_problem(line)]
-    if may_repeat_a_key(line, Batch.of([sample])) and (repeated := repeated_key(line)):
+    try:
+        repeated = may_repeat_a_key(line, Batch.of([sample])) and repeated_key(line)
+    except RecursionError:  # msgspec skipped a deep unknown field that the standard library cannot read
+        return None, [("", NESTED_TOO_DEEPLY)]
+    if repeated:
         return None, [repeated]
     return sample, semantic_problems(sample)
 
@@ -124,7 +129,7 @@ def _valid_block(block: Block) -> Batch | None:
         return None
     try:
         batch = Batch.of(list(map(_decoder.decode, block.lines)))  # a blank line fails too
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     if batch.has_problems() or may_repeat_a_key(block.data, batch):
         return None
