@@ -149,7 +149,7 @@ def test_unschedulable_job_reports_the_scheduler_and_times_out(kube, k8s_namespa
     assert states(run) == {"train": "failed"}
     out = capfd.readouterr().out
     assert "waiting for a node: 0/" in out and "Insufficient nvidia.com/gpu" in out
-    assert "could not be scheduled for 8s" in out
+    assert re.search(r"pod \S+ did not start for 8s: waiting for a node: 0/\d+ nodes are available", out), out[-3000:]
     wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
               "the unschedulable Job to be deleted")
 

@@ -195,3 +195,14 @@ def test_termination_message_keeps_the_newest_checkpoint_within_the_kubernetes_l
     trimmed = json.loads(message)
     assert trimmed["checkpoint"] == "/c/hf_format/samples_9999" and trimmed["checkpoints"][-1] == trimmed["checkpoint"]
     assert trimmed["metrics"] == {"loss": 1.0}
+
+
+def test_a_job_that_would_vanish_before_its_result_is_read_is_refused():
+    """ttl_seconds_after_finished=0 would let Kubernetes delete the Job, and rank 0's result with
+    its pod, before the task reads it."""
+    from airflow_provider_training_hub.targets.task_settings import TaskSettings
+
+    base = {"pending_timeout": 900, "job_backoff_limit": 0}
+    with pytest.raises(ValueError, match=r"Invalid parameter 'ttl_seconds_after_finished': must be at least 60 \(got 0\)"):
+        TaskSettings.parse({**base, "ttl_seconds_after_finished": 0})
+    assert TaskSettings.parse({**base, "ttl_seconds_after_finished": 60}).ttl_seconds_after_finished == 60

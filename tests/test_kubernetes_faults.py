@@ -107,6 +107,28 @@ def test_resets_latency_and_timeouts_while_waiting_are_retried(kube, k8s_namespa
     assert RETRY_LOG in output
 
 
+def test_an_api_outage_longer_than_the_retries_is_waited_out_by_the_trigger(kube, k8s_namespace, proxy):
+    """The API server gone for 40 s, longer than each call's retries (about 15 s): the deferred
+    task's trigger waits it out, and the Job, which trained on meanwhile, is neither abandoned
+    nor deleted."""
+    runner = start_in_subprocess("th_k8s_train_deferred", {
+        "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "50000"}),
+    })
+    try:
+        wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+        time.sleep(2)  # the trigger is watching
+        proxy.enabled(False)  # every connection refused
+        time.sleep(40)
+        proxy.enabled(True)
+        result, output = finish(runner)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert result["states"] == {"train": "success"}, output[-4000:]
+    assert "The Kubernetes API cannot be reached" in output and "The Kubernetes API answers again after" in output
+    assert result["xcoms"]["train.checkpoint"].endswith("samples_96")
+
+
 class JobWatch:
     """Every Job event of a namespace, in order, from a watch of the API server (not the proxy)."""
 
@@ -405,6 +427,8 @@ def test_deferred_task_past_its_execution_timeout_fails_and_deletes_its_job(kube
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "600000"}),
     })
     wait_for(_running_pods(kube, k8s_namespace, 2), 180, "both pods to run")
+    # the deadline of a Job whose task is gone: the 30 s execution_timeout and a minute
+    assert [j.spec.active_deadline_seconds for j in kube[1].list_namespaced_job(k8s_namespace).items] == [90]
     ti = deployed.wait_for_task("th_k8s_train_deferred_timeout", run_id, {"success", "failed"}, 180)
     assert ti["state"] == "failed"
     assert "TaskDeferralTimeout" in deployed.log("th_k8s_train_deferred_timeout", run_id, 1)

@@ -29,6 +29,7 @@ from airflow_provider_training_hub.targets.task_settings import TaskSettings
 from airflow_provider_training_hub.targets import RUN_URL_KEY, TaskTry, TrainingRun
 
 _OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
+JOB_DEADLINE_MARGIN_SECONDS = 60
 
 
 def _init_naming(cls: type[TrainOperator], names: Sequence[str]):
@@ -137,9 +138,11 @@ class TrainOperator(BaseOperator):
                                    "active_deadline_seconds": self._deadline_seconds()})
 
     def _deadline_seconds(self) -> int | None:
-        """``execution_timeout`` in whole seconds (at least 1), for the Job's activeDeadlineSeconds."""
+        """The Job's activeDeadlineSeconds: a minute past ``execution_timeout``. The timed-out
+        task deletes its Job itself, with the reason in its log; the deadline stops the pods of a
+        task that is gone without doing so."""
         timeout = self.execution_timeout
-        return max(1, math.ceil(timeout.total_seconds())) if timeout else None
+        return math.ceil(timeout.total_seconds()) + JOB_DEADLINE_MARGIN_SECONDS if timeout else None
 
     @cached_property
     def hook(self) -> TrainingHubHook:
