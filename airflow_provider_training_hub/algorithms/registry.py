@@ -36,9 +36,13 @@ class Backend(ABC):
 
     name: ClassVar[str]
 
+    def check(self, params: Any) -> None:
+        """Raise ``ValueError`` for what this backend cannot run here (no GPU, an option it lacks),
+        before any work: ``Algorithm.train`` calls it before it touches ``ckpt_output_dir``."""
+
     @abstractmethod
     def execute(self, params: Any) -> TrainingResult:
-        """Run with already validated parameters (an instance of the algorithm's schema)."""
+        """Run with already validated and checked parameters (an instance of the algorithm's schema)."""
 
 
 class Algorithm(ABC):
@@ -57,10 +61,11 @@ class Algorithm(ABC):
 
     def train(self, **kwargs: Any) -> TrainingResult:
         """Validate ``config`` updated with ``kwargs`` against the schema (a ``ValueError`` before
-        any work), check the input paths where training runs and that ``ckpt_output_dir`` holds
-        no other run's checkpoints, then run on ``self.backend``."""
+        any work), check the input paths where training runs, what the backend can run, and that
+        ``ckpt_output_dir`` holds no other run's checkpoints, then run on ``self.backend``."""
         params = self.params_schema.parse({**self.config, **kwargs})
         params.check_local_paths()
+        self.backend.check(params)
         if params.RESULT_NEUTRAL is not None:  # before any expensive work: never resume another run
             claim(self.name, params)
         with mlflow_run(params, self.name, getattr(self.backend, "name", type(self.backend).__name__)) as run:

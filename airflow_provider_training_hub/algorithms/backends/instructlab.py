@@ -92,6 +92,7 @@ class InstructLabTrainingBackend(Backend):
 
     def check(self, params: SFTParams) -> None:
         """Refuse, before any work, what upstream cannot do."""
+        self.require_cuda()
 
     def build_args(self, params: SFTParams, torchrun: TorchrunSpec):
         """The upstream ``(TorchrunArgs, TrainingArgs)`` for our parameters."""
@@ -139,8 +140,6 @@ class InstructLabTrainingBackend(Backend):
         return torch_args, train_args
 
     def execute(self, params: SFTParams) -> TrainingResult:
-        self.require_cuda()
-        self.check(params)
         torchrun = resolve_torchrun(params, default_nproc_per_node="gpu")
         torch_args, train_args = self.build_args(params, torchrun)
 
@@ -175,6 +174,7 @@ class InstructLabLoRABackend(InstructLabTrainingBackend):
     algorithm: ClassVar[str] = "lora_sft"
 
     def check(self, params: LoRAParams) -> None:
+        super().check(params)
         check_4bit_supported(params)
         if params.accelerate_full_state_at_epoch and "accelerate_full_state_at_epoch" in params.model_fields_set:
             raise ValueError(

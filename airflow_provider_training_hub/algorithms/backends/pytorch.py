@@ -46,11 +46,7 @@ class PyTorchBackend(Backend):
 
     algorithm: ClassVar[str] = "sft"
 
-    def check_device(self, params: SFTParams) -> None:
-        """Refuse, before any work, what this machine cannot run."""
-
     def execute(self, params: SFTParams) -> TrainingResult:
-        self.check_device(params)
         torchrun = resolve_torchrun(params, default_nproc_per_node=1)
         out = Path(params.ckpt_output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -81,5 +77,5 @@ class PyTorchLoRABackend(PyTorchBackend):
 
     algorithm: ClassVar[str] = "lora_sft"
 
-    def check_device(self, params: LoRAParams) -> None:
+    def check(self, params: LoRAParams) -> None:
         check_4bit_supported(params)
