@@ -188,6 +188,11 @@ def k8s_namespace(k8s_cluster, request) -> str:
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual", "volumeName": f"pv-{namespace}",
                  "resources": {"requests": {"storage": "10Gi"}}},
     })
+    # A platform's claim is bound before anyone trains on it; until it is, the scheduler's message
+    # is "unbound immediate PersistentVolumeClaims", not the one a test waits for. A fresh
+    # controller-manager's volume binder took 14.8 s to bind the first claim.
+    wait_for(lambda: core.read_namespaced_persistent_volume_claim("training", namespace).status.phase == "Bound",
+             60, "the claim `training` to be bound")
     os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
         {"conn_type": "kubernetes", "extra": {"kube_config_path": k8s_cluster}}
     )

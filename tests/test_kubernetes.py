@@ -148,8 +148,8 @@ def test_unschedulable_job_reports_the_scheduler_and_times_out(kube, k8s_namespa
     })
     assert states(run) == {"train": "failed"}
     out = capfd.readouterr().out
-    assert "waiting for a node: 0/" in out and "Insufficient nvidia.com/gpu" in out
     assert re.search(r"pod \S+ did not start for 8s: waiting for a node: 0/\d+ nodes are available", out), out[-3000:]
+    assert "Insufficient nvidia.com/gpu" in out, re.findall(r"did not start.*", out)
     wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
               "the unschedulable Job to be deleted")
 
@@ -335,7 +335,9 @@ def test_a_refusal_after_the_job_exists_deletes_the_job(kube, k8s_cluster, k8s_n
     assert run.get_task_instance("train").try_number == 1
     assert 'services "th-th-k8s-train-retried-train-' in out and "cannot patch resource" in out, out[-4000:]
     assert "was created but its Service could not be given to it; deleting both" in out
-    assert _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}
+    # deleted in the foreground: the Job goes once the garbage collector has removed its pods
+    wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+             "the refused Job and its pods to be deleted")
 
 
 def test_a_succeeded_job_whose_result_cannot_be_read_is_retried(kube, k8s_namespace, capfd):
