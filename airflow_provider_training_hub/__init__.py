@@ -1,11 +1,32 @@
 """Fine-tune language models as Airflow tasks: the training_hub API plus an Airflow provider.
 
-``from airflow_provider_training_hub import sft, lora_sft, create_algorithm, AlgorithmRegistry`` needs
-neither Airflow nor torch; the Airflow pieces live in ``hooks``, ``operators`` and ``triggers``.
+``from airflow_provider_training_hub import sft, lora_sft, create_algorithm, AlgorithmRegistry`` (and
+the other names training_hub exports for them: ``Algorithm``, ``Backend``, ``SFTAlgorithm``,
+``LoRASFTAlgorithm``) needs neither Airflow nor torch; the Airflow pieces live in ``hooks``,
+``operators`` and ``triggers``.
 """
 
-from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm, lora_sft, sft
+from airflow_provider_training_hub.algorithms import (
+    Algorithm,
+    AlgorithmRegistry,
+    Backend,
+    LoRASFTAlgorithm,
+    SFTAlgorithm,
+    create_algorithm,
+    lora_sft,
+    sft,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["AlgorithmRegistry", "create_algorithm", "lora_sft", "sft", "__version__"]
+__all__ = [
+    "Algorithm",
+    "AlgorithmRegistry",
+    "Backend",
+    "LoRASFTAlgorithm",
+    "SFTAlgorithm",
+    "create_algorithm",
+    "lora_sft",
+    "sft",
+    "__version__",
+]

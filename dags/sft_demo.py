@@ -129,6 +129,7 @@ def sft_demo():
             data_path=validate.output["data_path"],
             backend="{{ params.backend }}",
             accelerate_full_state_at_epoch=False,
+            warmup_steps=0,  # the sample is 18 steps: lora_sft's default warmup (10) would spend most of them
             **form_values(algorithm),
         )
         for algorithm, operator in TRAINERS.items()

@@ -19,7 +19,8 @@ from airflow_provider_training_hub.algorithms.backends.instructlab import Instru
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
 from airflow_provider_training_hub.checkpoints import read_metrics
 
-COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3}
+# runs of a few steps: no warmup (lora_sft's default, 10, would be most of them)
+COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3, "warmup_steps": 0}
 REQUIRED = {"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/ckpt"}
 
 
@@ -31,15 +32,31 @@ def test_registered_with_training_hub_defaults():
     # training_hub 0.11.2's lora_sft defaults
     assert (p.lora_r, p.lora_alpha, p.lora_dropout, p.target_modules) == (16, 32, 0.0, None)
     assert (p.load_in_4bit, p.save_steps, p.learning_rate) == (False, 500, 2e-4)
+    assert (p.num_epochs, p.warmup_steps, p.weight_decay, p.random_seed) == (3, 10, 0.01, 3407)
+    # its name for the seed, and None for "not given", as its functions pass it
+    assert LoRAParams.parse({**REQUIRED, "seed": 7, "lora_r": None}).model_dump(include={"random_seed", "lora_r"}) \
+        == {"random_seed": 7, "lora_r": 16}
+    with pytest.raises(ValueError, match="'seed' and 'random_seed' are one parameter"):
+        LoRAParams.parse({**REQUIRED, "random_seed": 7, "seed": 8})
+
+
+def test_unsloth_runs_the_pytorch_backend_and_says_so(caplog):
+    """training_hub's default lora_sft backend; a ported script names it."""
+    algorithm = create_algorithm("lora_sft", "unsloth")
+    assert algorithm.backend.name == "pytorch"
+    assert "running the 'pytorch' backend instead" in caplog.text and "learns every token" in caplog.text
+    assert "unsloth" not in AlgorithmRegistry.list_backends("lora_sft")  # an alias, not a backend
 
 
 def test_the_schema_reuses_every_sft_field():
     sft_fields, lora_fields = SFTParams.model_fields, LoRAParams.model_fields
     assert list(lora_fields)[: len(sft_fields)] == list(sft_fields)
+    own_defaults = {"num_epochs", "learning_rate", "warmup_steps", "weight_decay", "random_seed"}  # training_hub's
     for name, field in sft_fields.items():
-        if name != "learning_rate":  # the one with another default (training_hub's for LoRA)
+        if name in own_defaults:
+            assert lora_fields[name].metadata == field.metadata, name  # same bounds
+        else:
             assert lora_fields[name] is field or repr(lora_fields[name]) == repr(field), name
-    assert lora_fields["learning_rate"].metadata == sft_fields["learning_rate"].metadata  # same bounds
     optional = create_algorithm("lora_sft", "pytorch").get_optional_params()
     assert {"lora_r", "lora_alpha", "lora_dropout", "target_modules", "load_in_4bit", "save_steps",
             "merge_adapter", "weight_decay", "nnodes"} <= set(optional)

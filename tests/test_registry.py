@@ -51,6 +51,42 @@ def test_create_algorithm_checks_its_keyword_arguments_and_train_starts_from_the
     assert (params.num_epochs, params.learning_rate) == (3, 5e-5)  # from the config; train()'s own wins
 
 
+class _GuideBackend(Backend):
+    """A backend as training_hub's "Extending the Framework" guide writes one (its Step 2):
+    ``execute_training`` over a dict, reading optional parameters with ``.get``, returning a dict."""
+
+    def execute_training(self, algorithm_params):
+        output_dir = algorithm_params["ckpt_output_dir"]
+        num_epochs = algorithm_params.get("num_epochs", 3)
+        learning_rate = algorithm_params.get("learning_rate", 1e-5)
+        return {"status": "success", "checkpoint_path": f"{output_dir}/final_checkpoint",
+                "given": algorithm_params, "plan": (num_epochs, learning_rate)}
+
+
+def test_a_backend_written_from_training_hubs_guide_runs_through_sft(tmp_path, monkeypatch):
+    from airflow_provider_training_hub import sft
+
+    monkeypatch.setitem(AlgorithmRegistry._backends, "sft", dict(AlgorithmRegistry._backends["sft"]))  # put back after
+    AlgorithmRegistry.register_backend("sft", "my_backend", _GuideBackend)  # the guide's Step 3
+    (tmp_path / "model").mkdir()
+    (tmp_path / "d.jsonl").write_text("")
+    paths = {"model_path": str(tmp_path / "model"), "data_path": str(tmp_path / "d.jsonl"),
+             "ckpt_output_dir": str(tmp_path / "out")}
+    # None is "not given", as training_hub's own functions pass every parameter left out
+    result = sft(**paths, backend="my_backend", num_epochs=5, learning_rate=None)
+    assert result["checkpoint_path"] == f"{tmp_path}/out/final_checkpoint"
+    assert result["given"] == {**paths, "num_epochs": 5}  # what the caller gave, as training_hub passes it
+    assert result["plan"] == (5, 1e-5)  # so the backend's own defaults apply, as they do upstream
+    assert create_algorithm("sft", backend_name="my_backend").train(**paths)["plan"] == (3, 1e-5)  # Step 4
+
+    class Neither(Backend):
+        pass
+
+    with pytest.raises(TypeError, match=r"'nothing' \(Neither\) must override execute\(params\) or, as training_hub "
+                                        r"documents it, execute_training\(algorithm_params\)"):
+        AlgorithmRegistry.register_backend("sft", "nothing", Neither)
+
+
 def test_param_introspection_matches_the_seed_reference():
     algo = create_algorithm("sft", "instructlab-training")
     assert algo.get_required_params() == {"model_path": str, "data_path": str, "ckpt_output_dir": str}

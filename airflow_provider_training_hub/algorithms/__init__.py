@@ -9,14 +9,14 @@ from airflow_provider_training_hub.algorithms.registry import (
     register_backend,
 )
 from airflow_provider_training_hub.algorithms.sft import SFTAlgorithm, SFTParams, sft
-from airflow_provider_training_hub.algorithms.lora import LoRAAlgorithm, LoRAParams, lora_sft
+from airflow_provider_training_hub.algorithms.lora import LoRASFTAlgorithm, LoRAParams, lora_sft
 from airflow_provider_training_hub.algorithms import backends  # noqa: F401  (registers the built-in backends)
 
 __all__ = [
     "Algorithm",
     "AlgorithmRegistry",
     "Backend",
-    "LoRAAlgorithm",
+    "LoRASFTAlgorithm",
     "LoRAParams",
     "SFTAlgorithm",
     "SFTParams",

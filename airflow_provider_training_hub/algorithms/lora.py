@@ -1,8 +1,8 @@
 """LoRA (and QLoRA) fine-tuning: ``lora_sft()``, training_hub 0.11.2's names and defaults.
 
 The schema is ``SFTParams`` plus the adapter's own fields, so every SFT training and topology
-parameter means the same here and is declared once; only ``learning_rate`` takes another default
-(training_hub's for LoRA: adapters learn from scratch, so they want a larger step).
+parameter means the same here and is declared once; a few take training_hub's ``lora_sft``
+defaults instead (epochs, warmup, weight decay, seed), and its ``seed`` is our ``random_seed``.
 
 What a checkpoint holds depends on the backend, and the result says which:
 - ``pytorch`` (peft) saves the adapter (``adapter_config.json`` + ``adapter_model.safetensors``)
@@ -20,7 +20,12 @@ from typing import Any, ClassVar
 from pydantic import Field
 from pydantic.fields import FieldInfo
 
-from airflow_provider_training_hub.algorithms.registry import Algorithm, create_algorithm, register_algorithm
+from airflow_provider_training_hub.algorithms.registry import (
+    Algorithm,
+    AlgorithmRegistry,
+    create_algorithm,
+    register_algorithm,
+)
 from airflow_provider_training_hub.algorithms.sft import SFTParams
 
 DEFAULT_BACKEND = "pytorch"  # the one that runs everywhere; instructlab-training needs CUDA
@@ -36,12 +41,20 @@ class LoRAParams(SFTParams):
     """Every parameter of ``lora_sft()``: those of ``sft()`` and the adapter's."""
 
     RESULT_NEUTRAL: ClassVar[frozenset[str]] = SFTParams.RESULT_NEUTRAL | {"save_steps", "merge_adapter"}
+    ALIASES: ClassVar[dict[str, str]] = {"seed": "random_seed"}
 
+    # training_hub 0.11.2's lora_sft defaults (its Unsloth backend's), where they differ from sft's
+    num_epochs: int = _with_default("num_epochs", 3, "Number of training epochs.")
     learning_rate: float = _with_default(
         "learning_rate",
         2e-4,
         "Peak learning rate of the adapters, reached after warmup_steps; adapters start from zero, "
         "so they want a larger step than full fine-tuning.",
+    )
+    warmup_steps: int = _with_default("warmup_steps", 10, "Linear learning-rate warmup steps.")
+    weight_decay: float = _with_default("weight_decay", 0.01, "AdamW (decoupled) weight decay.")
+    random_seed: int = _with_default(
+        "random_seed", 3407, "Seed for data order and the adapters' initialisation (training_hub's name: seed)."
     )
 
     lora_r: int = Field(16, ge=1, description="LoRA rank: the inner dimension of each adapter.")
@@ -76,10 +89,19 @@ def check_4bit_supported(params: LoRAParams) -> None:
 
 
 @register_algorithm("lora_sft")
-class LoRAAlgorithm(Algorithm):
+class LoRASFTAlgorithm(Algorithm):
     """Supervised fine-tuning of low-rank adapters on a frozen (optionally 4-bit) base model."""
 
     params_schema = LoRAParams
+
+
+# training_hub's default LoRA backend; Unsloth is CUDA-only and patches the model for speed, and
+# our pytorch backend is the same LoRA training (peft) with the same parameter names.
+AlgorithmRegistry.register_backend_alias(
+    "lora_sft", "unsloth", DEFAULT_BACKEND,
+    "this package does not ship Unsloth; the pytorch backend trains peft LoRA adapters with the same "
+    "parameters, without Unsloth's kernels, and learns the assistant turns only where Unsloth learns every token",
+)
 
 
 def lora_sft(model_path: str, data_path: str, ckpt_output_dir: str, backend: str = DEFAULT_BACKEND, **kwargs: Any):

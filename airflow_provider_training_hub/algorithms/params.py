@@ -24,26 +24,48 @@ class ParamSchema(BaseModel):
     # the work); every other one is part of the run's identity (``run_identity.py``). ``None``:
     # the algorithm writes no resumable checkpoints, so it has no identity to keep.
     RESULT_NEUTRAL: ClassVar[frozenset[str] | None] = None
+    # Another name training_hub gives a parameter in some of its functions -> ours.
+    ALIASES: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> Self:
-        """Validate user input; every problem becomes one ``ValueError`` naming the parameters."""
+        """Validate user input; every problem becomes one ``ValueError`` naming the parameters.
+        ``None`` means "not given", as in training_hub, whose functions default every optional
+        parameter to ``None``: the field keeps its default (a required one is missing)."""
+        values = cls._given(values)
         cls._reject_unknown(values)
         try:
-            return cls.model_validate(dict(values))
+            return cls.model_validate(values)
         except ValidationError as exc:
             raise ValueError(format_validation_error(exc)) from None
 
     @classmethod
     def check_some(cls, values: Mapping[str, Any]) -> None:
         """Check the parameters given, ignoring missing required ones: a trigger form's subset."""
+        values = cls._given(values)
         cls._reject_unknown(values)
         try:
-            cls.model_validate(dict(values))
+            cls.model_validate(values)
         except ValidationError as exc:
             errors = [e for e in exc.errors() if e["type"] != "missing"]
             if errors:
                 raise ValueError(format_validation_error(ValidationError.from_exception_data(exc.title, errors))) from None
+
+    @classmethod
+    def _given(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters actually given, by our names: training_hub passes ``None`` for each one
+        left out, and names some differently in some functions (``ALIASES``). An unknown name
+        stays, ``None`` or not, to be refused."""
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            ours = cls.ALIASES.get(name, name)
+            if value is None and ours in cls.model_fields:
+                continue
+            if ours in out:
+                alias = next(a for a, o in cls.ALIASES.items() if o == ours)
+                raise ValueError(f"{alias!r} and {ours!r} are one parameter (training_hub's name and ours): give one.")
+            out[ours] = value
+        return out
 
     @classmethod
     def _reject_unknown(cls, values: Mapping[str, Any]) -> None:

@@ -14,25 +14,28 @@ from __future__ import annotations
 
 import difflib
 import logging
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import replace
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema, param_types
 from airflow_provider_training_hub.algorithms.tracking import mlflow_run
+from airflow_provider_training_hub.checkpoints import TrainingResult
 from airflow_provider_training_hub.run_identity import claim
-
-if TYPE_CHECKING:
-    from airflow_provider_training_hub.checkpoints import TrainingResult
 
 PLUGIN_GROUP = "training_hub.plugins"
 
 log = logging.getLogger(__name__)
 
 
-class Backend(ABC):
-    """One way of running an algorithm (a library, a launcher, a device family)."""
+class Backend:
+    """One way of running an algorithm (a library, a launcher, a device family).
+
+    A backend overrides ``execute`` (it gets the validated schema instance) or, as training_hub's
+    "extending" guide writes one, ``execute_training`` (it gets a dict of the parameters the
+    caller gave, as training_hub passes only those); ``register_backend`` refuses a class with
+    neither."""
 
     name: ClassVar[str]
 
@@ -40,9 +43,18 @@ class Backend(ABC):
         """Raise ``ValueError`` for what this backend cannot run here (no GPU, an option it lacks),
         before any work: ``Algorithm.train`` calls it before it touches ``ckpt_output_dir``."""
 
-    @abstractmethod
-    def execute(self, params: Any) -> TrainingResult:
+    def execute(self, params: Any) -> Any:
         """Run with already validated and checked parameters (an instance of the algorithm's schema)."""
+        return self.execute_training(params.model_dump(exclude_unset=True))
+
+    def execute_training(self, algorithm_params: dict[str, Any]) -> Any:
+        """training_hub's entry point: the parameters the caller gave, by name."""
+        raise NotImplementedError(f"{type(self).__name__} overrides neither execute nor execute_training")
+
+
+def _runs_something(backend_class: type) -> bool:
+    return any(getattr(backend_class, method, None) is not getattr(Backend, method)
+               for method in ("execute", "execute_training"))
 
 
 class Algorithm(ABC):
@@ -59,7 +71,7 @@ class Algorithm(ABC):
         self.backend = backend
         self.config = config
 
-    def train(self, **kwargs: Any) -> TrainingResult:
+    def train(self, **kwargs: Any) -> Any:
         """Validate ``config`` updated with ``kwargs`` against the schema (a ``ValueError`` before
         any work), check the input paths where training runs, what the backend can run, and that
         ``ckpt_output_dir`` holds no other run's checkpoints, then run on ``self.backend``."""
@@ -70,7 +82,10 @@ class Algorithm(ABC):
             claim(self.name, params)
         with mlflow_run(params, self.name, getattr(self.backend, "name", type(self.backend).__name__)) as run:
             result = self.backend.execute(params)
-        return replace(result, mlflow_run_id=run.run_id, mlflow_run_url=run.url) if run else result
+        # a training_hub-style backend returns what it likes (a dict); only ours carry the run's link
+        if run and isinstance(result, TrainingResult):
+            return replace(result, mlflow_run_id=run.run_id, mlflow_run_url=run.url)
+        return result
 
     @classmethod
     def get_required_params(cls) -> dict[str, Any]:
@@ -93,6 +108,7 @@ class AlgorithmRegistry:
     _algorithms: ClassVar[dict[str, type[Algorithm]]] = {}
     _backends: ClassVar[dict[str, dict[str, type[Backend]]]] = {}
     _default_backend: ClassVar[dict[str, str]] = {}
+    _aliases: ClassVar[dict[str, dict[str, tuple[str, str]]]] = {}
     _plugins_loaded: ClassVar[bool] = False
 
     @classmethod
@@ -104,10 +120,19 @@ class AlgorithmRegistry:
     def register_backend(
         cls, algorithm_name: str, backend_name: str, backend_class: type[Backend], *, default: bool = False
     ) -> None:
+        if not _runs_something(backend_class):
+            raise TypeError(f"Backend {backend_name!r} ({backend_class.__name__}) must override execute(params) "
+                            "or, as training_hub documents it, execute_training(algorithm_params).")
         backends = cls._backends.setdefault(algorithm_name, {})
         backends[backend_name] = backend_class
         if default or algorithm_name not in cls._default_backend:
             cls._default_backend[algorithm_name] = backend_name
+
+    @classmethod
+    def register_backend_alias(cls, algorithm_name: str, alias: str, backend_name: str, why: str) -> None:
+        """Let training_hub's name for a backend this package does not ship run ``backend_name``,
+        saying so (``why``) each time: a ported script keeps working and its log tells the truth."""
+        cls._aliases.setdefault(algorithm_name, {})[alias] = (backend_name, why)
 
     @classmethod
     def load_plugins(cls, *, reload: bool = False) -> None:
@@ -152,6 +177,10 @@ class AlgorithmRegistry:
     def get_backend(cls, algorithm_name: str, backend_name: str) -> type[Backend]:
         cls.get_algorithm(algorithm_name)
         backends = cls._backends[algorithm_name]
+        if backend_name not in backends and backend_name in cls._aliases.get(algorithm_name, {}):
+            target, why = cls._aliases[algorithm_name][backend_name]
+            log.warning("%s backend %r: running the %r backend instead (%s).", algorithm_name, backend_name, target, why)
+            backend_name = target
         if backend_name not in backends:
             raise _unknown(f"backend for {algorithm_name!r}:", backend_name, list(backends))
         return backends[backend_name]
