@@ -30,6 +30,7 @@ from airflow_provider_training_hub.data.atomic import umask
 
 METRICS_FILE = "training_params_and_metrics_global0.jsonl"
 MERGED_DIR = "merged"
+LAST_CHECKPOINT = "last_epoch"  # instructlab's one checkpoint with keep_last_checkpoint_only, whatever it holds
 ADAPTER_CONFIG = "adapter_config.json"  # peft's: the checkpoint is an adapter, not a whole model
 _NUMBERED = re.compile(r"^(samples|epoch|step)_(\d+)$")
 FULL_STATE_METADATA = "training_metadata.json"
@@ -111,12 +112,29 @@ def _numbered_dirs(parent: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def keep_newest(ckpt_output_dir: str | Path, limit: int) -> list[Path]:
+    """Remove all but the newest ``limit`` checkpoints and the newest ``limit`` full states
+    (``save_total_limit``); returns what went. Only complete ones count: a checkpoint being written
+    is hidden, and each directory is pruned under its publish lock, so none is removed mid-write;
+    the newest full state, the one a retry resumes, is always kept."""
+    removed = []
+    for parent, newest_last in ((Path(ckpt_output_dir) / "hf_format", hf_checkpoints),
+                                (Path(ckpt_output_dir) / "full_state", full_state_checkpoints)):
+        older = newest_last(ckpt_output_dir)[:-limit]  # listed first: listing may take the lock itself
+        if older:
+            with _publish_lock(parent):
+                for old in older:
+                    shutil.rmtree(old, ignore_errors=True)
+                    removed.append(old)
+    return removed
+
+
 def hf_checkpoints(ckpt_output_dir: str | Path) -> list[Path]:
     """HF-format checkpoints, oldest first; ``last_epoch`` (if any) counts as the newest."""
     hf_dir = Path(ckpt_output_dir) / "hf_format"
     found = _numbered_dirs(hf_dir)
-    if (hf_dir / "last_epoch").is_dir():
-        found.append(hf_dir / "last_epoch")
+    if (hf_dir / LAST_CHECKPOINT).is_dir():
+        found.append(hf_dir / LAST_CHECKPOINT)
     return found
 
 

@@ -143,14 +143,20 @@ def test_pet_environment_fills_what_arguments_leave_out(fake_gpu, tiny_model, sa
 def test_training_hub_0_11_parameters_reach_main_ds(fake_gpu, tiny_model, sample_data, tmp_path):
     """AdamW settings and master_addr/master_port, as training_hub 0.11.2's sft() takes them."""
     ckpt = tmp_path / "c"
-    sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt),
-        beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05, nnodes=2, node_rank=1,
-        master_addr="node0", master_port=23456)
+    result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt),
+                 beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05, nnodes=2, node_rank=1,
+                 master_addr="node0", master_port=23456, num_epochs=3, keep_last_checkpoint_only=True,
+                 save_total_limit=2)
     argv = _argv(ckpt)
     for expected in ("--adamw_beta1=0.8", "--adamw_beta2=0.99", "--adamw_eps=1e-06", "--adamw_weight_decay=0.05",
-                     "--master-addr=node0", "--master-port=23456", "--nnodes=2", "--node-rank=1"):
+                     "--master-addr=node0", "--master-port=23456", "--nnodes=2", "--node-rank=1",
+                     "--keep_last_checkpoint_only"):
         assert expected in argv
     assert not any(a.startswith("--rdzv-endpoint") for a in argv)
+    # save_total_limit is ours: upstream saved a checkpoint and a full state per epoch (the stand-in
+    # numbers them, as upstream does without keep_last_checkpoint_only); the run kept the newest 2 of each
+    assert [Path(c).name for c in result.checkpoints] == ["samples_96", "samples_144"]
+    assert [Path(c).name for c in result.full_state] == ["epoch_1", "epoch_2"]
 
 
 def test_pretraining_reaches_main_ds_with_upstream_document_processing(fake_gpu, tiny_model, tmp_path):

@@ -32,7 +32,7 @@ def test_registered_with_training_hub_defaults():
     # training_hub 0.11.2's lora_sft defaults
     assert (p.lora_r, p.lora_alpha, p.lora_dropout, p.target_modules) == (16, 32, 0.0, None)
     assert (p.load_in_4bit, p.save_steps, p.learning_rate) == (False, 500, 2e-4)
-    assert (p.num_epochs, p.warmup_steps, p.weight_decay, p.random_seed) == (3, 10, 0.01, 3407)
+    assert (p.num_epochs, p.warmup_steps, p.weight_decay, p.random_seed, p.save_total_limit) == (3, 10, 0.01, 3407, 3)
     # its name for the seed, and None for "not given", as its functions pass it
     assert LoRAParams.parse({**REQUIRED, "seed": 7, "lora_r": None}).model_dump(include={"random_seed", "lora_r"}) \
         == {"random_seed": 7, "lora_r": 16}
@@ -51,7 +51,7 @@ def test_unsloth_runs_the_pytorch_backend_and_says_so(caplog):
 def test_the_schema_reuses_every_sft_field():
     sft_fields, lora_fields = SFTParams.model_fields, LoRAParams.model_fields
     assert list(lora_fields)[: len(sft_fields)] == list(sft_fields)
-    own_defaults = {"num_epochs", "learning_rate", "warmup_steps", "weight_decay", "random_seed"}  # training_hub's
+    own_defaults = {"num_epochs", "learning_rate", "warmup_steps", "weight_decay", "random_seed", "save_total_limit"}
     for name, field in sft_fields.items():
         if name in own_defaults:
             assert lora_fields[name].metadata == field.metadata, name  # same bounds
@@ -100,7 +100,8 @@ def test_pytorch_trains_an_adapter_that_loads_and_merges(tiny_model, sample_data
     # fact is the test below); a frozen or unchanged adapter stays at 6.25.
     assert result.adapter and result.metrics["loss"] < 0.97 * result.metrics["first_loss"], result.metrics
     names = [Path(c).name for c in result.checkpoints]
-    assert names == ["samples_40", "samples_80", "samples_120", "samples_144"]  # every 5 steps, and the end
+    # every 5 steps, and the end; samples_40 went when the 4th came (save_total_limit: training_hub's 3)
+    assert names == ["samples_80", "samples_120", "samples_144"]
     newest = Path(result.checkpoint)
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in newest.iterdir()}
     assert json.loads((newest / "adapter_config.json").read_text())["r"] == 8

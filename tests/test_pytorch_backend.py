@@ -85,7 +85,7 @@ def test_two_nodes_on_localhost(tiny_model, sample_data, tmp_path, rendezvous):
 
 def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, tmp_path):
     ckpt = tmp_path / "ckpt"
-    command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4)
+    command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4, save_total_limit=1)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     seen = []
@@ -104,6 +104,10 @@ def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, 
     assert "full_state/epoch_0: epoch 1, step 12, samples 48" in rerun.stdout
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert result["metrics"]["steps"] == 24 and result["metrics"]["samples_seen"] == 96
+    # save_total_limit=1: the state it resumed from went once the next one was complete
+    assert [Path(p).name for p in result["full_state"]] == ["epoch_1"]
+    assert [Path(p).name for p in result["checkpoints"]] == ["samples_96"]
+    assert f"removed {ckpt}/full_state/epoch_0 (save_total_limit=1)" in rerun.stdout
     assert "epoch 1/2" not in rerun.stdout and "epoch 2/2 step 13/24" in rerun.stdout
     # each progress line ends in the time left at the pace of this run's own steps
     assert re.search(r"epoch 2/2 step 13/24 loss \S+ lr \S+ tokens/s \d+ samples 52 eta \d+m\d\ds$", rerun.stdout, re.M)
@@ -144,11 +148,14 @@ def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(t
 
 
 def test_adamw_settings_reach_the_optimizer(tiny_model, sample_data, tmp_path):
-    sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=1,
-        checkpoint_at_epoch=False, accelerate_full_state_at_epoch=False,
-        beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05, **COMMON)
+    result = sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=1,
+                 save_samples=16, keep_last_checkpoint_only=True, accelerate_full_state_at_epoch=False,
+                 beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05, **COMMON)
     hparams = json.loads((tmp_path / "ckpt" / "training_params_and_metrics_global0.jsonl").read_text().splitlines()[0])
     assert hparams["optimizer"] == {"betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.05}
+    # keep_last_checkpoint_only: the saves at 16, 32 and 48 samples each replaced hf_format/last_epoch
+    assert result.checkpoints == [str(tmp_path / "ckpt" / "hf_format" / "last_epoch")]
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "hf_format").iterdir()) == [".publish.lock", "last_epoch"]
 
 
 def test_pretraining_trains_on_blocks_of_documents(tiny_model, tmp_path):

@@ -20,7 +20,7 @@ def test_defaults_are_instructlab_trainingargs_defaults():
 
     ours = SFTParams.model_fields
     for name in ("num_epochs", "save_samples", "warmup_steps", "checkpoint_at_epoch",
-                 "accelerate_full_state_at_epoch", "random_seed"):
+                 "accelerate_full_state_at_epoch", "random_seed", "keep_last_checkpoint_only"):
         assert ours[name].default == TrainingArgs.model_fields[name].default, name
     adamw = TrainingArgs.model_fields
     assert (ours["beta1"].default, ours["beta2"].default) == adamw["adamw_betas"].default

@@ -31,10 +31,11 @@ from airflow_provider_training_hub.algorithms.sft import SFTParams
 DEFAULT_BACKEND = "pytorch"  # the one that runs everywhere; instructlab-training needs CUDA
 
 
-def _with_default(name: str, default: Any, description: str) -> Any:
-    """``SFTParams``' field ``name`` (its type and bounds) with another default and the help text
-    that says where that default comes from."""
-    return FieldInfo.merge_field_infos(SFTParams.model_fields[name], default=default, description=description)
+def _with_default(name: str, default: Any, description: str | None = None) -> Any:
+    """``SFTParams``' field ``name`` (its type, bounds and help text) with another default, and the
+    help text that says why where it needs another."""
+    changes = {"default": default} | ({"description": description} if description else {})
+    return FieldInfo.merge_field_infos(SFTParams.model_fields[name], **changes)
 
 
 class LoRAParams(SFTParams):
@@ -44,15 +45,16 @@ class LoRAParams(SFTParams):
     ALIASES: ClassVar[dict[str, str]] = {"seed": "random_seed"}
 
     # training_hub 0.11.2's lora_sft defaults (its Unsloth backend's), where they differ from sft's
-    num_epochs: int = _with_default("num_epochs", 3, "Number of training epochs.")
+    num_epochs: int = _with_default("num_epochs", 3)
     learning_rate: float = _with_default(
         "learning_rate",
         2e-4,
         "Peak learning rate of the adapters, reached after warmup_steps; adapters start from zero, "
         "so they want a larger step than full fine-tuning.",
     )
-    warmup_steps: int = _with_default("warmup_steps", 10, "Linear learning-rate warmup steps.")
-    weight_decay: float = _with_default("weight_decay", 0.01, "AdamW (decoupled) weight decay.")
+    warmup_steps: int = _with_default("warmup_steps", 10)
+    weight_decay: float = _with_default("weight_decay", 0.01)
+    save_total_limit: int = _with_default("save_total_limit", 3)
     random_seed: int = _with_default(
         "random_seed", 3407, "Seed for data order and the adapters' initialisation (training_hub's name: seed)."
     )

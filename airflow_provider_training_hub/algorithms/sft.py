@@ -43,6 +43,7 @@ class SFTParams(ParamSchema):
 
     RESULT_NEUTRAL: ClassVar[frozenset[str]] = frozenset({
         "ckpt_output_dir", "data_output_dir", "save_samples", "accelerate_full_state_at_epoch", "checkpoint_at_epoch",
+        "save_total_limit", "keep_last_checkpoint_only",
         "restart_changed_run", "max_tokens_per_gpu", "mlflow_tracking_uri", "mlflow_experiment_name",
         "mlflow_run_name", "wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir",
         "nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port",
@@ -85,6 +86,17 @@ class SFTParams(ParamSchema):
         True, description="Save the full training state each epoch, for automatic resumption."
     )
     checkpoint_at_epoch: bool = Field(True, description="Save an HF checkpoint at the end of each epoch.")
+    save_total_limit: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Keep only the newest N checkpoints and the newest N full states, removing older ones once a newer one "
+            "is complete; 0 keeps all. instructlab-training: applied when the run ends."
+        ),
+    )
+    keep_last_checkpoint_only: bool = Field(
+        False, description="Save every checkpoint as hf_format/last_epoch, replacing the one before."
+    )
     random_seed: int = Field(42, description="Seed for data order and initialisation.")
     restart_changed_run: bool = Field(
         False,

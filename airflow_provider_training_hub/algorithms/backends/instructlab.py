@@ -31,6 +31,7 @@ from airflow_provider_training_hub.checkpoints import (
     collect_result,
     full_state_snapshot,
     hf_checkpoints,
+    keep_newest,
     saved_since,
 )
 
@@ -121,6 +122,7 @@ class InstructLabTrainingBackend(Backend):
             warmup_steps=params.warmup_steps,
             accelerate_full_state_at_epoch=params.accelerate_full_state_at_epoch,
             checkpoint_at_epoch=params.checkpoint_at_epoch,
+            keep_last_checkpoint_only=params.keep_last_checkpoint_only,
             random_seed=params.random_seed,
             adamw_betas=(params.beta1, params.beta2),
             adamw_eps=params.eps,
@@ -163,6 +165,9 @@ class InstructLabTrainingBackend(Backend):
         if stopped := _stopped_on_demand(params.ckpt_output_dir, before):
             raise TrainingStoppedError(f"instructlab-training saved {stopped} on a stop request and exited before the "
                                        "end of its last epoch")
+        if params.save_total_limit:  # upstream keeps every checkpoint while it trains
+            for old in keep_newest(params.ckpt_output_dir, params.save_total_limit):
+                log.info("removed %s (save_total_limit=%d)", old, params.save_total_limit)
         return collect_result(params.ckpt_output_dir)
 
 

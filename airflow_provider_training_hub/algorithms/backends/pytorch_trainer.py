@@ -7,7 +7,8 @@ Semantics follow instructlab-training so results and files are comparable:
 - the loss is the mean cross-entropy over every label token of the step, across ranks;
 - AdamW (``beta1``, ``beta2``, ``eps``, ``weight_decay``; instructlab's defaults 0.9/0.95, 1e-8,
   0), linear warmup then cosine decay, grad-norm clipping at 1.0; checkpoints and metrics in
-  instructlab's layout (see ``checkpoints.py``);
+  instructlab's layout (see ``checkpoints.py``), ``keep_last_checkpoint_only``'s ``last_epoch``
+  included;
 - with ``is_pretraining``, the tokenized documents are concatenated and cut into ``block_size``
   blocks, every token a label, as instructlab's pretraining block dataset does;
 - for ``lora_sft``, peft's LoRA adapters on the frozen base model: only the adapters get
@@ -57,9 +58,11 @@ from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.algorithms.tracking import close_metric_logger, log_to_trackers, metric_logger
 from airflow_provider_training_hub.checkpoints import (
     FULL_STATE_METADATA,
+    LAST_CHECKPOINT,
     MERGED_DIR,
     METRICS_FILE,
     full_state_checkpoints,
+    keep_newest,
     publish,
 )
 from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
@@ -265,10 +268,14 @@ class Trainer:
                     f"samples {self.samples_seen}")
 
     def _publish(self, final: Path, what: str, write: Callable[[Path], None]) -> None:
-        """Rank 0 writes it (``checkpoints.publish``: readers never see a partial checkpoint)."""
+        """Rank 0 writes it (``checkpoints.publish``: readers never see a partial checkpoint), then
+        removes what ``save_total_limit`` no longer keeps."""
         if self.rank == 0:
             publish(final, write)
             self._print(f"saved {what} {final}")
+            if self.params.save_total_limit:
+                for old in keep_newest(self.out, self.params.save_total_limit):
+                    self._print(f"removed {old} (save_total_limit={self.params.save_total_limit})")
         dist.barrier()
 
     def _save_hf(self, final: bool = False) -> None:
@@ -286,7 +293,8 @@ class Trainer:
                 merged.save_pretrained(tmp / MERGED_DIR)
                 self.tokenizer.save_pretrained(tmp / MERGED_DIR)
 
-        self._publish(self.out / "hf_format" / f"samples_{self.samples_seen}", "checkpoint", write)
+        name = LAST_CHECKPOINT if self.params.keep_last_checkpoint_only else f"samples_{self.samples_seen}"
+        self._publish(self.out / "hf_format" / name, "checkpoint", write)
         self._saved_at = (self.samples_seen, merge)
 
     def _save_full_state(self, epoch: int, epoch_step: int = 0) -> None:
