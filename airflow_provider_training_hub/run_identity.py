@@ -102,6 +102,16 @@ def _move_aside(out: Path, names: list[str]) -> Path:
     return aside
 
 
+def _as_recorded(before: dict[str, Any], now: dict[str, Any], params: Any) -> dict[str, Any]:
+    """``now`` without the parameters a release added since ``before`` was recorded, where they
+    keep their defaults (which reproduce what training did before they existed): an upgrade
+    must not turn a retry into "another run"."""
+    earlier, fields = before.get("parameters") or {}, type(params).model_fields
+    current = {name: value for name, value in now["parameters"].items()
+               if name in earlier or value != fields[name].default}
+    return {**now, "parameters": current}
+
+
 def claim(algorithm: str, params: Any) -> None:
     """Make ``ckpt_output_dir`` this run's, or raise ``ValueError`` if it holds another run's.
 
@@ -119,7 +129,7 @@ def claim(algorithm: str, params: Any) -> None:
     except (OSError, ValueError) as exc:
         raise ValueError(f"ckpt_output_dir {str(out)!r}: {IDENTITY_FILE} is unreadable ({exc}); "
                          "move it away if the directory is yours") from None
-    if before == now:
+    if before is not None and before == _as_recorded(before, now, params):
         return
     present = [name for name in RUN_OUTPUTS if (out / name).exists()]
     resumable = [name for name in present if name in ("hf_format", "full_state")]

@@ -74,6 +74,17 @@ def test_no_cuda_fails_fast_with_a_clear_error(tiny_model, sample_data, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ({"bf16": False}, r"bf16=False: instructlab-training always trains in bfloat16"),
+    ({"logging_steps": 5}, r"logging_steps: instructlab-training prints its own progress, every step"),
+])
+def test_what_upstream_cannot_do_is_refused_before_any_work(fake_gpu, tiny_model, sample_data, tmp_path, override,
+                                                             message):
+    with pytest.raises(ValueError, match=message):
+        sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(tmp_path / "out"), **override)
+    assert not (tmp_path / "out").exists()
+
+
 def _argv(ckpt: Path) -> list[str]:
     return json.loads((ckpt / "torchrun_argv.json").read_text())
 

@@ -73,10 +73,18 @@ def test_bad_values_are_named(override, message):
         LoRAParams.parse({**REQUIRED, **override})
 
 
-def test_4bit_without_cuda_is_refused_before_any_work(tiny_model, sample_data, tmp_path):
-    """This machine has no GPU; QLoRA on CUDA is benchmarks/gpu/'s."""
-    with pytest.raises(ValueError, match=r"load_in_4bit \(QLoRA\) needs a CUDA GPU and this machine has none"):
-        lora_sft(str(tiny_model), str(sample_data), str(tmp_path / "c"), load_in_4bit=True)
+def test_quantization_choices_are_checked_before_any_work(tiny_model, sample_data, tmp_path, fake_gpu):
+    """4-bit (QLoRA) and 8-bit need CUDA and bitsandbytes (this machine has neither; QLoRA on CUDA
+    is benchmarks/gpu/'s); one at a time; and instructlab-training's LoRA quantizes to NF4 only
+    (GPU REPLACED: its CUDA check, as fake_gpu)."""
+    paths = (str(tiny_model), str(sample_data), str(tmp_path / "c"))
+    for name in ("load_in_4bit", "load_in_8bit"):
+        with pytest.raises(ValueError, match=rf"{name} needs a CUDA GPU and this machine has none"):
+            lora_sft(*paths, **{name: True})
+    with pytest.raises(ValueError, match=r"load_in_4bit and load_in_8bit are both set"):
+        lora_sft(*paths, load_in_4bit=True, load_in_8bit=True)
+    with pytest.raises(ValueError, match=r"instructlab-training quantizes a LoRA run's base model to 4-bit NF4 only"):
+        lora_sft(*paths, backend="instructlab-training", load_in_8bit=True)
     assert not (tmp_path / "c").exists()
 
 

@@ -209,10 +209,15 @@ def test_progress_lines_come_at_a_steady_pace_not_every_step(tiny_model, sample_
     assert progress == ["1", "12"], run.stdout[-3000:]
     assert [r["step"] for r in read_metrics(ckpt)] == list(range(1, 13))
 
-    bad = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TRAINING_HUB_PROGRESS_SECONDS": "often"})
-    assert bad.returncode == 0 and "TRAINING_HUB_PROGRESS_SECONDS='often' is not a number of seconds; using 10" in (
-        bad.stdout + bad.stderr)
+    # training_hub's logging_steps: a line every N steps instead (the interval is then unused,
+    # though still checked)
+    every5 = subprocess.run(_cli_command(tiny_model, sample_data, tmp_path / "every5", num_epochs=1,
+                                         effective_batch_size=4, logging_steps=5),
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TRAINING_HUB_PROGRESS_SECONDS": "often"})
+    assert every5.returncode == 0, every5.stdout[-3000:] + every5.stderr[-3000:]
+    assert re.findall(r"epoch 1/1 step (\d+)/12 loss", every5.stdout) == ["1", "5", "10", "12"]
+    assert "TRAINING_HUB_PROGRESS_SECONDS='often' is not a number of seconds; using 10" in every5.stdout + every5.stderr
 
 
 def test_a_run_with_other_data_never_resumes_the_earlier_runs_checkpoints(tiny_model, sample_data, tmp_path):

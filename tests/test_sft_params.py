@@ -57,6 +57,9 @@ def test_string_values_from_templates_and_flags_are_converted():
         ({"nnodes": 2, "node_rank": 2}, r"node_rank \(2\) must be in \[0, nnodes\) = \[0, 2\)"),
         ({"node_rank": -1}, r"'node_rank': must be at least 0 \(got -1\)"),
         ({"rdzv_endpoint": "node0"}, r"rdzv_endpoint must be 'host:port'.*got 'node0'"),
+        ({"sample_packing": False}, r"^Invalid parameter 'sample_packing': both backends always pack samples, with "
+                                    r"attention kept within each sample .* leave sample_packing at true\.$"),
+        ({"logging_steps": 0}, r"'logging_steps': must be at least 1 \(got 0\)"),
         ({"rdzv_endpoint": "node0:99999"}, r"rdzv_endpoint must be 'host:port'"),
         ({"learnin_rate": 1e-5}, r"Unknown parameter 'learnin_rate'\. Did you mean 'learning_rate'\?"),
         ({"num_epoch": 2}, r"Unknown parameter 'num_epoch'\. Did you mean 'num_epochs'\?"),

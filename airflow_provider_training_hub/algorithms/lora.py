@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 
 from airflow_provider_training_hub.algorithms.registry import (
@@ -67,7 +67,14 @@ class LoRAParams(SFTParams):
         description="Names of the modules to adapt; unset: every linear projection of the attention and MLP blocks.",
     )
     load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base model in 4-bit NF4 (CUDA, bitsandbytes).")
+    load_in_8bit: bool = Field(False, description="Load the frozen base model in 8-bit (CUDA, bitsandbytes).")
     save_steps: int = Field(500, ge=0, description="Save a checkpoint every N optimizer steps; 0 disables it.")
+    @model_validator(mode="after")
+    def _one_quantization(self) -> LoRAParams:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are both set: the base model is loaded in one of them.")
+        return self
+
     merge_adapter: bool | None = Field(
         None,
         description=(
@@ -77,17 +84,17 @@ class LoRAParams(SFTParams):
     )
 
 
-def check_4bit_supported(params: LoRAParams) -> None:
-    """QLoRA needs bitsandbytes and a CUDA GPU: refused here, before any work, instead of deep in a
-    model load (either backend) once the data is prepared."""
-    if not params.load_in_4bit:
+def check_quantization_supported(params: LoRAParams) -> None:
+    """A quantized base model needs bitsandbytes and a CUDA GPU: refused here, before any work,
+    instead of deep in a model load (either backend) once the data is prepared."""
+    if not (name := "load_in_4bit" if params.load_in_4bit else "load_in_8bit" if params.load_in_8bit else None):
         return
     import torch
 
     if not torch.cuda.is_available():
-        raise ValueError("load_in_4bit (QLoRA) needs a CUDA GPU and this machine has none; set load_in_4bit=False.")
+        raise ValueError(f"{name} needs a CUDA GPU and this machine has none; set {name}=False.")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError("load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes.")
+        raise ValueError(f"{name} needs bitsandbytes: pip install bitsandbytes.")
 
 
 @register_algorithm("lora_sft")

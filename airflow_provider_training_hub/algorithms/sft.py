@@ -43,7 +43,7 @@ class SFTParams(ParamSchema):
 
     RESULT_NEUTRAL: ClassVar[frozenset[str]] = frozenset({
         "ckpt_output_dir", "data_output_dir", "save_samples", "accelerate_full_state_at_epoch", "checkpoint_at_epoch",
-        "save_total_limit", "keep_last_checkpoint_only",
+        "save_total_limit", "keep_last_checkpoint_only", "logging_steps",
         "restart_changed_run", "max_tokens_per_gpu", "mlflow_tracking_uri", "mlflow_experiment_name",
         "mlflow_run_name", "wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir",
         "nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port",
@@ -98,6 +98,28 @@ class SFTParams(ParamSchema):
         False, description="Save every checkpoint as hf_format/last_epoch, replacing the one before."
     )
     random_seed: int = Field(42, description="Seed for data order and initialisation.")
+    logging_steps: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "A progress line every N optimizer steps (and for the first and the last); unset: at most one per "
+            "TRAINING_HUB_PROGRESS_SECONDS. The metrics file and the trackers get every step either way."
+        ),
+    )
+    bf16: bool = Field(
+        True,
+        description=(
+            "Compute in bfloat16 (autocast, float32 master weights) where the device has it: a CUDA GPU from "
+            "Ampere on. A CPU or an older GPU computes in float32 either way, and the log says which."
+        ),
+    )
+    sample_packing: bool = Field(
+        True,
+        description=(
+            "Pack samples into rows with attention kept within each sample: both backends always do, so it must "
+            "stay true."
+        ),
+    )
     restart_changed_run: bool = Field(
         False,
         description=(
@@ -194,6 +216,17 @@ class SFTParams(ParamSchema):
         if value is None:
             return value
         raise ValueError(f"nproc_per_node must be 'auto', 'gpu' or an integer >= 1, got {value!r}")
+
+    @field_validator("sample_packing")
+    @classmethod
+    def _always_packed(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "both backends always pack samples, with attention kept within each sample (instructlab-training's "
+                "padding-free batches, the pytorch backend's packed rows), so packing changes nothing a sample "
+                "learns; leave sample_packing at true"
+            )
+        return value
 
     @field_validator("mlflow_tracking_uri")
     @classmethod

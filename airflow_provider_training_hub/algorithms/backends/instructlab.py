@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
-from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_4bit_supported
+from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_quantization_supported
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
 from airflow_provider_training_hub.algorithms.registry import AlgorithmRegistry, Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
@@ -94,6 +94,12 @@ class InstructLabTrainingBackend(Backend):
     def check(self, params: SFTParams) -> None:
         """Refuse, before any work, what upstream cannot do."""
         self.require_cuda()
+        if not params.bf16:
+            raise ValueError("bf16=False: instructlab-training always trains in bfloat16 (FSDP mixed precision); "
+                             "use backend='pytorch' to compute in float32.")
+        if params.logging_steps is not None:
+            raise ValueError("logging_steps: instructlab-training prints its own progress, every step; leave "
+                             "logging_steps unset (the metrics file and the trackers get every step either way).")
 
     def build_args(self, params: SFTParams, torchrun: TorchrunSpec):
         """The upstream ``(TorchrunArgs, TrainingArgs)`` for our parameters."""
@@ -180,7 +186,10 @@ class InstructLabLoRABackend(InstructLabTrainingBackend):
 
     def check(self, params: LoRAParams) -> None:
         super().check(params)
-        check_4bit_supported(params)
+        if params.load_in_8bit:
+            raise ValueError("load_in_8bit: instructlab-training quantizes a LoRA run's base model to 4-bit NF4 only; "
+                             "use load_in_4bit=True, or backend='pytorch'.")
+        check_quantization_supported(params)
         if params.accelerate_full_state_at_epoch and "accelerate_full_state_at_epoch" in params.model_fields_set:
             raise ValueError(
                 "accelerate_full_state_at_epoch=True: instructlab-training cannot save the full state of a LoRA run "

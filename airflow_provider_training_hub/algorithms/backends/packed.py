@@ -241,16 +241,18 @@ class DevicePlan:
         return f"{kernel}, {precision}, {'fused' if self.fused_adamw else 'foreach'} AdamW{rows}"
 
 
-def device_plan(device: torch.device) -> DevicePlan:
+def device_plan(device: torch.device, bf16: bool = True) -> DevicePlan:
     """The one place where CPU and GPU training differ; the kernel is also what ``packed_attention``
-    runs from now on in this process. A GPU without bfloat16 (before Ampere) trains in float32:
-    float16 would need loss scaling, which this loop does not do."""
+    runs from now on in this process. A GPU without bfloat16 (before Ampere), or asked not to use
+    it (``bf16=False``), trains in float32: float16 would need loss scaling, which this loop does
+    not do."""
     global _kernel
     _kernel = PER_CONVERSATION
     if device.type != "cuda":
         return DevicePlan(PER_CONVERSATION, None, fused_adamw=False, row_tokens=CPU_ROW_TOKENS)
-    if not torch.cuda.is_bf16_supported():
-        return DevicePlan(PER_CONVERSATION, None, fused_adamw=True, fallback_reason="no bfloat16 on this GPU")
+    if not bf16 or not torch.cuda.is_bf16_supported():
+        reason = "bf16=False" if not bf16 else "no bfloat16 on this GPU"
+        return DevicePlan(PER_CONVERSATION, None, fused_adamw=True, fallback_reason=reason)
     reason = _varlen_agrees(device, torch.bfloat16)
     _kernel = PER_CONVERSATION if reason else VARLEN
     return DevicePlan(_kernel, torch.bfloat16, fused_adamw=True, fallback_reason=reason)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
-from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_4bit_supported
+from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_quantization_supported
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
 from airflow_provider_training_hub.algorithms.registry import Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
@@ -78,4 +78,4 @@ class PyTorchLoRABackend(PyTorchBackend):
     algorithm: ClassVar[str] = "lora_sft"
 
     def check(self, params: LoRAParams) -> None:
-        check_4bit_supported(params)
+        check_quantization_supported(params)

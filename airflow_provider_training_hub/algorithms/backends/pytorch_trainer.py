@@ -176,16 +176,17 @@ class Trainer:
 
         torch.manual_seed(params.random_seed)
         self.tokenizer = AutoTokenizer.from_pretrained(params.model_path)
-        self.plan = device_plan(self.device)
+        self.plan = device_plan(self.device, bf16=params.bf16)
         self.lora = params if isinstance(params, LoRAParams) else None
         # float32 master weights: autocast (where the plan has it) computes in bfloat16, as
         # instructlab's FSDP mixed precision does, while AdamW keeps the small updates.
         load = {"dtype": torch.float32, "attn_implementation": register_packed_attention()}
-        if self.lora and self.lora.load_in_4bit:
+        if self.lora and (self.lora.load_in_4bit or self.lora.load_in_8bit):
             from transformers import BitsAndBytesConfig
 
-            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                              bnb_4bit_compute_dtype=self.plan.autocast_dtype or torch.float32)
+            quantization = BitsAndBytesConfig(load_in_8bit=True) if self.lora.load_in_8bit else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=self.plan.autocast_dtype or torch.float32)
             self.model = AutoModelForCausalLM.from_pretrained(
                 params.model_path, quantization_config=quantization, device_map={"": self.device}, **load)
         else:
@@ -214,7 +215,7 @@ class Trainer:
         it); returns the ``PeftModel``, which saves and merges the adapter."""
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        if p.load_in_4bit:
+        if p.load_in_4bit or p.load_in_8bit:
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=False)
         if Path(p.model_path).is_dir():  # the adapter names its base model: make that path absolute
             self.model.name_or_path = str(Path(p.model_path).resolve())
@@ -411,7 +412,9 @@ class Trainer:
                               tokens_per_second=record["num_tokens"] / elapsed)
                 self._metrics(record)
                 now = time.perf_counter()
-                if self.global_step in (first_step + 1, self.total_steps) or now - last_progress >= interval:
+                due = (self.global_step % p.logging_steps == 0 if p.logging_steps
+                       else now - last_progress >= interval)
+                if self.global_step in (first_step + 1, self.total_steps) or due:
                     last_progress = now
                     self._print(
                         f"epoch {epoch + 1}/{p.num_epochs} step {record['step']}/{self.total_steps} "
