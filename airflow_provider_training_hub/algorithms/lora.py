@@ -2,7 +2,8 @@
 
 The schema is ``SFTParams`` plus the adapter's own fields, so every SFT training and topology
 parameter means the same here and is declared once; a few take training_hub's ``lora_sft``
-defaults instead (epochs, warmup, weight decay, seed), and its ``seed`` is our ``random_seed``.
+defaults instead (epochs, warmup, weight decay, seed, checkpoints kept), and its ``seed`` is our
+``random_seed``.
 
 What a checkpoint holds depends on the backend, and the result says which:
 - ``pytorch`` (peft) saves the adapter (``adapter_config.json`` + ``adapter_model.safetensors``)
@@ -69,12 +70,6 @@ class LoRAParams(SFTParams):
     load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base model in 4-bit NF4 (CUDA, bitsandbytes).")
     load_in_8bit: bool = Field(False, description="Load the frozen base model in 8-bit (CUDA, bitsandbytes).")
     save_steps: int = Field(500, ge=0, description="Save a checkpoint every N optimizer steps; 0 disables it.")
-    @model_validator(mode="after")
-    def _one_quantization(self) -> LoRAParams:
-        if self.load_in_4bit and self.load_in_8bit:
-            raise ValueError("load_in_4bit and load_in_8bit are both set: the base model is loaded in one of them.")
-        return self
-
     merge_adapter: bool | None = Field(
         None,
         description=(
@@ -82,6 +77,12 @@ class LoRAParams(SFTParams):
             "(pytorch: the adapter only; instructlab-training: the merged model only)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _one_quantization(self) -> LoRAParams:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are both set: the base model is loaded in one of them.")
+        return self
 
 
 def check_quantization_supported(params: LoRAParams) -> None:
@@ -104,8 +105,8 @@ class LoRASFTAlgorithm(Algorithm):
     params_schema = LoRAParams
 
 
-# training_hub's default LoRA backend; Unsloth is CUDA-only and patches the model for speed, and
-# our pytorch backend is the same LoRA training (peft) with the same parameter names.
+# training_hub's default LoRA backend: a ported script that names it runs, and its log says how
+# what runs differs.
 AlgorithmRegistry.register_backend_alias(
     "lora_sft", "unsloth", DEFAULT_BACKEND,
     "this package does not ship Unsloth; the pytorch backend trains peft LoRA adapters with the same "
