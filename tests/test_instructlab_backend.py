@@ -77,6 +77,7 @@ def test_no_cuda_fails_fast_with_a_clear_error(tiny_model, sample_data, tmp_path
 @pytest.mark.parametrize(("override", "message"), [
     ({"bf16": False}, r"bf16=False: instructlab-training always trains in bfloat16"),
     ({"logging_steps": 5}, r"logging_steps: instructlab-training prints its own progress, every step"),
+    ({"micro_batch_size": 2}, r"instructlab-training sizes each micro-batch by tokens \(max_tokens_per_gpu\)"),
 ])
 def test_what_upstream_cannot_do_is_refused_before_any_work(fake_gpu, tiny_model, sample_data, tmp_path, override,
                                                              message):

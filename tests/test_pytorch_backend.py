@@ -147,6 +147,16 @@ def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(t
     assert sorted(r["step"] for r in read_metrics(ckpt)) == list(range(1, 25))  # each step once, none lost
 
 
+def test_micro_batches_and_accumulation_size_the_step_as_training_hub_does(tiny_model, sample_data, tmp_path):
+    """effective batch = micro_batch_size x gradient_accumulation_steps x ranks (1 here): 48 samples
+    make 8 steps of 6, each 3 micro-batches of 2 (the token cap alone would take each step whole)."""
+    sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=1,
+        micro_batch_size=2, gradient_accumulation_steps=3, checkpoint_at_epoch=False,
+        accelerate_full_state_at_epoch=False, **{k: v for k, v in COMMON.items() if k != "effective_batch_size"})
+    records = read_metrics(tmp_path / "ckpt")
+    assert [(r["batch_size"], r["num_minibatches"]) for r in records] == [(6, 3)] * 8
+
+
 def test_adamw_settings_reach_the_optimizer(tiny_model, sample_data, tmp_path):
     result = sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=1,
                  save_samples=16, keep_last_checkpoint_only=True, accelerate_full_state_at_epoch=False,

@@ -60,6 +60,10 @@ def test_string_values_from_templates_and_flags_are_converted():
         ({"sample_packing": False}, r"^Invalid parameter 'sample_packing': both backends always pack samples, with "
                                     r"attention kept within each sample .* leave sample_packing at true\.$"),
         ({"logging_steps": 0}, r"'logging_steps': must be at least 1 \(got 0\)"),
+        ({"gradient_accumulation_steps": 4}, r"^gradient_accumulation_steps needs micro_batch_size"),
+        ({"gradient_accumulation_steps": 4, "micro_batch_size": 2, "effective_batch_size": 64},
+         r"^effective_batch_size \(64\) and gradient_accumulation_steps \(4\) both set the samples per optimizer "
+         r"step: give one\.$"),
         ({"rdzv_endpoint": "node0:99999"}, r"rdzv_endpoint must be 'host:port'"),
         ({"learnin_rate": 1e-5}, r"Unknown parameter 'learnin_rate'\. Did you mean 'learning_rate'\?"),
         ({"num_epoch": 2}, r"Unknown parameter 'num_epoch'\. Did you mean 'num_epochs'\?"),

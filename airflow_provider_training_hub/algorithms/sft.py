@@ -77,6 +77,24 @@ class SFTParams(ParamSchema):
         ),
     )
 
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "At most N samples in a micro-batch on each rank, besides max_tokens_per_gpu's cap (pytorch backend). "
+            "With gradient_accumulation_steps it also sets the effective batch."
+        ),
+    )
+    gradient_accumulation_steps: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Micro-batches per optimizer step on each rank, with micro_batch_size: the effective batch is then "
+            "micro_batch_size x gradient_accumulation_steps x the number of ranks, instead of effective_batch_size "
+            "(pytorch backend)."
+        ),
+    )
+
     data_output_dir: str | None = Field(
         None, description="Where processed data goes; unset means <ckpt_output_dir>/data."
     )
@@ -247,6 +265,14 @@ class SFTParams(ParamSchema):
             )
         if self.node_rank is not None and self.nnodes is not None and self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank ({self.node_rank}) must be in [0, nnodes) = [0, {self.nnodes}).")
+        if self.gradient_accumulation_steps and not self.micro_batch_size:
+            raise ValueError("gradient_accumulation_steps needs micro_batch_size: the two, times the ranks, make the "
+                             "effective batch.")
+        if self.gradient_accumulation_steps and "effective_batch_size" in self.model_fields_set:
+            raise ValueError(
+                f"effective_batch_size ({self.effective_batch_size}) and gradient_accumulation_steps "
+                f"({self.gradient_accumulation_steps}) both set the samples per optimizer step: give one."
+            )
         if self.master_addr and self.rdzv_endpoint:
             raise ValueError(
                 f"master_addr ({self.master_addr!r}) and rdzv_endpoint ({self.rdzv_endpoint!r}) are both set: "

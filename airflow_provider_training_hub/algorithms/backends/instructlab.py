@@ -97,6 +97,10 @@ class InstructLabTrainingBackend(Backend):
         if not params.bf16:
             raise ValueError("bf16=False: instructlab-training always trains in bfloat16 (FSDP mixed precision); "
                              "use backend='pytorch' to compute in float32.")
+        if params.micro_batch_size or params.gradient_accumulation_steps:
+            raise ValueError("micro_batch_size and gradient_accumulation_steps: instructlab-training sizes each "
+                             "micro-batch by tokens (max_tokens_per_gpu) and accumulates what effective_batch_size "
+                             "needs; set those, or use backend='pytorch'.")
         if params.logging_steps is not None:
             raise ValueError("logging_steps: instructlab-training prints its own progress, every step; leave "
                              "logging_steps unset (the metrics file and the trackers get every step either way).")

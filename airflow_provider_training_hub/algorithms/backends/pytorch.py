@@ -54,7 +54,9 @@ class PyTorchBackend(Backend):
         log.info("pytorch backend: %s", prepared)
         command = [
             sys.executable, "-m", "torch.distributed.run", *torchrun.launcher_args(),
-            "-m", TRAINER_MODULE, self.algorithm, params.model_dump_json(),
+            # what was given only: the ranks' own validation sees the same choices (effective_batch_size or
+            # gradient_accumulation_steps), and fills the same defaults
+            "-m", TRAINER_MODULE, self.algorithm, params.model_dump_json(exclude_unset=True),
         ]
         rank_log = out / f"full_logs_global{torchrun.node_rank}.log"
         before = full_state_snapshot(out)

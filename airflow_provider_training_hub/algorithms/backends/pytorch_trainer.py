@@ -116,14 +116,16 @@ def rank_share(step: list[int], samples: list[Sample], rank: int, world: int) ->
     return owners[rank]
 
 
-def micro_batches(indices: list[int], samples: list[Sample], token_cap: int) -> list[list[int]]:
-    """Greedy packing into micro-batches of at most ``token_cap`` tokens (one sample always fits)."""
+def micro_batches(indices: list[int], samples: list[Sample], token_cap: int,
+                  sample_cap: int | None = None) -> list[list[int]]:
+    """Greedy packing into micro-batches of at most ``token_cap`` tokens and ``sample_cap``
+    samples (one sample always fits)."""
     batches: list[list[int]] = []
     current: list[int] = []
     tokens = 0
     for i in indices:
         length = len(samples[i].input_ids)
-        if current and tokens + length > token_cap:
+        if current and (tokens + length > token_cap or len(current) == sample_cap):
             batches.append(current)
             current, tokens = [], 0
         current.append(i)
@@ -169,7 +171,10 @@ class Trainer:
         self.out = Path(params.ckpt_output_dir)
         self.samples = load_samples(Path(params.processed_data_dir) / PROCESSED_FILE,
                                     params.block_size if params.is_pretraining else None)
-        self.steps_per_epoch = math.ceil(len(self.samples) / params.effective_batch_size)
+        # training_hub's other way to size a step: micro-batches of micro_batch_size, accumulated
+        self.batch_size = (params.micro_batch_size * params.gradient_accumulation_steps * self.world
+                           if params.gradient_accumulation_steps else params.effective_batch_size)
+        self.steps_per_epoch = math.ceil(len(self.samples) / self.batch_size)
         self.total_steps = self.steps_per_epoch * params.num_epochs
 
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -352,7 +357,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         cap = min(p.batch_token_cap, self.plan.row_tokens or p.batch_token_cap)  # one packed row each
-        batches = micro_batches(mine, self.samples, cap)
+        batches = micro_batches(mine, self.samples, cap, p.micro_batch_size)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for n, batch in enumerate(batches):
             row = pack([(self.samples[i].input_ids, self.samples[i].labels) for i in batch], self.device)
@@ -386,7 +391,8 @@ class Trainer:
         p = self.params
         self._print(f"{len(self.samples)} samples, {self.world} rank(s) on {self.device.type}, "
                     f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs, "
-                    f"effective batch {p.effective_batch_size}, <= {p.batch_token_cap} tokens per micro-batch "
+                    f"effective batch {self.batch_size}, <= {p.batch_token_cap} tokens"
+                    f"{f' and {p.micro_batch_size} samples' if p.micro_batch_size else ''} per micro-batch "
                     f"({self.plan.describe()})")
         if self.start_epoch == 0 and self.global_step == 0:
             group = self.optimizer.param_groups[0]  # what AdamW really got, for the record
@@ -401,7 +407,7 @@ class Trainer:
         interval, last_progress = progress_interval(), started
         tokens_done = 0
         for epoch in range(self.start_epoch, p.num_epochs):
-            planned = plan_steps(len(self.samples), p.effective_batch_size, p.random_seed, epoch)
+            planned = plan_steps(len(self.samples), self.batch_size, p.random_seed, epoch)
             done_in_epoch = self.skip_steps if epoch == self.start_epoch else 0
             for epoch_step, step_indices in enumerate(planned[done_in_epoch:], start=done_in_epoch + 1):
                 step_start = time.perf_counter()
