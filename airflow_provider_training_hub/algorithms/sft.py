@@ -147,6 +147,18 @@ class SFTParams(ParamSchema):
         ),
     )
 
+    dataset_type: Literal["chat_template", "alpaca", "passthrough"] = Field(
+        "chat_template",
+        description=(
+            "What data_path holds: 'chat_template', messages (the assistant turns are learned); 'alpaca', records "
+            "of field_instruction, field_input (optional) and field_output, trained as a user turn and the "
+            "assistant's answer; 'passthrough', a 'text' per line, formatted by you and learned whole."
+        ),
+    )
+    field_instruction: str = Field("instruction", min_length=1, description="The alpaca records' instruction field.")
+    field_input: str = Field("input", min_length=1, description="The alpaca records' optional input field.")
+    field_output: str = Field("output", min_length=1, description="The alpaca records' output field.")
+
     is_pretraining: bool = Field(
         False,
         description=(
@@ -278,6 +290,9 @@ class SFTParams(ParamSchema):
                 f"master_addr ({self.master_addr!r}) and rdzv_endpoint ({self.rdzv_endpoint!r}) are both set: "
                 "they name the same thing, give one."
             )
+        if self.is_pretraining and self.dataset_type != "chat_template":
+            raise ValueError(f"is_pretraining reads documents ({self.document_column_name!r} per line): "
+                             f"dataset_type={self.dataset_type!r} does not apply to it.")
         if self.is_pretraining and self.block_size is None:
             raise ValueError("block_size is required when is_pretraining=True.")
         if self.is_pretraining and self.block_size > self.batch_token_cap:
@@ -319,14 +334,21 @@ def _is_hub_model_id(model_path: str) -> bool:
 
 
 def prepare_data(params: SFTParams):
-    """``<processed_data_dir>/data.jsonl`` for either kind of training data: chats (tokenized and
-    masked) or, with ``is_pretraining``, documents (tokenized whole)."""
-    from airflow_provider_training_hub.data.prepare import prepare_documents, prepare_for_training
+    """``<processed_data_dir>/data.jsonl`` for each kind of training data: chats, or alpaca records
+    made chats (tokenized and masked); passthrough texts, or with ``is_pretraining`` documents
+    (tokenized whole)."""
+    from airflow_provider_training_hub.data import prepare
 
     if params.is_pretraining:
-        return prepare_documents(params.data_path, params.model_path, params.processed_data_dir,
-                                 params.document_column_name)
-    return prepare_for_training(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len)
+        return prepare.prepare_documents(params.data_path, params.model_path, params.processed_data_dir,
+                                         params.document_column_name)
+    if params.dataset_type == "alpaca":
+        return prepare.prepare_alpaca(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len,
+                                      (params.field_instruction, params.field_input, params.field_output))
+    if params.dataset_type == "passthrough":
+        return prepare.prepare_text(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len)
+    return prepare.prepare_for_training(params.data_path, params.model_path, params.processed_data_dir,
+                                        params.max_seq_len)
 
 
 @register_algorithm("sft")

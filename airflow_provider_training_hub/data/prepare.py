@@ -10,6 +10,7 @@ minimum or at/over ``max_seq_len``), and write ``data.jsonl`` atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PROCESSED_FILE = "data.jsonl"
 VALIDATED_FILE = "validated.jsonl"
+ALPACA_MESSAGES_FILE = "alpaca_messages.jsonl"
+PASSTHROUGH_FIELD = "text"  # what training_hub's passthrough data holds (TRL's dataset_text_field)
 UPSTREAM_MIN_SEQ_LEN = 20  # data_process.filter_samples_by_length's default
 
 
@@ -85,12 +88,12 @@ def prepare_documents(
     upstream's ``process_documents_for_pretraining``; training cuts it into ``block_size`` blocks."""
     from instructlab.training import data_process as dp
 
-    from airflow_provider_training_hub.data.documents import validate_documents
+    from airflow_provider_training_hub.data.records import documents, validate_records
 
     num_proc = num_proc or default_num_proc()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = validate_documents(data_path, document_column_name, str(out / VALIDATED_FILE))
+    report = validate_records(data_path, documents(document_column_name), str(out / VALIDATED_FILE))
     if not report.valid:
         raise ValueError(f"data_path {data_path!r} is not valid pretraining JSONL:\n{report.summary()}")
     # upstream writes in place
@@ -100,5 +103,55 @@ def prepare_documents(
             num_cpu_procs=num_proc, document_column_name=document_column_name,
         )
         os.replace(Path(tmp) / PROCESSED_FILE, out / PROCESSED_FILE)
-    log.info("prepared %d documents into %s", report.documents, out / PROCESSED_FILE)
-    return PreparedData(str(out / PROCESSED_FILE), report.documents, report.documents, 0, 0)
+    log.info("prepared %d documents into %s", report.records, out / PROCESSED_FILE)
+    return PreparedData(str(out / PROCESSED_FILE), report.records, report.records, 0, 0)
+
+
+def prepare_alpaca(data_path: str, model_path: str, output_dir: str, max_seq_len: int,
+                   fields: tuple[str, str, str]) -> PreparedData:
+    """``dataset_type="alpaca"``: each record (``fields``: instruction, input, output) checked and
+    turned into a user and an assistant turn, then prepared as messages are."""
+    from airflow_provider_training_hub.data.records import alpaca, validate_records
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = validate_records(data_path, alpaca(*fields), str(out / ALPACA_MESSAGES_FILE))
+    if not report.valid:
+        raise ValueError(f"data_path {data_path!r} is not valid alpaca JSONL:\n{report.summary()}")
+    return prepare_for_training(str(out / ALPACA_MESSAGES_FILE), model_path, output_dir, max_seq_len)
+
+
+def prepare_text(data_path: str, model_path: str, output_dir: str, max_seq_len: int) -> PreparedData:
+    """``dataset_type="passthrough"``: each line's ``text``, formatted by its author, tokenized as
+    it is (plus the end-of-sequence token) and learned whole; samples are dropped and counted by
+    length as chats are."""
+    from airflow_provider_training_hub.data.records import documents, validate_records
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = validate_records(data_path, documents(PASSTHROUGH_FIELD), str(out / VALIDATED_FILE))
+    if not report.valid:
+        raise ValueError(f"data_path {data_path!r} is not valid passthrough JSONL:\n{report.summary()}")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    kept = too_short = too_long = 0
+    with open(out / VALIDATED_FILE, encoding="utf-8") as source, AtomicWriter(str(out / PROCESSED_FILE)) as writer:
+        for line in source:
+            ids = tokenizer(json.loads(line)[PASSTHROUGH_FIELD])["input_ids"]
+            ids += eos if not ids or ids[-1] not in eos else []
+            if len(ids) < UPSTREAM_MIN_SEQ_LEN or len(ids) >= max_seq_len:
+                too_short += len(ids) < UPSTREAM_MIN_SEQ_LEN
+                too_long += len(ids) >= max_seq_len
+                continue
+            writer.write((json.dumps({"input_ids": ids, "labels": ids, "len": len(ids)}) + "\n").encode())
+            kept += 1
+        if not kept:
+            raise ValueError(f"No text of {data_path!r} is between {UPSTREAM_MIN_SEQ_LEN} and max_seq_len={max_seq_len} "
+                             "tokens; raise max_seq_len or check the data.")
+    if too_short or too_long:
+        log.warning("%d of %d texts dropped: %d shorter than %d tokens, %d at or over max_seq_len=%d",
+                    too_short + too_long, report.records, too_short, UPSTREAM_MIN_SEQ_LEN, too_long, max_seq_len)
+    log.info("prepared %d of %d texts into %s", kept, report.records, out / PROCESSED_FILE)
+    return PreparedData(str(out / PROCESSED_FILE), report.records, kept, too_short, too_long)
