@@ -170,7 +170,12 @@ load_images() {  # into the node's containerd, unless the same Docker image is t
     fi
     local started=$SECONDS began
     began="$(date +%s.%N)"
-    docker_ save "$image" | ctr_node images import --no-unpack=false - >/dev/null
+    if ! docker_ save "$image" | ctr_node images import --no-unpack=false - >/dev/null 2>"$state/logs/import.err"; then
+      # Seen once after a rebuild: "parent snapshot ... does not exist", containerd's GC having
+      # freed a layer of the image it replaced; the same import then went through.
+      log "importing $image failed ($(tail -n 1 "$state/logs/import.err")); once more"
+      docker_ save "$image" | ctr_node images import --no-unpack=false - >/dev/null
+    fi
     ctr_node images label "docker.io/$image" "training-hub.docker-id=$id" >/dev/null
     phase_record "load $image into the node" "$began"
     log "loaded $image into the node in $((SECONDS - started))s"
