@@ -129,12 +129,14 @@ def claim(algorithm: str, params: Any) -> None:
     except (OSError, ValueError) as exc:
         raise ValueError(f"ckpt_output_dir {str(out)!r}: {IDENTITY_FILE} is unreadable ({exc}); "
                          "move it away if the directory is yours") from None
-    if before is not None and before == _as_recorded(before, now, params):
+    # compared, and any refusal worded, in the record's terms; written whole
+    recorded_terms = _as_recorded(before, now, params) if before is not None else now
+    if before == recorded_terms:
         return
     present = [name for name in RUN_OUTPUTS if (out / name).exists()]
     resumable = [name for name in present if name in ("hf_format", "full_state")]
     if resumable and not params.restart_changed_run:
-        what = "; ".join(differences(before, now)) if before else f"it has no {IDENTITY_FILE}, so its run is unknown"
+        what = "; ".join(differences(before, recorded_terms)) if before else f"it has no {IDENTITY_FILE}, so its run is unknown"
         raise ValueError(
             f"ckpt_output_dir {str(out)!r} holds the checkpoints of another run: {what}. Resuming would return "
             "that run's model as this one's. Give this run its own ckpt_output_dir, or set "
