@@ -59,6 +59,7 @@ def test_bad_lines_are_named_before_training(tiny_model, tmp_path, dataset_type,
         sft(str(tiny_model), data, str(tmp_path / "c"), backend="pytorch", dataset_type=dataset_type, **fields)
     for line in expected:
         assert line in str(exc.value), str(exc.value)
+    assert f"INVALID {dataset_type} {'records' if dataset_type == 'alpaca' else 'texts'}" in str(exc.value)
 
 
 def test_pretraining_documents_are_not_a_dataset_type(tiny_model, sample_data, tmp_path):

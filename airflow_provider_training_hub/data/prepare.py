@@ -16,9 +16,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airflow_provider_training_hub.data.atomic import AtomicWriter
 from airflow_provider_training_hub.data.workers import workers_die_on_sigterm
+
+if TYPE_CHECKING:
+    from airflow_provider_training_hub.data.records import RecordFormat, RecordsReport
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,18 @@ def prepare_for_training(
     return PreparedData(str(out / PROCESSED_FILE), len(lengths), kept.num_rows, too_short, too_long)
 
 
+def _checked_records(data_path: str, fmt: RecordFormat, output: Path, what: str) -> RecordsReport:
+    """``validate_records`` into ``output`` (its directory made), or a ``ValueError`` listing each
+    bad line of the ``what`` data."""
+    from airflow_provider_training_hub.data.records import validate_records
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report = validate_records(data_path, fmt, str(output))
+    if not report.valid:
+        raise ValueError(f"data_path {data_path!r} is not valid {what} JSONL:\n{report.summary()}")
+    return report
+
+
 def prepare_documents(
     data_path: str, model_path: str, output_dir: str, document_column_name: str, num_proc: int | None = None
 ) -> PreparedData:
@@ -88,14 +104,11 @@ def prepare_documents(
     upstream's ``process_documents_for_pretraining``; training cuts it into ``block_size`` blocks."""
     from instructlab.training import data_process as dp
 
-    from airflow_provider_training_hub.data.records import documents, validate_records
+    from airflow_provider_training_hub.data.records import documents
 
     num_proc = num_proc or default_num_proc()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = validate_records(data_path, documents(document_column_name), str(out / VALIDATED_FILE))
-    if not report.valid:
-        raise ValueError(f"data_path {data_path!r} is not valid pretraining JSONL:\n{report.summary()}")
+    report = _checked_records(data_path, documents(document_column_name), out / VALIDATED_FILE, "pretraining")
     # upstream writes in place
     with tempfile.TemporaryDirectory(prefix=".documents-", dir=out) as tmp, workers_die_on_sigterm():
         dp.process_documents_for_pretraining(
@@ -111,27 +124,22 @@ def prepare_alpaca(data_path: str, model_path: str, output_dir: str, max_seq_len
                    fields: tuple[str, str, str]) -> PreparedData:
     """``dataset_type="alpaca"``: each record (``fields``: instruction, input, output) checked and
     turned into a user and an assistant turn, then prepared as messages are."""
-    from airflow_provider_training_hub.data.records import alpaca, validate_records
+    from airflow_provider_training_hub.data.records import alpaca
 
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = validate_records(data_path, alpaca(*fields), str(out / ALPACA_MESSAGES_FILE))
-    if not report.valid:
-        raise ValueError(f"data_path {data_path!r} is not valid alpaca JSONL:\n{report.summary()}")
-    return prepare_for_training(str(out / ALPACA_MESSAGES_FILE), model_path, output_dir, max_seq_len)
+    messages = Path(output_dir) / ALPACA_MESSAGES_FILE
+    _checked_records(data_path, alpaca(*fields), messages, "alpaca")
+    return prepare_for_training(str(messages), model_path, output_dir, max_seq_len)
 
 
 def prepare_text(data_path: str, model_path: str, output_dir: str, max_seq_len: int) -> PreparedData:
     """``dataset_type="passthrough"``: each line's ``text``, formatted by its author, tokenized as
     it is (plus the end-of-sequence token) and learned whole; samples are dropped and counted by
     length as chats are."""
-    from airflow_provider_training_hub.data.records import documents, validate_records
+    from airflow_provider_training_hub.data.records import documents
 
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = validate_records(data_path, documents(PASSTHROUGH_FIELD), str(out / VALIDATED_FILE))
-    if not report.valid:
-        raise ValueError(f"data_path {data_path!r} is not valid passthrough JSONL:\n{report.summary()}")
+    report = _checked_records(data_path, documents(PASSTHROUGH_FIELD, "passthrough texts"), out / VALIDATED_FILE,
+                              "passthrough")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)

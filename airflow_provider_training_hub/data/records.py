@@ -62,9 +62,9 @@ class RecordFormat:
         )
 
 
-def documents(column: str) -> RecordFormat:
-    """``is_pretraining``'s documents, and ``passthrough``'s texts (``column="text"``)."""
-    return RecordFormat("pretraining documents", (column,), (column,))
+def documents(column: str, kind: str = "pretraining documents") -> RecordFormat:
+    """One non-empty text per line: ``is_pretraining``'s documents, and ``passthrough``'s texts."""
+    return RecordFormat(kind, (column,), (column,))
 
 
 def alpaca(instruction: str, input_: str, output: str) -> RecordFormat:
