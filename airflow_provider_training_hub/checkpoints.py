@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,8 +168,9 @@ def _samples_seen(state_dir: Path) -> int:
         return -1
 
 
-def read_metrics(ckpt_output_dir: str | Path) -> list[dict[str, Any]]:
-    """Per-step metric records (the hparams line and unparseable lines are skipped)."""
+def read_metrics(ckpt_output_dir: str | Path, metric: str = "avg_loss") -> list[dict[str, Any]]:
+    """The records of ``metric`` by step: each training step's (``avg_loss``), or each evaluation's
+    (``val_loss``); the hparams line and unparseable lines are skipped."""
     path = Path(ckpt_output_dir) / METRICS_FILE
     if not path.is_file():
         return []
@@ -180,17 +181,18 @@ def read_metrics(ckpt_output_dir: str | Path) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a killed run
                 continue
-            if isinstance(record, dict) and "avg_loss" in record and "step" in record:
+            if isinstance(record, dict) and metric in record and "step" in record:
                 records.append(record)
     return records
 
 
-def summarize_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Small enough for XCom: where training ended and how the loss moved."""
+def summarize_metrics(records: list[dict[str, Any]], evaluations: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Small enough for XCom: where training ended, how the loss moved, and the newest ``val_loss``
+    with its step, where the run evaluated."""
     if not records:
         return {}
     first, last = records[0], records[-1]
-    return {
+    summary = {
         "steps": last["step"],
         "epoch": last.get("epoch"),
         "samples_seen": last.get("samples_seen"),
@@ -198,6 +200,9 @@ def summarize_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "loss": last["avg_loss"],
         "min_loss": min(r["avg_loss"] for r in records),
     }
+    if evaluations:
+        summary |= {"val_loss": evaluations[-1]["val_loss"], "val_loss_step": evaluations[-1]["step"]}
+    return summary
 
 
 def collect_result(ckpt_output_dir: str | Path) -> TrainingResult:
@@ -209,7 +214,7 @@ def collect_result(ckpt_output_dir: str | Path) -> TrainingResult:
         checkpoint=str(newest) if newest else None,
         checkpoints=[str(p) for p in checkpoints],
         full_state=[str(p) for p in full_state_checkpoints(ckpt_output_dir)],
-        metrics=summarize_metrics(read_metrics(ckpt_output_dir)),
+        metrics=summarize_metrics(read_metrics(ckpt_output_dir), read_metrics(ckpt_output_dir, "val_loss")),
         adapter=bool(newest and (newest / ADAPTER_CONFIG).is_file()),
         merged_checkpoint=str(merged) if merged and merged.is_dir() else None,
     )

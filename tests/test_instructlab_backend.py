@@ -78,9 +78,12 @@ def test_no_cuda_fails_fast_with_a_clear_error(tiny_model, sample_data, tmp_path
     ({"bf16": False}, r"bf16=False: instructlab-training always trains in bfloat16"),
     ({"logging_steps": 5}, r"logging_steps: instructlab-training prints its own progress, every step"),
     ({"micro_batch_size": 2}, r"instructlab-training sizes each micro-batch by tokens \(max_tokens_per_gpu\)"),
+    ({"eval_data_path": "<sample_data>", "eval_steps": 2}, r"eval_data_path: instructlab-training evaluates on a held-out "
+                                                           r"validation_split of the training data only"),
 ])
 def test_what_upstream_cannot_do_is_refused_before_any_work(fake_gpu, tiny_model, sample_data, tmp_path, override,
                                                              message):
+    override = {k: str(sample_data) if v == "<sample_data>" else v for k, v in override.items()}
     with pytest.raises(ValueError, match=message):
         sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(tmp_path / "out"), **override)
     assert not (tmp_path / "out").exists()
@@ -169,6 +172,31 @@ def test_training_hub_0_11_parameters_reach_main_ds(fake_gpu, tiny_model, sample
     # numbers them, as upstream does without keep_last_checkpoint_only); the run kept the newest 2 of each
     assert [Path(c).name for c in result.checkpoints] == ["samples_96", "samples_144"]
     assert [Path(c).name for c in result.full_state] == ["epoch_1", "epoch_2"]
+
+
+def test_validation_split_and_fsdp_options_reach_main_ds(fake_gpu, tiny_model, sample_data, tmp_path):
+    """As training_hub's examples pass them (upstream's FSDPOptions, lora_sft's eval_steps). Upstream's
+    real data loader holds out the very samples the pytorch backend holds out, and trains on the
+    rest in the same order, so the two backends' val_loss and loss curves compare."""
+    from instructlab.training.config import FSDPOptions, ShardingStrategies
+
+    from airflow_provider_training_hub.algorithms.backends.pytorch_trainer import training_and_eval_samples
+
+    ckpt = tmp_path / "c"
+    params = {"model_path": str(tiny_model), "data_path": str(sample_data), "ckpt_output_dir": str(ckpt),
+              "validation_split": 0.25, "eval_steps": 2,
+              "fsdp_options": FSDPOptions(cpu_offload_params=True, sharding_strategy=ShardingStrategies.FULL_SHARD)}
+    sft(**params)
+    argv = _argv(ckpt)
+    for expected in ("--validation_split=0.25", "--validation_frequency=2", "--cpu_offload_params_fsdp",
+                     "--fsdp_sharding_strategy=FULL_SHARD"):
+        assert expected in argv
+    setup = json.loads((ckpt / "main_ds_setup.json").read_text())
+    assert setup["fsdp"] == {"sharding_strategy": "FULL_SHARD", "cpu_offload_params": True}
+    train, held_out = training_and_eval_samples(SFTParams.parse(params))
+    assert len(held_out) == 12 and len(train) == 36 == setup["samples"]  # 48 samples, a quarter held out
+    assert [s.input_ids for s in held_out] == setup["val_input_ids"]
+    assert [s.input_ids for s in train] == setup["train_input_ids"]
 
 
 def test_pretraining_reaches_main_ds_with_upstream_document_processing(fake_gpu, tiny_model, tmp_path):

@@ -65,6 +65,20 @@ def test_string_values_from_templates_and_flags_are_converted():
          r"^effective_batch_size \(64\) and gradient_accumulation_steps \(4\) both set the samples per optimizer "
          r"step: give one\.$"),
         ({"rdzv_endpoint": "node0:99999"}, r"rdzv_endpoint must be 'host:port'"),
+        ({"validation_split": 0.1}, r"^validation_frequency \(training_hub's lora_sft name: eval_steps\) is required "
+                                    r"with validation_split or eval_data_path"),
+        ({"eval_steps": 10}, r"^validation_frequency \(10\) has nothing to evaluate: set validation_split or "
+                             r"eval_data_path too\.$"),
+        ({"validation_split": 0.1, "eval_data_path": "e.jsonl", "eval_steps": 5},
+         r"^validation_split \(0\.1\) and eval_data_path \('e\.jsonl'\) both name the evaluation set: give one\.$"),
+        ({"validation_split": 1}, r"'validation_split': must be less than 1 \(got 1\)"),
+        ({"eval_steps": 5, "validation_frequency": 5, "validation_split": 0.1},
+         r"^'eval_steps' and 'validation_frequency' are one parameter"),
+        ({"fsdp_options": {"sharding_strategy": "BEST"}},
+         r"^Invalid parameter 'fsdp_options\.sharding_strategy': must be 'FULL_SHARD', 'SHARD_GRAD_OP', 'NO_SHARD' or "
+         r"'HYBRID_SHARD' \(got 'BEST'\)\.$"),
+        ({"fsdp_options": '{"cpu_offload_params": true,}'},
+         r"^Invalid parameter 'fsdp_options': fsdp_options is not a JSON object: a comma before '}'\.$"),
         ({"learnin_rate": 1e-5}, r"Unknown parameter 'learnin_rate'\. Did you mean 'learning_rate'\?"),
         ({"num_epoch": 2}, r"Unknown parameter 'num_epoch'\. Did you mean 'num_epochs'\?"),
     ],
@@ -81,11 +95,27 @@ def test_missing_required_parameter(valid):
         SFTParams.parse(valid)
 
 
+def test_the_pytorch_backend_refuses_what_only_fsdp_does_before_any_work(valid):
+    from instructlab.training import FSDPOptions
+
+    from airflow_provider_training_hub import lora_sft
+
+    with pytest.raises(ValueError, match=r"^fsdp_options: the pytorch backend keeps a whole copy of the model on each "
+                                         r"rank \(DDP\)"):
+        sft(**valid, backend="pytorch", fsdp_options=FSDPOptions(cpu_offload_params=True))
+    with pytest.raises(ValueError, match=r"^enable_model_splitting: the pytorch backend .* use "
+                                         r"backend='instructlab-training', whose FSDP shards it"):
+        lora_sft(**valid, enable_model_splitting=True)
+    assert not Path(valid["ckpt_output_dir"]).exists()
+
+
 def test_missing_paths(valid, tmp_path):
     with pytest.raises(ValueError, match=r"model_path '.*nope' is not a model directory"):
         sft(**{**valid, "model_path": str(tmp_path / "nope")})
     with pytest.raises(ValueError, match=r"data_path '.*missing.jsonl' does not exist"):
         sft(**{**valid, "data_path": str(tmp_path / "missing.jsonl")})
+    with pytest.raises(ValueError, match=r"eval_data_path '.*missing.jsonl' does not exist"):
+        sft(**valid, eval_data_path=str(tmp_path / "missing.jsonl"), eval_steps=10)
 
 
 def test_unknown_backend_through_sft(valid):

@@ -16,12 +16,13 @@ import pytest
 from mlflow_server import started_mlflow_server
 from support.wandb_log import history_and_config
 
-from airflow_provider_training_hub import sft
+from airflow_provider_training_hub import lora_sft, sft
 from airflow_provider_training_hub.algorithms import SFTParams
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
 from airflow_provider_training_hub.checkpoints import read_metrics
 
 STEP_METRICS = ("avg_loss", "lr", "tokens_per_second", "samples_seen", "gradnorm")
+EVAL_DATA = Path(__file__).parent / "data" / "mascot_eval.jsonl"  # questions the sample answers, worded anew
 
 
 def _client(uri: str):
@@ -35,17 +36,25 @@ def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, tiny_model, sample_data, tmp_path,
+def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, smollm2_model, sample_data, tmp_path,
                                                               monkeypatch):
+    """SmolLM2's LoRA run, evaluated on held-out questions (eval_data_path, every eval_steps): each
+    step's metrics and the falling val_loss reach every tracker."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     ckpt = tmp_path / "ckpt"
-    result = sft(model_path=str(tiny_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt), backend="pytorch",
-                 num_epochs=2, effective_batch_size=16, learning_rate=1e-3, max_seq_len=256,
-                 mlflow_tracking_uri=mlflow_server, mlflow_experiment_name="tiny-sft",
-                 mlflow_run_name="tiny_rank{rank}",
-                 wandb_project="tiny-sft", wandb_run_name="tiny-wandb", tensorboard_log_dir=str(tmp_path / "tb"))
+    result = lora_sft(model_path=str(smollm2_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt),
+                      backend="pytorch", num_epochs=2, effective_batch_size=16, learning_rate=1e-3, warmup_steps=0,
+                      max_seq_len=256, eval_data_path=str(EVAL_DATA), eval_steps=2,
+                      mlflow_tracking_uri=mlflow_server, mlflow_experiment_name="tiny-sft",
+                      mlflow_run_name="tiny_rank{rank}",
+                      wandb_project="tiny-sft", wandb_run_name="tiny-wandb", tensorboard_log_dir=str(tmp_path / "tb"))
     steps = read_metrics(ckpt)
     assert len(steps) == 6  # 48 samples / 16 per step x 2 epochs
+    evaluations = read_metrics(ckpt, "val_loss")
+    assert [e["step"] for e in evaluations] == [2, 4, 6] and {e["val_num_samples"] for e in evaluations} == {8}
+    val_loss = [e["val_loss"] for e in evaluations]
+    assert val_loss[0] > val_loss[1] > val_loss[2], val_loss  # learnt from the training data, on unseen questions
+    assert (result.metrics["val_loss"], result.metrics["val_loss_step"]) == (val_loss[-1], 6)
 
     # MLflow: the run the launcher opened, named by rank 0, with every step and the parameters.
     client = _client(mlflow_server)
@@ -54,7 +63,7 @@ def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, tin
     assert run.info.experiment_id == experiment.experiment_id
     assert result.mlflow_run_url == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
     assert (run.info.status, run.info.run_name) == ("FINISHED", "tiny_rank0")
-    assert run.data.tags["training_hub.algorithm"] == "sft" and run.data.tags["training_hub.backend"] == "pytorch"
+    assert run.data.tags["training_hub.algorithm"] == "lora_sft" and run.data.tags["training_hub.backend"] == "pytorch"
     assert not any(tag.startswith("airflow.") for tag in run.data.tags)  # not run by Airflow
     assert run.data.params["learning_rate"] == "0.001" and run.data.params["effective_batch_size"] == "16"
     assert run.data.params["world_size"] == "1" and run.data.params["backend"] == "pytorch"
@@ -63,6 +72,7 @@ def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, tin
         assert [step for step, _ in logged] == [1, 2, 3, 4, 5, 6], metric
     logged_loss = [v for _, v in _history(client, run.info.run_id, "avg_loss")]
     assert logged_loss == pytest.approx([r["avg_loss"] for r in steps])
+    assert dict(_history(client, run.info.run_id, "val_loss")) == pytest.approx(dict(zip([2, 4, 6], val_loss)))
 
     # TensorBoard: one run directory, the same scalars at the same steps.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -73,12 +83,14 @@ def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, tin
     assert [e.step for e in events.Scalars("avg_loss")] == [1, 2, 3, 4, 5, 6]
     assert [e.value for e in events.Scalars("avg_loss")] == pytest.approx([r["avg_loss"] for r in steps], rel=1e-6)
     assert set(STEP_METRICS) <= set(events.Tags()["scalars"])
+    assert {e.step: e.value for e in events.Scalars("val_loss")} == pytest.approx(dict(zip([2, 4, 6], val_loss)))
 
     # W&B offline: the run's log holds every step and the parameters as its config.
     (wandb_log,) = (ckpt / "wandb").glob("offline-run-*/run-*.wandb")
     history, config = history_and_config(wandb_log)
     assert [h["_step"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert [h["avg_loss"] for h in history] == pytest.approx([r["avg_loss"] for r in steps])
+    assert {h["_step"]: h["val_loss"] for h in history if "val_loss" in h} == pytest.approx(dict(zip([2, 4, 6], val_loss)))
     assert config["learning_rate"] == 0.001 and config["wandb_project"] == "tiny-sft"
 
 

@@ -42,8 +42,9 @@ def _with_default(name: str, default: Any, description: str | None = None) -> An
 class LoRAParams(SFTParams):
     """Every parameter of ``lora_sft()``: those of ``sft()`` and the adapter's."""
 
-    RESULT_NEUTRAL: ClassVar[frozenset[str]] = SFTParams.RESULT_NEUTRAL | {"save_steps", "merge_adapter"}
-    ALIASES: ClassVar[dict[str, str]] = {"seed": "random_seed"}
+    RESULT_NEUTRAL: ClassVar[frozenset[str]] = SFTParams.RESULT_NEUTRAL | {
+        "save_steps", "merge_adapter", "enable_model_splitting"}
+    ALIASES: ClassVar[dict[str, str]] = SFTParams.ALIASES | {"seed": "random_seed"}
 
     # training_hub 0.11.2's lora_sft defaults (its Unsloth backend's), where they differ from sft's
     num_epochs: int = _with_default("num_epochs", 3)
@@ -75,6 +76,15 @@ class LoRAParams(SFTParams):
         description=(
             "Also save the base model with the adapter merged in; unset: the backend's own way "
             "(pytorch: the adapter only; instructlab-training: the merged model only)."
+        ),
+    )
+
+    enable_model_splitting: bool = Field(
+        False,
+        description=(
+            "Spread one model over the GPUs, for a model too large for one (training_hub's Unsloth: "
+            "device_map='balanced'). instructlab-training always does, with FSDP; the pytorch backend keeps a "
+            "whole copy per GPU (DDP) and refuses it."
         ),
     )
 

@@ -63,7 +63,7 @@ class ParamSchema(BaseModel):
                 continue
             if ours in out:
                 alias = next(a for a, o in cls.ALIASES.items() if o == ours)
-                raise ValueError(f"{alias!r} and {ours!r} are one parameter (training_hub's name and ours): give one.")
+                raise ValueError(f"{alias!r} and {ours!r} are one parameter (training_hub names it both ways): give one.")
             out[ours] = value
         return out
 
@@ -103,6 +103,8 @@ _REASONS = {
     "literal_error": "must be {expected}",
     "list_type": "must be a list",
     "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "extra_forbidden": "is not one of its options",
 }
 UNWORDED = "has a value of the wrong kind"  # for an error type missing above; a test keeps it unused
 _UNION_TAGS = ("int", "float", "str", "bool", "list", "dict", "literal[", "list[", "dict[")

@@ -10,13 +10,16 @@ node" (see ``torchrun.py``), which is what a pod launched by Kubeflow or our Ind
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from airflow_provider_training_hub import json_syntax
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
@@ -26,6 +29,7 @@ from airflow_provider_training_hub.algorithms.registry import (
 )
 from airflow_provider_training_hub.algorithms.tracking import check_tracking_uri
 
+log = logging.getLogger(__name__)
 DEFAULT_BACKEND = "instructlab-training"
 _HOST_PORT = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -38,15 +42,31 @@ def check_host_port(name: str, value: str) -> str:
     return value
 
 
+class FSDPOptions(BaseModel):
+    """instructlab-training's ``FSDPOptions`` as plain values, so that a DAG's parameters stay JSON;
+    upstream's own object, as training_hub's examples pass it, is taken too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_offload_params: bool = Field(False, description="Keep the sharded parameters in CPU memory between uses.")
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = Field(
+        "HYBRID_SHARD", description="How FSDP shards the model, gradients and optimizer state over the GPUs."
+    )
+
+
 class SFTParams(ParamSchema):
     """Every parameter of ``sft()``; the seed's parameter reference, field for field."""
 
+    # training_hub's lora_sft calls the evaluation interval eval_steps; its sft, validation_frequency.
+    ALIASES: ClassVar[dict[str, str]] = {"eval_steps": "validation_frequency"}
+
     RESULT_NEUTRAL: ClassVar[frozenset[str]] = frozenset({
         "ckpt_output_dir", "data_output_dir", "save_samples", "accelerate_full_state_at_epoch", "checkpoint_at_epoch",
-        "save_total_limit", "keep_last_checkpoint_only", "logging_steps",
+        "save_total_limit", "keep_last_checkpoint_only", "logging_steps", "validation_frequency", "eval_data_path",
         "restart_changed_run", "max_tokens_per_gpu", "mlflow_tracking_uri", "mlflow_experiment_name",
         "mlflow_run_name", "wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir",
         "nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port",
+        "fsdp_options",
     })
 
     model_path: str = Field(description="Model to fine-tune: a Hugging Face model directory.")
@@ -147,6 +167,32 @@ class SFTParams(ParamSchema):
         ),
     )
 
+    validation_split: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Fraction of the training data held out to evaluate val_loss on (a split seeded with random_seed, "
+            "the one instructlab-training makes); 0: none."
+        ),
+    )
+    eval_data_path: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "A separate evaluation set to evaluate val_loss on, in data_path's format and checked like it, instead of "
+            "a validation_split (pytorch backend)."
+        ),
+    )
+    validation_frequency: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Evaluate val_loss every N optimizer steps (training_hub's lora_sft name: eval_steps); required with "
+            "validation_split or eval_data_path. The pytorch backend also evaluates after the last step."
+        ),
+    )
+
     dataset_type: Literal["chat_template", "alpaca", "passthrough"] = Field(
         "chat_template",
         description=(
@@ -158,6 +204,14 @@ class SFTParams(ParamSchema):
     field_instruction: str = Field("instruction", min_length=1, description="The alpaca records' instruction field.")
     field_input: str = Field("input", min_length=1, description="The alpaca records' optional input field.")
     field_output: str = Field("output", min_length=1, description="The alpaca records' output field.")
+
+    fsdp_options: FSDPOptions | None = Field(
+        None,
+        description=(
+            "instructlab-training's FSDP options, e.g. {\"cpu_offload_params\": true, \"sharding_strategy\": "
+            "\"FULL_SHARD\"}; unset: its defaults (no offload, HYBRID_SHARD). The pytorch backend (DDP) refuses them."
+        ),
+    )
 
     is_pretraining: bool = Field(
         False,
@@ -247,6 +301,19 @@ class SFTParams(ParamSchema):
             return value
         raise ValueError(f"nproc_per_node must be 'auto', 'gpu' or an integer >= 1, got {value!r}")
 
+    @field_validator("fsdp_options", mode="before")
+    @classmethod
+    def _plain_options(cls, value: Any) -> Any:
+        """Upstream's ``FSDPOptions`` (its enum included) as values; a CLI flag's JSON text parsed."""
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json")
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"fsdp_options is not a JSON object: {json_syntax.syntax_phrase(exc)}") from None
+        return value
+
     @field_validator("sample_packing")
     @classmethod
     def _always_packed(cls, value: bool) -> bool:
@@ -285,6 +352,16 @@ class SFTParams(ParamSchema):
                 f"effective_batch_size ({self.effective_batch_size}) and gradient_accumulation_steps "
                 f"({self.gradient_accumulation_steps}) both set the samples per optimizer step: give one."
             )
+        evaluates = self.validation_split > 0 or self.eval_data_path is not None
+        if self.validation_split > 0 and self.eval_data_path is not None:
+            raise ValueError(f"validation_split ({self.validation_split}) and eval_data_path ({self.eval_data_path!r}) "
+                             "both name the evaluation set: give one.")
+        if evaluates and self.validation_frequency is None:
+            raise ValueError("validation_frequency (training_hub's lora_sft name: eval_steps) is required with "
+                             "validation_split or eval_data_path: evaluate every how many optimizer steps?")
+        if not evaluates and self.validation_frequency is not None:
+            raise ValueError(f"validation_frequency ({self.validation_frequency}) has nothing to evaluate: set "
+                             "validation_split or eval_data_path too.")
         if self.master_addr and self.rdzv_endpoint:
             raise ValueError(
                 f"master_addr ({self.master_addr!r}) and rdzv_endpoint ({self.rdzv_endpoint!r}) are both set: "
@@ -318,10 +395,14 @@ class SFTParams(ParamSchema):
                 "config.json and weights (*.safetensors), as save_pretrained writes them "
                 "(`training-hub models tiny DIR` makes a small one offline)."
             )
-        if "://" not in self.data_path and not Path(self.data_path).exists():
-            raise ValueError(f"data_path {self.data_path!r} does not exist.")
-        if "://" not in self.data_path and Path(self.data_path).is_dir():
-            raise ValueError(f"data_path {self.data_path!r} is a directory: give the JSONL file in it.")
+        for name in ("data_path", "eval_data_path"):
+            path = getattr(self, name)
+            if path is None or "://" in path:
+                continue
+            if not Path(path).exists():
+                raise ValueError(f"{name} {path!r} does not exist.")
+            if Path(path).is_dir():
+                raise ValueError(f"{name} {path!r} is a directory: give the JSONL file in it.")
 
 
 def _is_hub_model_id(model_path: str) -> bool:
@@ -333,22 +414,32 @@ def _is_hub_model_id(model_path: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model_path)) and not org.startswith(".") and not Path(org).exists()
 
 
+EVAL_DATA_DIR = "eval"  # under processed_data_dir: the prepared eval_data_path
+
+
 def prepare_data(params: SFTParams):
-    """``<processed_data_dir>/data.jsonl`` for each kind of training data: chats, or alpaca records
-    made chats (tokenized and masked); passthrough texts, or with ``is_pretraining`` documents
-    (tokenized whole)."""
+    """``<processed_data_dir>/data.jsonl``, and with ``eval_data_path`` the evaluation set's in its
+    ``eval/``, checked and prepared the same way."""
+    report = _prepare(params, params.data_path, params.processed_data_dir)
+    if params.eval_data_path is not None:
+        log.info("evaluation set: %s",
+                 _prepare(params, params.eval_data_path, os.path.join(params.processed_data_dir, EVAL_DATA_DIR)))
+    return report
+
+
+def _prepare(params: SFTParams, data_path: str, output_dir: str):
+    """Each kind of data: chats, or alpaca records made chats (tokenized and masked); passthrough
+    texts, or with ``is_pretraining`` documents (tokenized whole)."""
     from airflow_provider_training_hub.data import prepare
 
     if params.is_pretraining:
-        return prepare.prepare_documents(params.data_path, params.model_path, params.processed_data_dir,
-                                         params.document_column_name)
+        return prepare.prepare_documents(data_path, params.model_path, output_dir, params.document_column_name)
     if params.dataset_type == "alpaca":
-        return prepare.prepare_alpaca(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len,
+        return prepare.prepare_alpaca(data_path, params.model_path, output_dir, params.max_seq_len,
                                       (params.field_instruction, params.field_input, params.field_output))
     if params.dataset_type == "passthrough":
-        return prepare.prepare_text(params.data_path, params.model_path, params.processed_data_dir, params.max_seq_len)
-    return prepare.prepare_for_training(params.data_path, params.model_path, params.processed_data_dir,
-                                        params.max_seq_len)
+        return prepare.prepare_text(data_path, params.model_path, output_dir, params.max_seq_len)
+    return prepare.prepare_for_training(data_path, params.model_path, output_dir, params.max_seq_len)
 
 
 @register_algorithm("sft")

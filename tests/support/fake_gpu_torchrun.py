@@ -9,7 +9,8 @@ GPU REPLACED, and only this: ``torch.cuda.set_device`` and ``Tensor.cuda`` (ther
 pick or copy to), the process group's backend (gloo for nccl), and everything from upstream's
 ``Accelerator`` on (accelerate shards with FSDP on GPUs only), with the CUDA training loop. At
 that point the stand-in records what upstream built (``main_ds_setup.json``: the model class, its
-LoRA configuration and trainable parameters, the data loader's samples), then leaves what the
+LoRA configuration and trainable parameters, the data loader's samples and those held out for
+validation, the FSDP options), then leaves what the
 training loop would leave: through main_ds's own metric logger a record per epoch, an HF
 checkpoint per epoch, a full-state dir. A LoRA run's checkpoints are upstream's own: the stand-in
 wraps the model in torch's FSDP on the CPU, as accelerate would on GPUs, and upstream's
@@ -51,8 +52,16 @@ class ReachedTheGpu(Exception):
     """Raised where upstream's Accelerator would take the model onto the GPU."""
 
 
-def reached_the_gpu(model, train_loader, **_):
-    reached.update(model=model, args=inspect.currentframe().f_back.f_locals["args"])  # main_ds.main's
+def input_ids(loader) -> list[list[int]] | None:
+    """A chat data loader's samples, in its dataset's order (a pretraining loader's are blocks)."""
+    data = getattr(loader.dataset, "dataset", None) if loader else None
+    return list(data["input_ids"]) if data is not None and "input_ids" in data.column_names else None
+
+
+def reached_the_gpu(model, train_loader, **options):
+    caller = inspect.currentframe().f_back.f_locals  # main_ds.main's
+    reached.update(model=model, args=caller["args"])
+    val_loader = caller.get("val_loader")
     lora = model.lora_config
     trainable = sum(p.numel() for p in model.model.parameters() if p.requires_grad)
     setup = {
@@ -62,6 +71,11 @@ def reached_the_gpu(model, train_loader, **_):
         "trainable_parameters": trainable,
         "parameters": sum(p.numel() for p in model.model.parameters()),
         "samples": len(train_loader.dataset),
+        # the samples in upstream's order, and those its validation_split held out
+        "train_input_ids": input_ids(train_loader),
+        "val_input_ids": input_ids(val_loader),
+        "fsdp": {"sharding_strategy": options["fsdp_sharding_strategy"],
+                 "cpu_offload_params": options["fsdp_cpu_offload_params"]},
     }
     (out / "main_ds_setup.json").write_text(json.dumps(setup))
     raise ReachedTheGpu

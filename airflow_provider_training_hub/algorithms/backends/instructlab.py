@@ -101,13 +101,16 @@ class InstructLabTrainingBackend(Backend):
             raise ValueError("micro_batch_size and gradient_accumulation_steps: instructlab-training sizes each "
                              "micro-batch by tokens (max_tokens_per_gpu) and accumulates what effective_batch_size "
                              "needs; set those, or use backend='pytorch'.")
+        if params.eval_data_path is not None:
+            raise ValueError("eval_data_path: instructlab-training evaluates on a held-out validation_split of the "
+                             "training data only; set validation_split instead, or use backend='pytorch'.")
         if params.logging_steps is not None:
             raise ValueError("logging_steps: instructlab-training prints its own progress, every step; leave "
                              "logging_steps unset (the metrics file and the trackers get every step either way).")
 
     def build_args(self, params: SFTParams, torchrun: TorchrunSpec):
         """The upstream ``(TorchrunArgs, TrainingArgs)`` for our parameters."""
-        from instructlab.training import PretrainingConfig, TorchrunArgs, TrainingArgs
+        from instructlab.training import FSDPOptions, PretrainingConfig, TorchrunArgs, TrainingArgs
 
         torch_args = TorchrunArgs(
             nproc_per_node=torchrun.nproc_per_node,
@@ -132,6 +135,9 @@ class InstructLabTrainingBackend(Backend):
             warmup_steps=params.warmup_steps,
             accelerate_full_state_at_epoch=params.accelerate_full_state_at_epoch,
             checkpoint_at_epoch=params.checkpoint_at_epoch,
+            fsdp_options=FSDPOptions(**(params.fsdp_options.model_dump() if params.fsdp_options else {})),
+            validation_split=params.validation_split,
+            validation_frequency=params.validation_frequency,
             keep_last_checkpoint_only=params.keep_last_checkpoint_only,
             random_seed=params.random_seed,
             adamw_betas=(params.beta1, params.beta2),
@@ -217,6 +223,9 @@ class InstructLabLoRABackend(InstructLabTrainingBackend):
         )
         # save_steps in samples: each optimizer step takes effective_batch_size samples.
         save_samples = params.save_samples or params.save_steps * params.effective_batch_size
+        if params.enable_model_splitting:
+            log.info("enable_model_splitting: instructlab-training spreads the model over the GPUs with FSDP "
+                     "(sharding_strategy %s)", train_args.fsdp_options.sharding_strategy.value)
         if params.accelerate_full_state_at_epoch:  # only the default is left here (check() refused a choice)
             log.warning("instructlab-training cannot save the full state of a LoRA run: this run cannot be resumed")
         # Upstream cannot save a LoRA run's full state, on demand either: a stop fails the run.

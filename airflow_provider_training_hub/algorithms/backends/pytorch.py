@@ -46,6 +46,12 @@ class PyTorchBackend(Backend):
 
     algorithm: ClassVar[str] = "sft"
 
+    def check(self, params: SFTParams) -> None:
+        if params.fsdp_options is not None:
+            raise ValueError("fsdp_options: the pytorch backend keeps a whole copy of the model on each rank (DDP), "
+                             "with no FSDP to configure; leave fsdp_options unset, or use "
+                             "backend='instructlab-training'.")
+
     def execute(self, params: SFTParams) -> TrainingResult:
         torchrun = resolve_torchrun(params, default_nproc_per_node=1)
         out = Path(params.ckpt_output_dir)
@@ -80,4 +86,9 @@ class PyTorchLoRABackend(PyTorchBackend):
     algorithm: ClassVar[str] = "lora_sft"
 
     def check(self, params: LoRAParams) -> None:
+        super().check(params)
+        if params.enable_model_splitting:
+            raise ValueError("enable_model_splitting: the pytorch backend keeps a whole copy of the model on each rank "
+                             "(DDP) and cannot spread one over GPUs; use backend='instructlab-training', whose FSDP "
+                             "shards it, or load_in_4bit to make it smaller.")
         check_quantization_supported(params)

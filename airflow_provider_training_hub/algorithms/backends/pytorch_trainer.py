@@ -54,7 +54,7 @@ from airflow_provider_training_hub.algorithms.backends.packed import (
 )
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
-from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.sft import EVAL_DATA_DIR, SFTParams
 from airflow_provider_training_hub.algorithms.tracking import close_metric_logger, log_to_trackers, metric_logger
 from airflow_provider_training_hub.checkpoints import (
     FULL_STATE_METADATA,
@@ -88,14 +88,55 @@ class Sample:
         return sum(1 for t in self.labels[1:] if t != -100)
 
 
-def load_samples(path: Path, block_size: int | None = None) -> list[Sample]:
-    """Prepared chats, or with ``block_size`` prepared documents as blocks of that many tokens (the
-    last one shorter), each learned whole."""
+Line = tuple[list[int], list[int]]  # a prepared line's input_ids and labels (a document's: its input_ids)
+
+
+def read_prepared(path: Path) -> list[Line]:
     with path.open(encoding="utf-8") as f:
-        if block_size is None:
-            return [Sample((r := json.loads(line))["input_ids"], r["labels"]) for line in f]
-        tokens = list(chain.from_iterable(json.loads(line)["input_ids"] for line in f))
+        return [(r["input_ids"], r.get("labels", r["input_ids"])) for r in map(json.loads, f)]
+
+
+def as_samples(lines: list[Line], block_size: int | None = None) -> list[Sample]:
+    """Chats as they are, or with ``block_size`` documents concatenated and cut into blocks of that
+    many tokens (the last one shorter), each learned whole."""
+    if block_size is None:
+        return [Sample(ids, labels) for ids, labels in lines]
+    tokens = list(chain.from_iterable(ids for ids, _ in lines))
     return [Sample(block, block) for block in (tokens[i : i + block_size] for i in range(0, len(tokens), block_size))]
+
+
+def load_samples(path: Path, block_size: int | None = None) -> list[Sample]:
+    return as_samples(read_prepared(path), block_size)
+
+
+def held_out_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The lines kept for training and those held out by ``validation_split``: instructlab-training's
+    split (``datasets``' seeded, shuffled ``train_test_split`` of the prepared file), so both backends
+    evaluate on the same samples and train on the rest in the same order."""
+    from datasets import Dataset
+
+    try:
+        split = Dataset.from_dict({"line": list(range(n))}).train_test_split(test_size=fraction, seed=seed)
+    except ValueError as exc:  # e.g. a train set left empty
+        raise ValueError(f"validation_split={fraction} of {n} prepared samples: {exc}") from None
+    return split["train"]["line"], split["test"]["line"]
+
+
+def training_and_eval_samples(params: SFTParams) -> tuple[list[Sample], list[Sample]]:
+    """The samples to train on, and those to evaluate ``val_loss`` on: a held-out
+    ``validation_split`` of the training data, the prepared ``eval_data_path``, or none."""
+    block_size = params.block_size if params.is_pretraining else None
+    lines = read_prepared(Path(params.processed_data_dir) / PROCESSED_FILE)
+    held_out: list[Line] = []
+    if params.validation_split:
+        kept, held = held_out_split(len(lines), params.validation_split, params.random_seed)
+        lines, held_out = [lines[i] for i in kept], [lines[i] for i in held]
+    elif params.eval_data_path is not None:
+        held_out = read_prepared(Path(params.processed_data_dir) / EVAL_DATA_DIR / PROCESSED_FILE)
+        if not held_out:
+            raise ValueError(f"eval_data_path {params.eval_data_path!r} has no sample left to evaluate on after "
+                             "preparation (see its report above: each dropped line is counted there)")
+    return as_samples(lines, block_size), as_samples(held_out, block_size)
 
 
 def plan_steps(n: int, effective_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -169,8 +210,7 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
         self.out = Path(params.ckpt_output_dir)
-        self.samples = load_samples(Path(params.processed_data_dir) / PROCESSED_FILE,
-                                    params.block_size if params.is_pretraining else None)
+        self.samples, self.eval_samples = training_and_eval_samples(params)
         # training_hub's other way to size a step: micro-batches of micro_batch_size, accumulated
         self.batch_size = (params.micro_batch_size * params.gradient_accumulation_steps * self.world
                            if params.gradient_accumulation_steps else params.effective_batch_size)
@@ -387,9 +427,30 @@ class Trainer:
             "num_epoch_steps": self.steps_per_epoch,
         }
 
+    def _evaluate(self, epoch: int) -> None:
+        """``val_loss``: the mean next-token loss over every label token of the evaluation set, its
+        samples shared among the ranks, with no gradients (instructlab's ``compute_validation_loss``)."""
+        self.model.eval()
+        mine = rank_share(list(range(len(self.eval_samples))), self.eval_samples, self.rank, self.world)
+        cap = min(self.params.batch_token_cap, self.plan.row_tokens or self.params.batch_token_cap)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, label tokens
+        with torch.no_grad():
+            for batch in micro_batches(mine, self.eval_samples, cap, self.params.micro_batch_size):
+                row = pack([(self.eval_samples[i].input_ids, self.eval_samples[i].labels) for i in batch], self.device)
+                totals[0] += self.loss_module.module(row, 1.0).double()
+                totals[1] += sum(self.eval_samples[i].loss_tokens for i in batch)
+        dist.all_reduce(totals)
+        self.model.train()
+        record = {"step": self.global_step, "epoch": epoch, "val_loss": totals[0].item() / max(1.0, totals[1].item()),
+                  "val_num_tokens": int(totals[1].item()), "val_num_samples": len(self.eval_samples)}
+        self._metrics(record)
+        self._print(f"evaluation at step {self.global_step}/{self.total_steps}: val_loss {record['val_loss']:.4f} "
+                    f"({record['val_num_samples']} samples, {record['val_num_tokens']} tokens)")
+
     def train(self) -> None:
         p = self.params
-        self._print(f"{len(self.samples)} samples, {self.world} rank(s) on {self.device.type}, "
+        evaluated = f" ({len(self.eval_samples)} to evaluate on)" if self.eval_samples else ""
+        self._print(f"{len(self.samples)} samples{evaluated}, {self.world} rank(s) on {self.device.type}, "
                     f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs, "
                     f"effective batch {self.batch_size}, <= {p.batch_token_cap} tokens"
                     f"{f' and {p.micro_batch_size} samples' if p.micro_batch_size else ''} per micro-batch "
@@ -429,6 +490,9 @@ class Trainer:
                         + eta_text((self.total_steps - self.global_step) * (now - started)
                                    / (self.global_step - first_step))
                     )
+                if self.eval_samples and (self.global_step % p.validation_frequency == 0
+                                          or self.global_step == self.total_steps):
+                    self._evaluate(epoch)
                 every_steps = self.lora.save_steps if self.lora else 0
                 final_save_follows = self.global_step == self.total_steps and (
                     p.checkpoint_at_epoch or (self.lora and self.lora.merge_adapter))
