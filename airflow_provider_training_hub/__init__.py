@@ -2,7 +2,7 @@
 
 ``from airflow_provider_training_hub import sft, lora_sft, create_algorithm, AlgorithmRegistry`` (and
 the other names training_hub exports for them: ``Algorithm``, ``Backend``, ``SFTAlgorithm``,
-``LoRASFTAlgorithm``) needs neither Airflow nor torch; the Airflow pieces live in ``hooks``,
+``LoRASFTAlgorithm``, ``TrainingHubCallback``, ``TrainingHubContext``) needs neither Airflow nor torch; the Airflow pieces live in ``hooks``,
 ``operators`` and ``triggers``.
 """
 
@@ -12,6 +12,8 @@ from airflow_provider_training_hub.algorithms import (
     Backend,
     LoRASFTAlgorithm,
     SFTAlgorithm,
+    TrainingHubCallback,
+    TrainingHubContext,
     create_algorithm,
     lora_sft,
     sft,
@@ -25,6 +27,8 @@ __all__ = [
     "Backend",
     "LoRASFTAlgorithm",
     "SFTAlgorithm",
+    "TrainingHubCallback",
+    "TrainingHubContext",
     "create_algorithm",
     "lora_sft",
     "sft",

@@ -174,20 +174,36 @@ def test_training_hub_0_11_parameters_reach_main_ds(fake_gpu, tiny_model, sample
     assert [Path(c).name for c in result.full_state] == ["epoch_1", "epoch_2"]
 
 
-def test_validation_split_and_fsdp_options_reach_main_ds(fake_gpu, tiny_model, sample_data, tmp_path):
-    """As training_hub's examples pass them (upstream's FSDPOptions, lora_sft's eval_steps). Upstream's
-    real data loader holds out the very samples the pytorch backend holds out, and trains on the
-    rest in the same order, so the two backends' val_loss and loss curves compare."""
+def test_validation_split_fsdp_options_and_callbacks_reach_main_ds(fake_gpu, tiny_model, sample_data, tmp_path,
+                                                                    monkeypatch):
+    """As training_hub's examples pass them (upstream's FSDPOptions, lora_sft's eval_steps, a callback
+    instance). Upstream's real data loader holds out the very samples the pytorch backend holds
+    out, and trains on the rest in the same order, so the two backends' val_loss and loss curves
+    compare. Our callbacks ride upstream's own: its --callbacks argument, decoded by its code,
+    calls them (the stand-in replaces the loop that would fire the hooks)."""
+    from instructlab.training.callbacks import TrainingContext, deserialize_callbacks_from_cli
     from instructlab.training.config import FSDPOptions, ShardingStrategies
+    from support.callback_probe import Recorder
+
+    from airflow_provider_training_hub.algorithms.backends.instructlab_callbacks import CALLBACKS_ENV
 
     from airflow_provider_training_hub.algorithms.backends.pytorch_trainer import training_and_eval_samples
 
     ckpt = tmp_path / "c"
     params = {"model_path": str(tiny_model), "data_path": str(sample_data), "ckpt_output_dir": str(ckpt),
               "validation_split": 0.25, "eval_steps": 2,
-              "fsdp_options": FSDPOptions(cpu_offload_params=True, sharding_strategy=ShardingStrategies.FULL_SHARD)}
+              "fsdp_options": FSDPOptions(cpu_offload_params=True, sharding_strategy=ShardingStrategies.FULL_SHARD),
+              "callbacks": [Recorder()]}
     sft(**params)
     argv = _argv(ckpt)
+    (bridge,) = deserialize_callbacks_from_cli(next(a for a in argv if a.startswith("--callbacks=")).split("=", 1)[1])
+    monkeypatch.setenv(CALLBACKS_ENV, '["support.callback_probe:Recorder"]')  # as the ranks inherit it
+    monkeypatch.setenv("CALLBACK_PROBE_LOG", str(tmp_path / "hooks.jsonl"))
+    bridge.on_log(TrainingContext(step=3, epoch=1, loss=1.5, learning_rate=1e-5, batch_metrics={"avg_loss": 1.5},
+                                  output_dir=str(ckpt)))
+    (line,) = [json.loads(line) for line in (tmp_path / "hooks.jsonl").read_text().splitlines()]
+    assert (line["hook"], line["step"], line["epoch"], line["loss"], line["learning_rate"]) == ("on_log", 3, 1, 1.5, 1e-5)
+    assert line["metrics"] == {"avg_loss": 1.5} and line["main"] is True
     for expected in ("--validation_split=0.25", "--validation_frequency=2", "--cpu_offload_params_fsdp",
                      "--fsdp_sharding_strategy=FULL_SHARD"):
         assert expected in argv

@@ -133,7 +133,7 @@ TRAINING_HUB_0_11_2_SFT = (
 ).split()
 NOT_YET = {"wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir", "mlflow_tracking_uri",
            "mlflow_experiment_name", "mlflow_run_name",  # the experiment-tracking issue's
-           "callbacks", "enable_jit_checkpoint", "checkpoint_storage"}
+           "enable_jit_checkpoint", "checkpoint_storage"}
 
 
 def test_every_training_hub_sft_parameter_is_known():

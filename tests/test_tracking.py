@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from mlflow_server import started_mlflow_server
+from support.callback_probe import Recorder
 from support.wandb_log import history_and_config
 
 from airflow_provider_training_hub import lora_sft, sft
@@ -22,7 +23,8 @@ from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
 from airflow_provider_training_hub.checkpoints import read_metrics
 
 STEP_METRICS = ("avg_loss", "lr", "tokens_per_second", "samples_seen", "gradnorm")
-EVAL_DATA = Path(__file__).parent / "data" / "mascot_eval.jsonl"  # questions the sample answers, worded anew
+TESTS = Path(__file__).parent
+EVAL_DATA = TESTS / "data" / "mascot_eval.jsonl"  # questions the sample answers, worded anew
 
 
 def _client(uri: str):
@@ -39,12 +41,16 @@ def _history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
 def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, smollm2_model, sample_data, tmp_path,
                                                               monkeypatch):
     """SmolLM2's LoRA run, evaluated on held-out questions (eval_data_path, every eval_steps): each
-    step's metrics and the falling val_loss reach every tracker."""
+    step's metrics and the falling val_loss reach every tracker, and the user's callbacks (one of
+    them failing, which training survives)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("CALLBACK_PROBE_LOG", str(tmp_path / "hooks.jsonl"))
     ckpt = tmp_path / "ckpt"
     result = lora_sft(model_path=str(smollm2_model), data_path=str(sample_data), ckpt_output_dir=str(ckpt),
                       backend="pytorch", num_epochs=2, effective_batch_size=16, learning_rate=1e-3, warmup_steps=0,
                       max_seq_len=256, eval_data_path=str(EVAL_DATA), eval_steps=2,
+                      callbacks=[Recorder(), "support.callback_probe:Failing"],
                       mlflow_tracking_uri=mlflow_server, mlflow_experiment_name="tiny-sft",
                       mlflow_run_name="tiny_rank{rank}",
                       wandb_project="tiny-sft", wandb_run_name="tiny-wandb", tensorboard_log_dir=str(tmp_path / "tb"))
@@ -55,6 +61,26 @@ def test_pytorch_backend_logs_to_mlflow_tensorboard_and_wandb(mlflow_server, smo
     val_loss = [e["val_loss"] for e in evaluations]
     assert val_loss[0] > val_loss[1] > val_loss[2], val_loss  # learnt from the training data, on unseen questions
     assert (result.metrics["val_loss"], result.metrics["val_loss_step"]) == (val_loss[-1], 6)
+
+    # The callbacks, on the one rank, in training_hub's order
+    hooks = [json.loads(line) for line in (tmp_path / "hooks.jsonl").read_text().splitlines()]
+    step = ["on_step_begin", "on_log", "on_step_end"]
+    epoch_end = ["on_save", "on_save", "on_epoch_end"]  # the checkpoint, the full state
+    assert [h["hook"] for h in hooks] == [
+        "on_train_begin", "on_epoch_begin", *step, *step[:2], "on_evaluate", step[2], *step, *epoch_end,
+        "on_epoch_begin", *step[:2], "on_evaluate", step[2], *step, *step[:2], "on_evaluate", step[2], *epoch_end,
+        "on_train_end"]
+    logs = [h for h in hooks if h["hook"] == "on_log"]
+    assert [(h["step"], h["loss"], h["learning_rate"]) for h in logs] == [
+        (r["step"], pytest.approx(r["avg_loss"]), pytest.approx(r["lr"])) for r in steps]
+    assert [(h["step"], h["metrics"]["val_loss"]) for h in hooks if h["hook"] == "on_evaluate"] == [
+        (2, pytest.approx(val_loss[0])), (4, pytest.approx(val_loss[1])), (6, pytest.approx(val_loss[2]))]
+    saves = [h["metrics"]["checkpoint_path"] for h in hooks if h["hook"] == "on_save"]
+    assert saves == [str(ckpt / "hf_format" / "samples_48"), str(ckpt / "full_state" / "epoch_0"),
+                     str(ckpt / "hf_format" / "samples_96"), str(ckpt / "full_state" / "epoch_1")]
+    assert {(h["main"], h["output_dir"], h["rank"]) for h in hooks} == {(True, str(ckpt), "0")}
+    assert "callback Failing.on_log failed (RuntimeError: the dashboard is down); training goes on" in (
+        ckpt / "full_logs_global0.log").read_text()
 
     # MLflow: the run the launcher opened, named by rank 0, with every step and the parameters.
     client = _client(mlflow_server)

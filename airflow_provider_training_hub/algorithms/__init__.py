@@ -1,5 +1,6 @@
 """The training_hub API: no Airflow here, and torch/transformers/instructlab only inside backends."""
 
+from airflow_provider_training_hub.algorithms.callbacks import TrainingHubCallback, TrainingHubContext
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
     AlgorithmRegistry,
@@ -20,6 +21,8 @@ __all__ = [
     "LoRAParams",
     "SFTAlgorithm",
     "SFTParams",
+    "TrainingHubCallback",
+    "TrainingHubContext",
     "create_algorithm",
     "register_algorithm",
     "lora_sft",

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from airflow_provider_training_hub import json_syntax
+from airflow_provider_training_hub.algorithms.callbacks import import_path, load_class
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
@@ -66,7 +67,7 @@ class SFTParams(ParamSchema):
         "restart_changed_run", "max_tokens_per_gpu", "mlflow_tracking_uri", "mlflow_experiment_name",
         "mlflow_run_name", "wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir",
         "nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port",
-        "fsdp_options",
+        "fsdp_options", "callbacks",
     })
 
     model_path: str = Field(description="Model to fine-tune: a Hugging Face model directory.")
@@ -205,6 +206,14 @@ class SFTParams(ParamSchema):
     field_input: str = Field("input", min_length=1, description="The alpaca records' optional input field.")
     field_output: str = Field("output", min_length=1, description="The alpaca records' output field.")
 
+    callbacks: list[str] | None = Field(
+        None,
+        description=(
+            "TrainingHubCallback classes by import path, e.g. [\"my_pkg.hooks:Notify\"] (a class or an instance is "
+            "taken as its class's path): each training process makes one with no arguments and calls its hooks on "
+            "rank 0. The class must be importable where training runs."
+        ),
+    )
     fsdp_options: FSDPOptions | None = Field(
         None,
         description=(
@@ -301,6 +310,19 @@ class SFTParams(ParamSchema):
             return value
         raise ValueError(f"nproc_per_node must be 'auto', 'gpu' or an integer >= 1, got {value!r}")
 
+    @field_validator("callbacks", mode="before")
+    @classmethod
+    def _import_paths(cls, value: Any) -> Any:
+        """training_hub's callback instances (or classes) as the import paths that travel to the ranks."""
+        if isinstance(value, str) and value.lstrip().startswith("["):  # a CLI flag's JSON list
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"callbacks is not a JSON list: {json_syntax.syntax_phrase(exc)}") from None
+        if value is None:
+            return value
+        return [import_path(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
     @field_validator("fsdp_options", mode="before")
     @classmethod
     def _plain_options(cls, value: Any) -> Any:
@@ -388,13 +410,16 @@ class SFTParams(ParamSchema):
         return self.data_output_dir or os.path.join(self.ckpt_output_dir, "data")
 
     def check_local_paths(self) -> None:
-        """Paths must exist where training runs (not on the Airflow worker, for a pod on a PVC)."""
+        """Paths must exist, and callbacks import, where training runs (not on the Airflow worker, for a
+        pod on a PVC)."""
         if not Path(self.model_path).is_dir() and not _is_hub_model_id(self.model_path):
             raise ValueError(
                 f"model_path {self.model_path!r} is not a model directory on this machine: it must hold the model's "
                 "config.json and weights (*.safetensors), as save_pretrained writes them "
                 "(`training-hub models tiny DIR` makes a small one offline)."
             )
+        for path in self.callbacks or ():
+            load_class(path)
         for name in ("data_path", "eval_data_path"):
             path = getattr(self, name)
             if path is None or "://" in path:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 from airflow_provider_training_hub.algorithms.node_env import as_int, env_int, node_rank, pick
@@ -121,14 +121,11 @@ def resolve_torchrun(
 
 
 @contextmanager
-def path_entry(variable: str, entry: str, *, first: bool) -> Iterator[None]:
-    """``entry`` in the ``os.pathsep``-separated ``variable`` while the block runs (processes started
-    then inherit it), at the front or the back; a variable that already has it is left alone."""
+def environment_variable(variable: str, value: str) -> Iterator[None]:
+    """``variable`` set to ``value`` while the block runs (processes started then inherit it), and as
+    it was afterwards."""
     old = os.environ.get(variable)
-    if entry in (old or "").split(os.pathsep):
-        yield
-        return
-    os.environ[variable] = os.pathsep.join(filter(None, [entry, old] if first else [old, entry]))
+    os.environ[variable] = value
     try:
         yield
     finally:
@@ -136,6 +133,15 @@ def path_entry(variable: str, entry: str, *, first: bool) -> Iterator[None]:
             del os.environ[variable]
         else:
             os.environ[variable] = old
+
+
+def path_entry(variable: str, entry: str, *, first: bool) -> AbstractContextManager[None]:
+    """``entry`` in the ``os.pathsep``-separated ``variable`` while the block runs, at the front or
+    the back; a variable that already has it is left alone."""
+    old = os.environ.get(variable)
+    if entry in (old or "").split(os.pathsep):
+        return nullcontext()
+    return environment_variable(variable, os.pathsep.join(filter(None, [entry, old] if first else [old, entry])))
 
 
 def interpreter_bin_on_path() -> AbstractContextManager[None]:

@@ -10,6 +10,7 @@ return the checkpoints and metrics it left behind). Data is validated and prepar
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +22,7 @@ from airflow_provider_training_hub.algorithms.registry import AlgorithmRegistry,
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
+    environment_variable,
     interpreter_bin_on_path,
     path_entry,
     resolve_torchrun,
@@ -112,6 +114,8 @@ class InstructLabTrainingBackend(Backend):
         """The upstream ``(TorchrunArgs, TrainingArgs)`` for our parameters."""
         from instructlab.training import FSDPOptions, PretrainingConfig, TorchrunArgs, TrainingArgs
 
+        from airflow_provider_training_hub.algorithms.backends.instructlab_callbacks import TrainingHubCallbacks
+
         torch_args = TorchrunArgs(
             nproc_per_node=torchrun.nproc_per_node,
             nnodes=torchrun.nnodes,
@@ -136,6 +140,8 @@ class InstructLabTrainingBackend(Backend):
             accelerate_full_state_at_epoch=params.accelerate_full_state_at_epoch,
             checkpoint_at_epoch=params.checkpoint_at_epoch,
             fsdp_options=FSDPOptions(**(params.fsdp_options.model_dump() if params.fsdp_options else {})),
+            # our callbacks, through upstream's: one bridge whose source upstream sends to its ranks
+            callbacks=[TrainingHubCallbacks()] if params.callbacks else None,
             validation_split=params.validation_split,
             validation_frequency=params.validation_frequency,
             keep_last_checkpoint_only=params.keep_last_checkpoint_only,
@@ -163,6 +169,8 @@ class InstructLabTrainingBackend(Backend):
 
         from instructlab.training import run_training
 
+        from airflow_provider_training_hub.algorithms.backends.instructlab_callbacks import CALLBACKS_ENV
+
         prepare_data(params)
         if termination_requested():  # SIGTERM while the data was prepared: do not start training
             raise TrainingFailedError("stopped by SIGTERM before training started")
@@ -170,7 +178,8 @@ class InstructLabTrainingBackend(Backend):
         log.info("instructlab-training: %s", torchrun)
         before = full_state_snapshot(params.ckpt_output_dir)
         try:
-            with interpreter_bin_on_path(), path_entry("PYTHONPATH", str(RANK_SITE), first=True):
+            with interpreter_bin_on_path(), path_entry("PYTHONPATH", str(RANK_SITE), first=True), \
+                    environment_variable(CALLBACKS_ENV, json.dumps(params.callbacks or [])):
                 run_training(torch_args=torch_args, train_args=train_args)
         except RuntimeError as exc:
             raise TrainingFailedError(

@@ -52,6 +52,7 @@ from airflow_provider_training_hub.algorithms.backends.packed import (
     pack,
     register_packed_attention,
 )
+from airflow_provider_training_hub.algorithms.callbacks import Callbacks, TrainingHubContext
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import EVAL_DATA_DIR, SFTParams
@@ -253,7 +254,16 @@ class Trainer:
         self.start_epoch = 0
         self.skip_steps = 0  # steps of start_epoch already done (a resumed stop)
         self._resume()
+        self.epoch = self.start_epoch
         self.tracker = metric_logger(params, params.ckpt_output_dir) if self.rank == 0 else None
+        self.callbacks = Callbacks(params.callbacks or (), self.rank)
+
+    def _fire(self, hook: str, record: dict | None = None, **extra: object) -> None:
+        """A ``TrainingHubCallback`` hook, with the step's (or evaluation's) record as its metrics."""
+        record = {**(record or {}), **extra}
+        self.callbacks.fire(hook, TrainingHubContext(
+            step=self.global_step, epoch=self.epoch, loss=record.get("avg_loss"), learning_rate=record.get("lr"),
+            is_main_process=self.rank == 0, output_dir=str(self.out), metrics=record))
 
     def _add_adapters(self, p: LoRAParams) -> nn.Module:
         """peft's LoRA layers, injected into ``self.model`` in place (the loss module keeps calling
@@ -319,6 +329,7 @@ class Trainer:
         if self.rank == 0:
             publish(final, write)
             self._print(f"saved {what} {final}")
+            self._fire("on_save", checkpoint_path=str(final), kind=what)
             if self.params.save_total_limit:
                 for old in keep_newest(self.out, self.params.save_total_limit):
                     self._print(f"removed {old} (save_total_limit={self.params.save_total_limit})")
@@ -444,6 +455,7 @@ class Trainer:
         record = {"step": self.global_step, "epoch": epoch, "val_loss": totals[0].item() / max(1.0, totals[1].item()),
                   "val_num_tokens": int(totals[1].item()), "val_num_samples": len(self.eval_samples)}
         self._metrics(record)
+        self._fire("on_evaluate", record)
         self._print(f"evaluation at step {self.global_step}/{self.total_steps}: val_loss {record['val_loss']:.4f} "
                     f"({record['val_num_samples']} samples, {record['val_num_tokens']} tokens)")
 
@@ -460,6 +472,7 @@ class Trainer:
             self._metrics({"hparams": True, **p.model_dump(), "world_size": self.world, "backend": "pytorch",
                            "optimizer": {k: group[k] for k in ("betas", "eps", "weight_decay")}})
         self.model.train()
+        self._fire("on_train_begin")
         next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples if p.save_samples else None
         started = time.perf_counter()
         first_step = self.global_step  # a resumed run's pace counts only its own steps
@@ -470,7 +483,10 @@ class Trainer:
         for epoch in range(self.start_epoch, p.num_epochs):
             planned = plan_steps(len(self.samples), self.batch_size, p.random_seed, epoch)
             done_in_epoch = self.skip_steps if epoch == self.start_epoch else 0
+            self.epoch = epoch
+            self._fire("on_epoch_begin")
             for epoch_step, step_indices in enumerate(planned[done_in_epoch:], start=done_in_epoch + 1):
+                self._fire("on_step_begin")
                 step_start = time.perf_counter()
                 record = self._step(step_indices)
                 elapsed = time.perf_counter() - step_start
@@ -478,6 +494,7 @@ class Trainer:
                 record.update(epoch=epoch, overall_throughput=record["batch_size"] / elapsed,
                               tokens_per_second=record["num_tokens"] / elapsed)
                 self._metrics(record)
+                self._fire("on_log", record)
                 now = time.perf_counter()
                 due = (self.global_step % p.logging_steps == 0 if p.logging_steps
                        else now - last_progress >= interval)
@@ -501,6 +518,7 @@ class Trainer:
                     self._save_hf()
                     if next_save is not None:
                         next_save = (self.samples_seen // p.save_samples + 1) * p.save_samples
+                self._fire("on_step_end", record)
                 if epoch_step < len(planned) and self._stop_agreed():
                     self._save_full_state(epoch, epoch_step)
                     self._print(f"stopped by SIGTERM after step {self.global_step}/{self.total_steps}; "
@@ -511,8 +529,10 @@ class Trainer:
                 self._save_hf(final=last)
             if p.accelerate_full_state_at_epoch:
                 self._save_full_state(epoch)
+            self._fire("on_epoch_end")
         total = time.perf_counter() - started
         self._check_ranks_agree()
+        self._fire("on_train_end")
         self._print(f"done: {self.global_step} steps, {tokens_done / max(total, 1e-9):.0f} tokens/s overall")
 
     def _stop_agreed(self) -> bool:
