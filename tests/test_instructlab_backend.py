@@ -177,7 +177,7 @@ def test_training_hub_0_11_parameters_reach_main_ds(fake_gpu, tiny_model, sample
 def test_validation_split_fsdp_options_and_callbacks_reach_main_ds(fake_gpu, tiny_model, sample_data, tmp_path,
                                                                     monkeypatch):
     """As training_hub's examples pass them (upstream's FSDPOptions, lora_sft's eval_steps, a callback
-    instance). Upstream's real data loader holds out the very samples the pytorch backend holds
+    instance, chats under field_messages, learned whole but the system turns with unmask_messages). Upstream's real data loader holds out the very samples the pytorch backend holds
     out, and trains on the rest in the same order, so the two backends' val_loss and loss curves
     compare. Our callbacks ride upstream's own: its --callbacks argument, decoded by its code,
     calls them (the stand-in replaces the loop that would fire the hooks)."""
@@ -190,8 +190,11 @@ def test_validation_split_fsdp_options_and_callbacks_reach_main_ds(fake_gpu, tin
     from airflow_provider_training_hub.algorithms.backends.pytorch_trainer import training_and_eval_samples
 
     ckpt = tmp_path / "c"
-    params = {"model_path": str(tiny_model), "data_path": str(sample_data), "ckpt_output_dir": str(ckpt),
-              "validation_split": 0.25, "eval_steps": 2,
+    conversations = tmp_path / "conversations.jsonl"  # the sample's chats under another field name
+    conversations.write_text("".join(json.dumps({"conversations": json.loads(line)["messages"]}) + "\n"
+                                     for line in sample_data.read_text().splitlines()))
+    params = {"model_path": str(tiny_model), "data_path": str(conversations), "ckpt_output_dir": str(ckpt),
+              "field_messages": "conversations", "unmask_messages": True, "validation_split": 0.25, "eval_steps": 2,
               "fsdp_options": FSDPOptions(cpu_offload_params=True, sharding_strategy=ShardingStrategies.FULL_SHARD),
               "callbacks": [Recorder()]}
     sft(**params)
@@ -213,6 +216,13 @@ def test_validation_split_fsdp_options_and_callbacks_reach_main_ds(fake_gpu, tin
     assert len(held_out) == 12 and len(train) == 36 == setup["samples"]  # 48 samples, a quarter held out
     assert [s.input_ids for s in held_out] == setup["val_input_ids"]
     assert [s.input_ids for s in train] == setup["train_input_ids"]
+    # the chats reached upstream's loader with their user turns learned too (unmask_messages)
+    from transformers import AutoTokenizer
+
+    decode = AutoTokenizer.from_pretrained(tiny_model).decode
+    question = "Who is the Training Hub mascot?"
+    asked = [s for s in train + held_out if question in decode(s.input_ids)]
+    assert asked and all(question in decode([t for t in s.labels if t != -100]) for s in asked)
 
 
 def test_pretraining_reaches_main_ds_with_upstream_document_processing(fake_gpu, tiny_model, tmp_path):

@@ -120,7 +120,8 @@ class LoRASFTAlgorithm(Algorithm):
 AlgorithmRegistry.register_backend_alias(
     "lora_sft", "unsloth", DEFAULT_BACKEND,
     "this package does not ship Unsloth; the pytorch backend trains peft LoRA adapters with the same "
-    "parameters, without Unsloth's kernels, and learns the assistant turns only where Unsloth learns every token",
+    "parameters, without Unsloth's kernels, and learns the assistant turns only (unmask_messages=True: every turn but "
+    "the system's) where Unsloth learns every token of the rendered chat",
 )
 
 

@@ -202,6 +202,14 @@ class SFTParams(ParamSchema):
             "assistant's answer; 'passthrough', a 'text' per line, formatted by you and learned whole."
         ),
     )
+    unmask_messages: bool = Field(
+        False,
+        description=(
+            "Learn every turn of every chat but the system's (as a line marked \"unmask\": true is learned), not only "
+            "the assistant's; passthrough texts and pretraining documents are learned whole either way."
+        ),
+    )
+    field_messages: str = Field("messages", min_length=1, description="The chats' field that holds each one's messages.")
     field_instruction: str = Field("instruction", min_length=1, description="The alpaca records' instruction field.")
     field_input: str = Field("input", min_length=1, description="The alpaca records' optional input field.")
     field_output: str = Field("output", min_length=1, description="The alpaca records' output field.")
@@ -389,6 +397,9 @@ class SFTParams(ParamSchema):
                 f"master_addr ({self.master_addr!r}) and rdzv_endpoint ({self.rdzv_endpoint!r}) are both set: "
                 "they name the same thing, give one."
             )
+        if self.field_messages != "messages" and (self.is_pretraining or self.dataset_type != "chat_template"):
+            raise ValueError(f"field_messages ({self.field_messages!r}) names the messages of chats: it does not apply "
+                             f"to {'is_pretraining' if self.is_pretraining else f'dataset_type={self.dataset_type!r}'}.")
         if self.is_pretraining and self.dataset_type != "chat_template":
             raise ValueError(f"is_pretraining reads documents ({self.document_column_name!r} per line): "
                              f"dataset_type={self.dataset_type!r} does not apply to it.")
@@ -461,10 +472,12 @@ def _prepare(params: SFTParams, data_path: str, output_dir: str):
         return prepare.prepare_documents(data_path, params.model_path, output_dir, params.document_column_name)
     if params.dataset_type == "alpaca":
         return prepare.prepare_alpaca(data_path, params.model_path, output_dir, params.max_seq_len,
-                                      (params.field_instruction, params.field_input, params.field_output))
+                                      (params.field_instruction, params.field_input, params.field_output),
+                                      params.unmask_messages)
     if params.dataset_type == "passthrough":
         return prepare.prepare_text(data_path, params.model_path, output_dir, params.max_seq_len)
-    return prepare.prepare_for_training(data_path, params.model_path, output_dir, params.max_seq_len)
+    return prepare.prepare_for_training(data_path, params.model_path, output_dir, params.max_seq_len,
+                                        unmask_messages=params.unmask_messages, field_messages=params.field_messages)
 
 
 @register_algorithm("sft")

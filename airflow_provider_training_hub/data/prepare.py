@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 PROCESSED_FILE = "data.jsonl"
 VALIDATED_FILE = "validated.jsonl"
 ALPACA_MESSAGES_FILE = "alpaca_messages.jsonl"
+RENAMED_FILE = "renamed_messages.jsonl"  # field_messages' chats, under "messages"
 PASSTHROUGH_FIELD = "text"  # what training_hub's passthrough data holds (TRL's dataset_text_field)
 UPSTREAM_MIN_SEQ_LEN = 20  # data_process.filter_samples_by_length's default
 
@@ -47,9 +48,12 @@ def default_num_proc() -> int:
 
 
 def prepare_for_training(
-    data_path: str, model_path: str, output_dir: str, max_seq_len: int, num_proc: int | None = None
+    data_path: str, model_path: str, output_dir: str, max_seq_len: int, num_proc: int | None = None,
+    unmask_messages: bool = False, field_messages: str = "messages",
 ) -> PreparedData:
-    """Write ``<output_dir>/data.jsonl`` (input_ids, labels, len) and report what was dropped."""
+    """Write ``<output_dir>/data.jsonl`` (input_ids, labels, len) and report what was dropped. With
+    ``unmask_messages``, every sample is learned as one marked ``"unmask": true`` is: every turn but
+    the system's. ``field_messages`` names the field that holds each chat's messages."""
     from instructlab.training import data_process as dp
 
     from airflow_provider_training_hub.data.validate import validate_messages
@@ -57,11 +61,22 @@ def prepare_for_training(
     num_proc = num_proc or default_num_proc()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = validate_messages(data_path, output_path=str(out / VALIDATED_FILE))
+    source = data_path
+    if field_messages != "messages":
+        from airflow_provider_training_hub.data.records import messages_location, with_messages_under
+
+        source = str(out / RENAMED_FILE)
+        with_messages_under(data_path, field_messages, source)
+    report = validate_messages(source, output_path=str(out / VALIDATED_FILE))
     if not report.valid:
+        if source != data_path:  # the user's file and field, not our copy's
+            report.data_path = data_path
+            report.errors = [replace(e, location=messages_location(e.location, field_messages)) for e in report.errors]
         raise ValueError(f"data_path {data_path!r} is not valid messages JSONL:\n{report.summary()}")
     with workers_die_on_sigterm():
         dataset = dp.load_and_validate_dataset(report.output_path, num_proc)
+        if unmask_messages:
+            dataset = dataset.map(lambda _: {"unmask": True}, num_proc=num_proc, desc="unmask_messages")
         tokenizer = dp.configure_tokenizer(model_path)
         processed = dp.process_samples(dataset, tokenizer, num_proc)
         lengths = processed["len"]
@@ -121,14 +136,14 @@ def prepare_documents(
 
 
 def prepare_alpaca(data_path: str, model_path: str, output_dir: str, max_seq_len: int,
-                   fields: tuple[str, str, str]) -> PreparedData:
+                   fields: tuple[str, str, str], unmask_messages: bool = False) -> PreparedData:
     """``dataset_type="alpaca"``: each record (``fields``: instruction, input, output) checked and
     turned into a user and an assistant turn, then prepared as messages are."""
     from airflow_provider_training_hub.data.records import alpaca
 
     messages = Path(output_dir) / ALPACA_MESSAGES_FILE
     _checked_records(data_path, alpaca(*fields), messages, "alpaca")
-    return prepare_for_training(str(messages), model_path, output_dir, max_seq_len)
+    return prepare_for_training(str(messages), model_path, output_dir, max_seq_len, unmask_messages=unmask_messages)
 
 
 def prepare_text(data_path: str, model_path: str, output_dir: str, max_seq_len: int) -> PreparedData:

@@ -1,6 +1,7 @@
 """Records of one flat JSON object per line, each field a string: pretraining documents
 (``is_pretraining``, the field ``document_column_name``), and training_hub's other dataset types,
-``passthrough`` (its ``text``) and ``alpaca`` (instruction, optional input, output).
+``passthrough`` (its ``text``) and ``alpaca`` (instruction, optional input, output); and chats whose
+messages are under another name (``field_messages``), renamed for the messages checks.
 
 Checked like messages data (the line, the field, the reason, in this project's words), and
 written back with the declared fields alone, or converted (``alpaca`` into messages): upstream's
@@ -123,3 +124,31 @@ def validate_records(
         if not report.valid:
             out.discard()
     return report
+
+
+def with_messages_under(data_path: str, field: str, output_path: str) -> None:
+    """Each line's ``field`` as ``messages``, into ``output_path``; a ``messages`` of the line's own
+    is an extra key, dropped, so a line without ``field`` is missing its messages. A line that is
+    not an object is copied as it is. The messages checks then report each line at its own number
+    (``messages_location`` names the field again); a line over the length limit is refused here,
+    since it cannot be copied."""
+    with AtomicWriter(output_path) as out:
+        for number, line in _lines(data_path):
+            if isinstance(line, LineTooLong):
+                _, reason = overlong_problem(line, DEFAULT_MAX_LINE_BYTES)
+                raise ValueError(f"data_path {data_path!r}: line {number}: {reason}")
+            try:
+                record = msgspec.json.decode(line)
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                record = None
+            if isinstance(record, dict):  # a "messages" of its own is an extra key: without field, it is missing
+                record.pop("messages", None)
+                if field in record:
+                    record["messages"] = record.pop(field)
+                line = msgspec.json.encode(record) + b"\n"
+            out.write(line if line.endswith(b"\n") else line + b"\n")
+
+
+def messages_location(location: str, field: str) -> str:
+    """A messages problem's place, ``messages[2].role``, under the data's own name for the field."""
+    return field + location.removeprefix("messages") if location.startswith("messages") else location
