@@ -2,8 +2,8 @@
 
 ``from airflow_provider_training_hub import sft, lora_sft, create_algorithm, AlgorithmRegistry`` (and
 the other names training_hub exports for them: ``Algorithm``, ``Backend``, ``SFTAlgorithm``,
-``LoRASFTAlgorithm``, ``TrainingHubCallback``, ``TrainingHubContext``) needs neither Airflow nor torch; the Airflow pieces live in ``hooks``,
-``operators`` and ``triggers``.
+``LoRASFTAlgorithm``, ``TrainingHubCallback``, ``TrainingHubContext``, ``plot_loss``) needs neither
+Airflow nor torch; the Airflow pieces live in ``hooks``, ``operators`` and ``triggers``.
 """
 
 from airflow_provider_training_hub.algorithms import (
@@ -18,6 +18,7 @@ from airflow_provider_training_hub.algorithms import (
     lora_sft,
     sft,
 )
+from airflow_provider_training_hub.loss_plot import plot_loss
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "TrainingHubContext",
     "create_algorithm",
     "lora_sft",
+    "plot_loss",
     "sft",
     "__version__",
 ]

@@ -168,10 +168,10 @@ def _samples_seen(state_dir: Path) -> int:
         return -1
 
 
-def read_metrics(ckpt_output_dir: str | Path, metric: str = "avg_loss") -> list[dict[str, Any]]:
+def read_metrics(ckpt_output_dir: str | Path, metric: str = "avg_loss", name: str = METRICS_FILE) -> list[dict[str, Any]]:
     """The records of ``metric`` by step: each training step's (``avg_loss``), or each evaluation's
-    (``val_loss``); the hparams line and unparseable lines are skipped."""
-    path = Path(ckpt_output_dir) / METRICS_FILE
+    (``val_loss``), from the metrics file ``name``; the hparams line and unparseable lines are skipped."""
+    path = Path(ckpt_output_dir) / name
     if not path.is_file():
         return []
     records = []
