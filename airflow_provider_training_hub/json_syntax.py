@@ -7,6 +7,7 @@ files, ``--config-env`` and connection fields all word their syntax errors here.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 # JSONDecodeError.msg (Python 3.11 to 3.14) -> this project's phrase.
 _PHRASES = {
@@ -44,3 +45,11 @@ def syntax_phrase(exc: json.JSONDecodeError) -> str:
 def describe(exc: json.JSONDecodeError) -> str:
     """``line L, column C: phrase``, for a text of several lines (a config file)."""
     return f"line {exc.lineno}, column {exc.colno}: {syntax_phrase(exc)}"
+
+
+def loads(text: str, what: str) -> Any:
+    """A value given as JSON text (a CLI flag): a syntax error is a ``ValueError`` ``"<what>: <phrase>"``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: {syntax_phrase(exc)}") from None

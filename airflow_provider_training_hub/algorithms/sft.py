@@ -10,7 +10,6 @@ node" (see ``torchrun.py``), which is what a pod launched by Kubeflow or our Ind
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -323,10 +322,7 @@ class SFTParams(ParamSchema):
     def _import_paths(cls, value: Any) -> Any:
         """training_hub's callback instances (or classes) as the import paths that travel to the ranks."""
         if isinstance(value, str) and value.lstrip().startswith("["):  # a CLI flag's JSON list
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"callbacks is not a JSON list: {json_syntax.syntax_phrase(exc)}") from None
+            value = json_syntax.loads(value, "callbacks is not a JSON list")
         if value is None:
             return value
         return [import_path(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
@@ -338,10 +334,7 @@ class SFTParams(ParamSchema):
         if hasattr(value, "model_dump"):
             return value.model_dump(mode="json")
         if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"fsdp_options is not a JSON object: {json_syntax.syntax_phrase(exc)}") from None
+            return json_syntax.loads(value, "fsdp_options is not a JSON object")
         return value
 
     @field_validator("sample_packing")
