@@ -223,6 +223,8 @@ class Trainer:
         torch.manual_seed(params.random_seed)
         self.tokenizer = AutoTokenizer.from_pretrained(params.model_path)
         self.plan = device_plan(self.device, bf16=params.bf16)
+        # the most tokens of a micro-batch, which is one packed row
+        self.row_cap = min(params.batch_token_cap, self.plan.row_tokens or params.batch_token_cap)
         self.lora = params if isinstance(params, LoRAParams) else None
         # float32 master weights: autocast (where the plan has it) computes in bfloat16, as
         # instructlab's FSDP mixed precision does, while AdamW keeps the small updates.
@@ -407,8 +409,7 @@ class Trainer:
         lr = lr_at(self.global_step, p.learning_rate, p.warmup_steps, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        cap = min(p.batch_token_cap, self.plan.row_tokens or p.batch_token_cap)  # one packed row each
-        batches = micro_batches(mine, self.samples, cap, p.micro_batch_size)
+        batches = micro_batches(mine, self.samples, self.row_cap, p.micro_batch_size)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for n, batch in enumerate(batches):
             row = pack([(self.samples[i].input_ids, self.samples[i].labels) for i in batch], self.device)
@@ -438,21 +439,20 @@ class Trainer:
             "num_epoch_steps": self.steps_per_epoch,
         }
 
-    def _evaluate(self, epoch: int) -> None:
+    def _evaluate(self) -> None:
         """``val_loss``: the mean next-token loss over every label token of the evaluation set, its
         samples shared among the ranks, with no gradients (instructlab's ``compute_validation_loss``)."""
         self.model.eval()
         mine = rank_share(list(range(len(self.eval_samples))), self.eval_samples, self.rank, self.world)
-        cap = min(self.params.batch_token_cap, self.plan.row_tokens or self.params.batch_token_cap)
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, label tokens
         with torch.no_grad():
-            for batch in micro_batches(mine, self.eval_samples, cap, self.params.micro_batch_size):
+            for batch in micro_batches(mine, self.eval_samples, self.row_cap, self.params.micro_batch_size):
                 row = pack([(self.eval_samples[i].input_ids, self.eval_samples[i].labels) for i in batch], self.device)
                 totals[0] += self.loss_module.module(row, 1.0).double()
                 totals[1] += sum(self.eval_samples[i].loss_tokens for i in batch)
         dist.all_reduce(totals)
         self.model.train()
-        record = {"step": self.global_step, "epoch": epoch, "val_loss": totals[0].item() / max(1.0, totals[1].item()),
+        record = {"step": self.global_step, "epoch": self.epoch, "val_loss": totals[0].item() / max(1.0, totals[1].item()),
                   "val_num_tokens": int(totals[1].item()), "val_num_samples": len(self.eval_samples)}
         self._metrics(record)
         self._fire("on_evaluate", record)
@@ -509,7 +509,7 @@ class Trainer:
                     )
                 if self.eval_samples and (self.global_step % p.validation_frequency == 0
                                           or self.global_step == self.total_steps):
-                    self._evaluate(epoch)
+                    self._evaluate()
                 every_steps = self.lora.save_steps if self.lora else 0
                 final_save_follows = self.global_step == self.total_steps and (
                     p.checkpoint_at_epoch or (self.lora and self.lora.merge_adapter))
