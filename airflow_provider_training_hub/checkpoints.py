@@ -168,10 +168,9 @@ def _samples_seen(state_dir: Path) -> int:
         return -1
 
 
-def read_metrics(ckpt_output_dir: str | Path, metric: str = "avg_loss", name: str = METRICS_FILE) -> list[dict[str, Any]]:
-    """The records of ``metric`` by step: each training step's (``avg_loss``), or each evaluation's
-    (``val_loss``), from the metrics file ``name``; the hparams line and unparseable lines are skipped."""
-    path = Path(ckpt_output_dir) / name
+def step_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics file that has a step: each training step's and each evaluation's
+    (the hparams line and unparseable lines are skipped)."""
     if not path.is_file():
         return []
     records = []
@@ -181,9 +180,15 @@ def read_metrics(ckpt_output_dir: str | Path, metric: str = "avg_loss", name: st
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a killed run
                 continue
-            if isinstance(record, dict) and metric in record and "step" in record:
+            if isinstance(record, dict) and "step" in record:
                 records.append(record)
     return records
+
+
+def read_metrics(ckpt_output_dir: str | Path, metric: str = "avg_loss") -> list[dict[str, Any]]:
+    """The records of ``metric`` by step: each training step's (``avg_loss``), or each evaluation's
+    (``val_loss``)."""
+    return [r for r in step_records(Path(ckpt_output_dir) / METRICS_FILE) if metric in r]
 
 
 def summarize_metrics(records: list[dict[str, Any]], evaluations: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -206,6 +211,7 @@ def summarize_metrics(records: list[dict[str, Any]], evaluations: Sequence[dict[
 
 
 def collect_result(ckpt_output_dir: str | Path) -> TrainingResult:
+    records = step_records(Path(ckpt_output_dir) / METRICS_FILE)
     checkpoints = hf_checkpoints(ckpt_output_dir)
     newest = checkpoints[-1] if checkpoints else None
     merged = newest / MERGED_DIR if newest else None
@@ -214,7 +220,7 @@ def collect_result(ckpt_output_dir: str | Path) -> TrainingResult:
         checkpoint=str(newest) if newest else None,
         checkpoints=[str(p) for p in checkpoints],
         full_state=[str(p) for p in full_state_checkpoints(ckpt_output_dir)],
-        metrics=summarize_metrics(read_metrics(ckpt_output_dir), read_metrics(ckpt_output_dir, "val_loss")),
+        metrics=summarize_metrics([r for r in records if "avg_loss" in r], [r for r in records if "val_loss" in r]),
         adapter=bool(newest and (newest / ADAPTER_CONFIG).is_file()),
         merged_checkpoint=str(merged) if merged and merged.is_dir() else None,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow_provider_training_hub.checkpoints import METRICS_FILE, read_metrics
+from airflow_provider_training_hub.checkpoints import METRICS_FILE, step_records
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
@@ -51,8 +51,9 @@ def plot_loss(
     figure, axes = plt.subplots(figsize=(10, 6))
     for i, (directory, label) in enumerate(zip(dirs, labels, strict=True)):
         metrics = Path(directory) / (metrics_file or METRICS_FILE)
-        key, records = next(((k, r) for k in metric_keys or ["avg_loss"]
-                             if (r := read_metrics(metrics.parent, k, metrics.name))), (None, []))
+        every = step_records(metrics)
+        key = next((k for k in metric_keys or ["avg_loss"] if any(k in r for r in every)), None)
+        records = [r for r in every if key in r] if key else []
         if not records:
             plt.close(figure)
             raise ValueError(f"plot_loss: {metrics} holds no {' or '.join(metric_keys or ['avg_loss'])} by step")
@@ -62,7 +63,7 @@ def plot_loss(
         if ema:
             axes.plot(steps, exponential_moving_average(losses, ema_span), label=f"{label} (EMA)", color=color,
                       linestyle="--", alpha=0.7)
-        if evaluations := read_metrics(metrics.parent, "val_loss", metrics.name):
+        if evaluations := [r for r in every if "val_loss" in r]:
             axes.plot([r["step"] for r in evaluations], [r["val_loss"] for r in evaluations], "o:",
                       label=f"{label} (val_loss)", color=color)
     axes.set_xlabel("step")
