@@ -145,10 +145,16 @@ def test_target_modules_choose_what_is_adapted(tiny_model, sample_data, tmp_path
 @pytest.mark.slow
 def test_a_killed_run_resumes_the_adapter_from_its_full_state(tiny_model, sample_data, tmp_path):
     ckpt = tmp_path / "ckpt"
+    # The run holds after its first epoch's full state (a callback), so the kill lands there even
+    # when this test reads the log late (CI's loaded cores: the second epoch had ended before it).
     command = [str(Path(sys.executable).parent / "training-hub"), "lora_sft", "--model-path", str(tiny_model),
                "--data-path", str(sample_data), "--ckpt-output-dir", str(ckpt), "--num-epochs", "2",
-               "--effective-batch-size", "4", "--learning-rate", "5e-3", "--max-seq-len", "512", "--save-steps", "0"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+               "--effective-batch-size", "4", "--learning-rate", "5e-3", "--max-seq-len", "512", "--save-steps", "0",
+               "--callbacks", '["support.callback_probe:HoldAfterFirstEpoch"]']
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=env)
     for line in proc.stdout:
         if "saved full state" in line and "epoch_0" in line:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -160,7 +166,7 @@ def test_a_killed_run_resumes_the_adapter_from_its_full_state(tiny_model, sample
     saved = torch.load(state, weights_only=False)["model"]
     assert saved and all("lora_" in name for name in saved)  # the adapters only, not the frozen model
 
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "full_state/epoch_0: epoch 1, step 12, samples 48" in rerun.stdout
     assert "epoch 2/2 step 13/24" in rerun.stdout and "epoch 1/2" not in rerun.stdout

@@ -50,3 +50,14 @@ class Failing(TrainingHubCallback):
 
     def on_log(self, context: TrainingHubContext) -> None:
         raise RuntimeError("the dashboard is down")
+
+
+class HoldAfterFirstEpoch(TrainingHubCallback):
+    """Holds the run once its first epoch's full state is saved, until the test kills it: a kill at
+    an exact point of training, however late the test reads the log line that announces it."""
+
+    def on_save(self, context: TrainingHubContext) -> None:
+        if context.metrics.get("checkpoint_path", "").endswith(os.path.join("full_state", "epoch_0")):
+            import time
+
+            time.sleep(600)
