@@ -2,7 +2,7 @@
 
 ``from airflow_provider_training_hub import sft, lora_sft, create_algorithm, AlgorithmRegistry`` (and
 the other names training_hub exports for them: ``Algorithm``, ``Backend``, ``SFTAlgorithm``,
-``LoRASFTAlgorithm``, ``TrainingHubCallback``, ``TrainingHubContext``, ``plot_loss``) needs neither
+``LoRASFTAlgorithm``, ``TrainingHubCallback``, ``TrainingHubContext``, ``plot_loss``, ``estimate``) needs neither
 Airflow nor torch; the Airflow pieces live in ``hooks``, ``operators`` and ``triggers``.
 """
 
@@ -15,6 +15,7 @@ from airflow_provider_training_hub.algorithms import (
     TrainingHubCallback,
     TrainingHubContext,
     create_algorithm,
+    estimate,
     lora_sft,
     sft,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "TrainingHubCallback",
     "TrainingHubContext",
     "create_algorithm",
+    "estimate",
     "lora_sft",
     "plot_loss",
     "sft",

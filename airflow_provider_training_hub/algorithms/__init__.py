@@ -1,6 +1,7 @@
 """The training_hub API: no Airflow here, and torch/transformers/instructlab only inside backends."""
 
 from airflow_provider_training_hub.algorithms.callbacks import TrainingHubCallback, TrainingHubContext
+from airflow_provider_training_hub.algorithms.memory import estimate
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
     AlgorithmRegistry,
@@ -24,6 +25,7 @@ __all__ = [
     "TrainingHubCallback",
     "TrainingHubContext",
     "create_algorithm",
+    "estimate",
     "register_algorithm",
     "lora_sft",
     "register_backend",

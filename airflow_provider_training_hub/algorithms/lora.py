@@ -21,13 +21,15 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 
+from airflow_provider_training_hub.algorithms.memory import FLOAT4_BYTES, FLOAT8_BYTES, MemoryEstimate
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
     AlgorithmRegistry,
+    Backend,
     create_algorithm,
     register_algorithm,
 )
-from airflow_provider_training_hub.algorithms.sft import SFTParams
+from airflow_provider_training_hub.algorithms.sft import SFTParams, run_memory_estimate
 
 DEFAULT_BACKEND = "pytorch"  # the one that runs everywhere; instructlab-training needs CUDA
 
@@ -113,6 +115,13 @@ class LoRASFTAlgorithm(Algorithm):
     """Supervised fine-tuning of low-rank adapters on a frozen (optionally 4-bit) base model."""
 
     params_schema = LoRAParams
+
+    @classmethod
+    def memory_estimate(cls, params: LoRAParams, backend: type[Backend]) -> MemoryEstimate:
+        quantized = FLOAT4_BYTES if params.load_in_4bit else FLOAT8_BYTES if params.load_in_8bit else None
+        return run_memory_estimate(params, backend, "qlora" if quantized else "lora", lora_r=params.lora_r,
+                                   target_modules=params.target_modules,
+                                   quantized_weight_bytes=quantized or FLOAT4_BYTES)
 
 
 # training_hub's default LoRA backend: a ported script that names it runs, and its log says how

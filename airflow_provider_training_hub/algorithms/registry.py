@@ -19,6 +19,7 @@ from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+from airflow_provider_training_hub.algorithms.memory import CannotEstimate, MemoryEstimate, MemoryLayout
 from airflow_provider_training_hub.algorithms.params import ParamSchema, param_types
 from airflow_provider_training_hub.algorithms.tracking import mlflow_run
 from airflow_provider_training_hub.checkpoints import TrainingResult
@@ -42,6 +43,12 @@ class Backend:
     def check(self, params: Any) -> None:
         """Raise ``ValueError`` for what this backend cannot run here (no GPU, an option it lacks),
         before any work: ``Algorithm.train`` calls it before it touches ``ckpt_output_dir``."""
+
+    @classmethod
+    def memory_layout(cls, params: Any) -> MemoryLayout | None:
+        """How this backend holds a run in GPU memory (``memory.py``), for the check that refuses a
+        run that cannot fit before any GPU is held; None: it does not say, and its runs go unchecked."""
+        return None
 
     def execute(self, params: Any) -> Any:
         """Run with already validated and checked parameters (an instance of the algorithm's schema)."""
@@ -86,6 +93,12 @@ class Algorithm(ABC):
         if run and isinstance(result, TrainingResult):
             return replace(result, mlflow_run_id=run.run_id, mlflow_run_url=run.url)
         return result
+
+    @classmethod
+    def memory_estimate(cls, params: Any, backend: type[Backend]) -> MemoryEstimate:
+        """GPU memory per device of this run on ``backend``, from the model's ``config.json``;
+        ``CannotEstimate`` saying why where there is none."""
+        raise CannotEstimate(f"the {cls.name!r} algorithm has no memory estimate")
 
     @classmethod
     def get_required_params(cls) -> dict[str, Any]:

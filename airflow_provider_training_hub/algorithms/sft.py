@@ -20,10 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from airflow_provider_training_hub import json_syntax
 from airflow_provider_training_hub.algorithms.callbacks import import_path, load_class
+from airflow_provider_training_hub.algorithms.memory import (
+    CannotEstimate,
+    MemoryEstimate,
+    ModelShape,
+    memory_estimate,
+    tokens_per_gpu,
+)
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
     AlgorithmRegistry,
+    Backend,
     create_algorithm,
     register_algorithm,
 )
@@ -478,6 +486,29 @@ class SFTAlgorithm(Algorithm):
     """Supervised fine-tuning on messages-format data."""
 
     params_schema = SFTParams
+
+    @classmethod
+    def memory_estimate(cls, params: SFTParams, backend: type[Backend]) -> MemoryEstimate:
+        return run_memory_estimate(params, backend, "sft")
+
+
+def run_memory_estimate(params: SFTParams, backend: type[Backend], method: str, **adapters: Any) -> MemoryEstimate:
+    """``memory_estimate`` of this run: its GPUs (``nnodes`` x ``nproc_per_node``), the tokens a GPU
+    holds at once by training_hub's rule, and the backend's layout."""
+    layout = backend.memory_layout(params)
+    if layout is None:
+        raise CannotEstimate(f"the {backend.name!r} backend does not say how it holds a run in GPU memory")
+    nproc = params.nproc_per_node or 1
+    if not isinstance(nproc, int):
+        raise CannotEstimate(f"nproc_per_node={nproc!r} is no number of GPUs")
+    num_gpus = (params.nnodes or 1) * nproc
+    batch = (params.micro_batch_size * params.gradient_accumulation_steps * num_gpus
+             if params.micro_batch_size and params.gradient_accumulation_steps else params.effective_batch_size)
+    tokens = tokens_per_gpu(num_gpus, batch, params.max_seq_len, params.batch_token_cap)
+    if params.micro_batch_size:
+        tokens = min(tokens, params.micro_batch_size * params.max_seq_len)
+    return memory_estimate(ModelShape.read(params.model_path), method, num_gpus=num_gpus, tokens_per_gpu=tokens,
+                           layout=layout, **adapters)
 
 
 def sft(

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 from airflow_provider_training_hub.algorithms.launch import log_tail, termination_requested
 from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_quantization_supported
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
+from airflow_provider_training_hub.algorithms.memory import TRAINING_HUB_LAYOUT, MemoryLayout
 from airflow_provider_training_hub.algorithms.registry import AlgorithmRegistry, Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import (
@@ -83,6 +85,17 @@ class InstructLabTrainingBackend(Backend):
     """``instructlab.training.run_training``: FSDP over torchrun, with its own data processing."""
 
     algorithm: ClassVar[str] = "sft"
+
+    @classmethod
+    def memory_layout(cls, params: SFTParams) -> MemoryLayout | None:
+        """training_hub's own assumption (FSDP, activation checkpointing), unless ``fsdp_options``
+        keeps whole copies (NO_SHARD) or the parameters in CPU memory, which it does not count."""
+        options = params.fsdp_options
+        if options is not None and options.cpu_offload_params:
+            return None
+        if options is not None and options.sharding_strategy == "NO_SHARD":
+            return replace(TRAINING_HUB_LAYOUT, sharded=False)
+        return TRAINING_HUB_LAYOUT
 
     def require_cuda(self) -> None:
         if _cuda_device_count() == 0:

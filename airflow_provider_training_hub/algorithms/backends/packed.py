@@ -34,8 +34,9 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from airflow_provider_training_hub.algorithms.backends.pytorch_layout import CPU_ROW_TOKENS, LOGITS_BYTES
+
 PACKED_ATTENTION = "training_hub_packed"
-LOGITS_BYTES = 1 << 28  # float32 logits per loss chunk: 256 MiB
 IGNORE = -100
 PER_CONVERSATION = "sdpa per conversation"
 VARLEN = "varlen flash attention"
@@ -209,9 +210,6 @@ class PackedLabelLoss(nn.Module):
 
 
 # -- per device --------------------------------------------------------------------------------
-
-
-CPU_ROW_TOKENS = 1024
 
 
 @dataclass(frozen=True)

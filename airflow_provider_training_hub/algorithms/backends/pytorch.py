@@ -17,6 +17,8 @@ from typing import ClassVar
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
 from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_quantization_supported
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
+from airflow_provider_training_hub.algorithms.backends.pytorch_layout import pytorch_layout
+from airflow_provider_training_hub.algorithms.memory import MemoryLayout
 from airflow_provider_training_hub.algorithms.registry import Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
@@ -45,6 +47,10 @@ class PyTorchBackend(Backend):
     """torchrun + a compact DDP loop (see ``pytorch_trainer``)."""
 
     algorithm: ClassVar[str] = "sft"
+
+    @classmethod
+    def memory_layout(cls, params: SFTParams) -> MemoryLayout:
+        return pytorch_layout(params.bf16)
 
     def check(self, params: SFTParams) -> None:
         if params.fsdp_options is not None:
