@@ -12,6 +12,7 @@ import re
 import string
 from typing import Any
 
+from kubernetes.utils import parse_quantity
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -24,6 +25,15 @@ DEFAULT_CONN_ID = "training_hub_default"
 JOB_LINK_FIELDS = ("namespace", "job_name")  # the placeholders of job_url_template
 NO_GPU = "none"  # gpu_resource of a CPU-only cluster (a blank field means the default)
 _CPU_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(m?)")  # Kubernetes' usual spellings: 8, 2.5, 500m
+
+
+def _quantity(text: str) -> int | None:
+    """Bytes of a Kubernetes memory quantity (80Gi, 80G, 85899345920); None for anything else."""
+    try:
+        size = int(parse_quantity(text))
+    except ValueError:
+        return None
+    return size if size > 0 else None
 
 
 def cpu_cores(quantity: str) -> float:
@@ -65,6 +75,15 @@ class ConnectionSettings(ParamSchema):
         "nvidia.com/gpu",
         title="GPU resource",
         description=f"Extended resource name of a GPU; {NO_GPU!r} for a CPU-only cluster (the pods request no GPU).",
+    )
+    gpu_memory: str | int | None = Field(
+        None,
+        title="GPU memory per device",
+        description=(
+            "Memory of each GPU as torch reports it, e.g. 79Gi for an H100 80GB or 139Gi for an H200; a training "
+            "task whose estimate (training_hub's estimate(), from the model's config.json) cannot fit is refused "
+            "before it starts. Empty: no check."
+        ),
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict, title="Node selector", description='JSON object, e.g. {"gpu": "h100"}.'
@@ -154,6 +173,18 @@ class ConnectionSettings(ParamSchema):
         if not _CPU_QUANTITY.fullmatch(value) or cpu_cores(value) <= 0:
             raise ValueError(f"must be a positive CPU quantity such as '8', '2.5' or '500m', got {value!r}")
         return value
+
+    @field_validator("gpu_memory")
+    @classmethod
+    def _memory_quantity(cls, value: str | int | None) -> str | None:
+        """Read here, so that a typo fails when the connection is read, not when a task starts."""
+        if value is not None and _quantity(str(value)) is None:
+            raise ValueError(f"must be a positive memory quantity such as '80Gi' or '85899345920', got {value!r}")
+        return None if value is None else str(value)
+
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        return None if self.gpu_memory is None else _quantity(str(self.gpu_memory))
 
     @field_validator("job_url_template")
     @classmethod

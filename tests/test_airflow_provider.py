@@ -18,6 +18,7 @@ import pytest
 from airflow_runs import finish, run_dag, start_in_subprocess, states, xcoms
 from conftest import REPO, SAMPLE_DATA, airflow_cli, processes_with_marker, wait_for
 
+from airflow_provider_training_hub.algorithms.memory import ModelShape
 from airflow_provider_training_hub.checkpoints import read_metrics
 from airflow_provider_training_hub.targets import ExecutionTarget
 
@@ -389,6 +390,34 @@ def test_a_third_execution_target_is_one_class_and_one_targets_entry(monkeypatch
     assert got[("train", "recorded_run")] == f"th_k8s_train/{run.run_id}/train/1"
     assert got[("train", "checkpoint")].startswith("/recorded/th_k8s_train/")
     assert got[("train", "metrics")] == {"steps": 3}
+
+
+def test_a_run_that_cannot_fit_the_gpus_is_refused_before_its_target_starts_it(monkeypatch, tiny_model, capfd):
+    """The connection's gpu_memory against the run's estimate (from the model's config.json): the
+    target is asked to check, never to submit, and the task fails naming the numbers. A model the
+    worker cannot read is trained unchecked, and the log says why."""
+    from airflow_provider_training_hub.targets import TARGETS
+
+    monkeypatch.setitem(TARGETS, "recorded", f"{__name__}.RecordedTarget")
+    monkeypatch.setattr(RecordedTarget, "calls", [])
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_K8S", json.dumps(
+        {"conn_type": "training_hub", "extra": {"execution": "recorded", "gpu_memory": "1Mi"}}))
+    run = run_dag("th_k8s_train", {"model_path": str(tiny_model)})
+    assert states(run) == {"train": "failed"}
+    assert RecordedTarget.calls == ["check"]
+    out = capfd.readouterr().out
+    refusal = re.search(r"Invalid sft configuration: sft cannot fit: sft of ([\d,]+) parameters \(\1 trained\): "
+                        r"about [\d.]+ MiB per GPU, ([\d.]+) MiB to [\d.]+ MiB \(weights .*, outputs .*\); "
+                        r"the connection's gpu_memory is 1\.0 MiB\. Lower max_tokens_per_gpu", out)
+    assert refusal, out[-3000:]
+    assert int(refusal[1].replace(",", "")) == ModelShape.read(str(tiny_model)).num_params
+    assert float(refusal[2]) > 1
+
+    run = run_dag("th_k8s_train", {})  # /mnt/training/models/tiny lies on the pods' volume only
+    assert states(run) == {"train": "success"}
+    assert RecordedTarget.calls == ["check", "check", "submit", "wait", "outcome"]
+    assert "GPU memory check skipped: /mnt/training/models/tiny/config.json is not readable here." in \
+        capfd.readouterr().out
 
 
 def test_a_refused_configuration_keeps_its_whole_message(tiny_model, tmp_path):

@@ -17,9 +17,10 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
+from airflow_provider_training_hub.algorithms.memory import CannotEstimate, size_text, verdict
 from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.connection import CONN_TYPE, DEFAULT_CONN_ID, ConnectionSettings
-from airflow_provider_training_hub.targets import ExecutionTarget, get_target
+from airflow_provider_training_hub.targets import ExecutionTarget, TrainingRun, get_target
 from airflow_provider_training_hub.targets.local import CLI_MODULE
 
 
@@ -84,6 +85,29 @@ class TrainingHubHook(BaseHook):
     def check_params(algorithm: str, params: dict[str, Any]) -> None:
         """Check some of an algorithm's parameters (a trigger form's) without the required ones."""
         AlgorithmRegistry.get_algorithm(algorithm).params_schema.check_some(params)
+
+    def check_memory(self, run: TrainingRun) -> None:
+        """Refuse a run that cannot fit the connection's ``gpu_memory``, before it starts: its lower
+        bound (training_hub's ``estimate()``, by the backend's layout) is more than a GPU has."""
+        gpu_memory = self.settings.gpu_memory_bytes
+        if gpu_memory is None:
+            return
+        backend = AlgorithmRegistry.get_backend(run.algorithm, run.backend)
+        try:
+            result = AlgorithmRegistry.get_algorithm(run.algorithm).memory_estimate(run.params, backend)
+        except CannotEstimate as exc:
+            self.log.warning("GPU memory check skipped: %s.", exc)
+            return
+        self.log.info("GPU memory estimate (%s backend): %s", run.backend, result.summary())
+        low, expected, _ = result.bounds
+        if low > gpu_memory:
+            raise ValueError(
+                f"{run.algorithm} cannot fit: {result.summary()}; the connection's gpu_memory is {size_text(gpu_memory)}. "
+                "Lower max_tokens_per_gpu or max_seq_len, spread the run over more GPUs (nnodes, nproc_per_node), "
+                "or train adapters (lora_sft, load_in_4bit)."
+            )
+        if expected > gpu_memory:
+            self.log.warning("%s", verdict(result, gpu_memory))
 
     def default_checkpoint_root(self) -> str:
         return self.settings.checkpoint_root or self.target.default_checkpoint_root()

@@ -174,6 +174,7 @@ class TrainOperator(BaseOperator):
         try:
             run = self.training_run(context)
             hook.target.check(run)
+            hook.check_memory(run)
         except ValueError as exc:  # a retry cannot fix a configuration error
             raise AirflowFailException(f"Invalid {self.algorithm} configuration: {exc}") from exc
         self.log.info("%s with backend %s; checkpoints in %s", self.algorithm, run.backend, run.params.ckpt_output_dir)

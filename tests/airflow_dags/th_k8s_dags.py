@@ -25,7 +25,7 @@ for dag_id, variant in VARIANTS.items():
             task_id="train",
             training_hub_conn_id="training_hub_k8s",
             backend="pytorch",
-            model_path="/mnt/training/models/tiny",
+            model_path="{{ dag_run.conf.get('model_path', '/mnt/training/models/tiny') }}",
             data_path="/mnt/training/data/train.jsonl",
             nnodes="{{ dag_run.conf.get('nnodes', 2) }}",
             nproc_per_node="{{ dag_run.conf.get('nproc_per_node', 1) }}",
