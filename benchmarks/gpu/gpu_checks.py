@@ -164,6 +164,18 @@ def common(algorithm: str) -> dict:
             "random_seed": SEED, "accelerate_full_state_at_epoch": False, "checkpoint_at_epoch": True}
 
 
+def estimate_mib(algorithm: str, backend: str, model: Path, data: Path, out: Path) -> list[int]:
+    """The memory check's bounds for this run (the operators refuse a run by its lower bound),
+    to set beside its measured peak."""
+    from airflow_provider_training_hub.algorithms import AlgorithmRegistry
+
+    method = AlgorithmRegistry.get_algorithm(algorithm)
+    params = method.params_schema.parse({"model_path": str(model), "data_path": str(data), "ckpt_output_dir": str(out),
+                                         **common(algorithm)})
+    result = method.memory_estimate(params, AlgorithmRegistry.get_backend(algorithm, backend))
+    return [round(b / 2**20) for b in result.bounds]
+
+
 def ours(engine: str, model: Path, data: Path, out: Path, reload: bool) -> dict:
     from airflow_provider_training_hub import lora_sft, sft
 
@@ -175,7 +187,8 @@ def ours(engine: str, model: Path, data: Path, out: Path, reload: bool) -> dict:
         result = (lora_sft if algorithm == "lora_sft" else sft)(
             str(model), str(data), str(out), backend=backend, data_output_dir=str(out.parent / f"data-{out.name}"),
             **common(algorithm), **extra)
-    return measured(out, started, result.checkpoint, memory, reload)
+    return {**measured(out, started, result.checkpoint, memory, reload),
+            "estimate_mib": estimate_mib(algorithm, backend, model, data, out)}
 
 
 def upstream(model: Path, data: Path, out: Path, reload: bool) -> dict:
@@ -198,7 +211,8 @@ def upstream(model: Path, data: Path, out: Path, reload: bool) -> dict:
                          adamw_betas=(0.9, 0.95), disable_flash_attn=importlib.util.find_spec("flash_attn") is None),
         )
     checkpoints = hf_checkpoints(out)
-    return measured(out, started, str(checkpoints[-1]) if checkpoints else None, memory, reload)
+    return {**measured(out, started, str(checkpoints[-1]) if checkpoints else None, memory, reload),
+            "estimate_mib": estimate_mib("sft", "instructlab-training", model, data, out)}
 
 
 def packed_against_reference(model_dir: Path, data: Path, work: Path) -> dict:
