@@ -155,7 +155,8 @@ def test_paths_that_cannot_be_training_input_are_named_before_any_work(tmp_path,
     (tmp_path / "models").mkdir()
     (tmp_path / "data").mkdir()
     base = {"model_path": str(tiny_model), "data_path": "data", "ckpt_output_dir": "c"}
-    with pytest.raises(ValueError, match=r"^data_path 'data' is a directory: give the JSONL file in it\.$"):
+    with pytest.raises(ValueError, match=r"^data_path 'data' is a directory, and no saved dataset \(it has no "
+                                         r"state.json\): give the JSONL, Parquet or CSV file in it\.$"):
         SFTParams.parse(base).check_local_paths()
     with pytest.raises(ValueError, match=r"^data_path 'data' is a directory"):
         validate_messages("data")

@@ -36,6 +36,7 @@ from airflow_provider_training_hub.algorithms.registry import (
     register_algorithm,
 )
 from airflow_provider_training_hub.algorithms.tracking import check_tracking_uri
+from airflow_provider_training_hub.data.tables import table_kind
 
 log = logging.getLogger(__name__)
 DEFAULT_BACKEND = "instructlab-training"
@@ -78,7 +79,9 @@ class SFTParams(ParamSchema):
     })
 
     model_path: str = Field(description="Model to fine-tune: a Hugging Face model directory.")
-    data_path: str = Field(description="Training data: a messages-format JSONL file.")
+    data_path: str = Field(description=(
+        "Training data in messages format: a JSONL, Parquet or CSV file (a messages column of JSON), or a "
+        "saved Hugging Face dataset directory."))
     ckpt_output_dir: str = Field(description="Directory to save checkpoints and metrics in.")
 
     num_epochs: int = Field(1, ge=1, description="Number of training epochs.")
@@ -438,8 +441,9 @@ class SFTParams(ParamSchema):
                 continue
             if not Path(path).exists():
                 raise ValueError(f"{name} {path!r} does not exist.")
-            if Path(path).is_dir():
-                raise ValueError(f"{name} {path!r} is a directory: give the JSONL file in it.")
+            if Path(path).is_dir() and table_kind(path) is None:
+                raise ValueError(f"{name} {path!r} is a directory, and no saved dataset (it has no state.json): give "
+                                 "the JSONL, Parquet or CSV file in it.")
 
 
 def _is_hub_model_id(model_path: str) -> bool:

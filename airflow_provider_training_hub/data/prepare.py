@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airflow_provider_training_hub.data.atomic import AtomicWriter
+from airflow_provider_training_hub.data.records import messages_location, with_messages_under
+from airflow_provider_training_hub.data.tables import table_kind
 from airflow_provider_training_hub.data.workers import workers_die_on_sigterm
 
 if TYPE_CHECKING:
@@ -61,18 +63,18 @@ def prepare_for_training(
     num_proc = num_proc or default_num_proc()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source = data_path
-    if field_messages != "messages":
-        from airflow_provider_training_hub.data.records import messages_location, with_messages_under
-
+    source, table = data_path, table_kind(data_path)
+    if field_messages != "messages" and not table:  # a table's column is renamed as it is read
         source = str(out / RENAMED_FILE)
         with_messages_under(data_path, field_messages, source)
-    report = validate_messages(source, output_path=str(out / VALIDATED_FILE))
+    report = validate_messages(source, output_path=str(out / VALIDATED_FILE),
+                               field_messages=field_messages if table else "messages")
     if not report.valid:
-        if source != data_path:  # the user's file and field, not our copy's
+        if field_messages != "messages":  # the user's file and field, not our copy's
             report.data_path = data_path
             report.errors = [replace(e, location=messages_location(e.location, field_messages)) for e in report.errors]
-        raise ValueError(f"data_path {data_path!r} is not valid messages JSONL:\n{report.summary()}")
+        kind = f"{table} table" if table else "JSONL"
+        raise ValueError(f"data_path {data_path!r} is not valid messages {kind}:\n{report.summary()}")
     with workers_die_on_sigterm():
         dataset = dp.load_and_validate_dataset(report.output_path, num_proc)
         if unmask_messages:
@@ -105,6 +107,9 @@ def _checked_records(data_path: str, fmt: RecordFormat, output: Path, what: str)
     bad line of the ``what`` data."""
     from airflow_provider_training_hub.data.records import validate_records
 
+    if table := table_kind(data_path):
+        raise ValueError(f"data_path {data_path!r} is a {table} table, read here as messages only: give {what} data "
+                         "as JSONL.")
     output.parent.mkdir(parents=True, exist_ok=True)
     report = validate_records(data_path, fmt, str(output))
     if not report.valid:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,6 +42,7 @@ from airflow_provider_training_hub.data.line_problems import NESTED_TOO_DEEPLY, 
 from airflow_provider_training_hub.data.repeated_keys import may_repeat_a_key, repeated_key
 from airflow_provider_training_hub.data.schema import Batch, Sample, semantic_problems
 from airflow_provider_training_hub.data.stats import Statistics, chat_token_counter
+from airflow_provider_training_hub.data.tables import RowProblem, table_blocks, table_kind
 from airflow_provider_training_hub.data.workers import available_cpus, can_fork, run_forked
 
 OnInvalid = Literal["fail", "skip"]
@@ -60,9 +61,11 @@ class LineError:
     line: int
     location: str
     reason: str
+    unit: str = "line"  # a table's samples are rows
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.location}: {self.reason}" if self.location else f"line {self.line}: {self.reason}"
+        where = f"{self.unit} {self.line}"
+        return f"{where}: {self.location}: {self.reason}" if self.location else f"{where}: {self.reason}"
 
 
 @dataclass
@@ -138,7 +141,7 @@ def _valid_block(block: Block) -> Batch | None:
 
 def _line_by_line(
     block: Block, report: ValidationReport, stats: Statistics, quarantine: Write | None,
-    max_errors: int, max_line_bytes: int,
+    max_errors: int, max_line_bytes: int, unit: str,
 ) -> tuple[Batch, list[bytes]]:
     """Check each line of a block that holds a problem: record blank and invalid lines, and return
     the valid samples with their lines."""
@@ -146,6 +149,8 @@ def _line_by_line(
     for number, line in enumerate(block.lines, block.first_line):
         if isinstance(line, LineTooLong):
             sample, problems = None, [overlong_problem(line, max_line_bytes)]
+        elif isinstance(line, RowProblem):
+            sample, problems = None, [(line.location, line.reason)]
         elif line.isspace():
             stats.blank += 1
             continue
@@ -157,10 +162,10 @@ def _line_by_line(
             continue
         stats.invalid += 1
         report.error_count += len(problems)
-        report.errors.extend(LineError(number, loc, why) for loc, why in problems[: max_errors - len(report.errors)])
+        report.errors.extend(LineError(number, loc, why, unit) for loc, why in problems[: max_errors - len(report.errors)])
         if quarantine is not None:
-            text = "" if isinstance(line, LineTooLong) else line[:10_000].decode("utf-8", "replace").rstrip("\n")
-            record = {"line": number, "errors": [f"{loc}: {why}" if loc else why for loc, why in problems], "text": text}
+            text = line[:10_000].decode("utf-8", "replace").rstrip("\n") if isinstance(line, bytes) else ""
+            record = {unit: number, "errors": [f"{loc}: {why}" if loc else why for loc, why in problems], "text": text}
             quarantine(_encoder.encode(record) + b"\n")
     return Batch.of(samples), lines
 
@@ -170,12 +175,21 @@ def _check_stream(
     max_errors: int, max_line_bytes: int, at_file_start: bool = True,
 ) -> int:
     """Check every line of ``f`` into ``report`` and ``stats``; return how many lines it held."""
+    blocks = iter_blocks(f, max_line_bytes, at_file_start=at_file_start)
+    return _check_blocks(blocks, report, stats, out, quarantine, max_errors, max_line_bytes, "line")
+
+
+def _check_blocks(
+    blocks: Iterable[Block], report: ValidationReport, stats: Statistics, out: Write | None,
+    quarantine: Write | None, max_errors: int, max_line_bytes: int, unit: str,
+) -> int:
+    """Check every line (or a table's row) of ``blocks``; return how many there were."""
     lines_read = 0
-    for block in iter_blocks(f, max_line_bytes, at_file_start=at_file_start):
+    for block in blocks:
         batch = _valid_block(block)
         lines = block.lines
         if batch is None:
-            batch, lines = _line_by_line(block, report, stats, quarantine, max_errors, max_line_bytes)
+            batch, lines = _line_by_line(block, report, stats, quarantine, max_errors, max_line_bytes, unit)
         stats.add(batch, lines)
         if out is not None and batch.samples:
             out(_encoder.encode_lines(batch.samples))
@@ -265,13 +279,18 @@ def validate_messages(
     max_errors: int = DEFAULT_MAX_ERRORS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     workers: int | None = None,
+    field_messages: str = "messages",
 ) -> ValidationReport:
     """Validate ``data_path``; with ``output_path``, write its valid samples (normalised) there.
 
     Under ``on_invalid="skip"`` invalid lines go, with their reasons, to ``quarantine_path``
     (default: ``<output_path>.rejected.jsonl``) and the data is valid if any sample survives.
 
-    A local uncompressed file is checked by ``workers`` forked processes, each over a share of its
+    ``data_path`` may also be a Parquet or CSV file or a saved Hugging Face dataset (``tables.py``):
+    each row is checked as a line would be, and its problems name the row. ``field_messages`` is
+    a table's column of the chats (a JSONL file's other field: ``records.with_messages_under``).
+
+    A local uncompressed JSONL file is checked by ``workers`` forked processes, each over a share of its
     lines (default: one per CPU, up to 4, each with at least 64 MiB); the result is the same as
     one process gives.
     """
@@ -281,19 +300,26 @@ def validate_messages(
         raise ValueError("on_invalid='skip' needs output_path: where the valid samples go")
     if on_invalid == "skip":
         quarantine_path = quarantine_path or f"{output_path}.rejected.jsonl"
-    ranges = _worker_ranges(data_path, workers)
+    table = table_kind(data_path)
+    if field_messages != "messages" and not table:
+        raise ValueError("field_messages names a table's column; a JSONL file's other field is given as messages by "
+                         "records.with_messages_under first")
+    ranges = [] if table else _worker_ranges(data_path, workers)
     report = ValidationReport(data_path, on_invalid, output_path=output_path, quarantine_path=quarantine_path)
     stats = Statistics(chat_token_counter(model_path) if model_path else None, max_seq_len)
 
     with ExitStack() as stack:
-        f = None if ranges else stack.enter_context(open_source(data_path))
+        f = None if ranges or table else stack.enter_context(open_source(data_path))
         out = stack.enter_context(AtomicWriter(output_path)) if output_path else None
         quarantine = stack.enter_context(AtomicWriter(quarantine_path)) if quarantine_path else None
-        if f is None:
+        write, reject = out.write if out else None, quarantine.write if quarantine else None
+        if table:
+            _check_blocks(table_blocks(data_path, table, field_messages), report, stats, write, reject, max_errors, max_line_bytes,
+                          "row")
+        elif f is None:
             _check_in_workers(data_path, ranges, report, stats, out, quarantine, max_errors, max_line_bytes)
         else:
-            _check_stream(f, report, stats, out.write if out else None, quarantine.write if quarantine else None,
-                          max_errors, max_line_bytes)
+            _check_stream(f, report, stats, write, reject, max_errors, max_line_bytes)
         if stats.samples == 0 and stats.invalid == 0:
             report.error_count += 1
             report.errors.append(LineError(0, "", "the file holds no samples"))
