@@ -237,7 +237,7 @@ def test_invalid_data_fails_the_task_with_line_numbers_in_the_log(capfd):
     run = run_dag("th_validate", {"data_path": str(REPO / "tests" / "data" / "bad" / "bad_role.jsonl")})
     assert states(run) == {"validate": "failed"}
     out = capfd.readouterr().out
-    assert "bad_role.jsonl is not valid messages JSONL: 1 error(s)" in out
+    assert "bad_role.jsonl is not valid messages data: 1 error(s)" in out
     assert "line 2: messages[0].role: invalid value 'bot'" in out
     assert "XCom not found" not in out  # no alarming line for the link of a run that has no console
 

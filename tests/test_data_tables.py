@@ -148,3 +148,15 @@ def test_other_dataset_types_are_refused_as_tables(tmp_path):
     with pytest.raises(ValueError, match=r"is a parquet table, read here as messages only: give passthrough "
                                          r"data as JSONL\.$"):
         prepare_text(str(table), "unused-model", str(tmp_path / "out"), 256)
+
+
+def test_a_table_is_read_through_fsspec_as_jsonl_is(tmp_path):
+    """Parquet from an fsspec URL (memory://, as s3:// would be), and a missing one named."""
+    import fsspec
+
+    table = write_table(records(SAMPLE_DATA), tmp_path / "train.parquet", "parquet")
+    with fsspec.open("memory://bucket/train.parquet", "wb") as f:
+        f.write(table.read_bytes())
+    assert validate_messages("memory://bucket/train.parquet").stats == validate_messages(str(table)).stats
+    with pytest.raises(ValueError, match=r"^data_path 'memory://bucket/none.parquet' does not exist$"):
+        validate_messages("memory://bucket/none.parquet")

@@ -10,6 +10,9 @@ a time, never whole.
   columns are plain values.
 - a directory that ``datasets.Dataset.save_to_disk`` wrote (``state.json`` and Arrow files),
   read with pyarrow alone.
+
+Parquet and CSV come from a local path or any fsspec URL, as JSONL does; a saved dataset is a
+local directory.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from airflow_provider_training_hub.data.reader import Block
+from airflow_provider_training_hub.data.reader import Block, open_source
 from airflow_provider_training_hub.json_syntax import syntax_phrase
 
 ROWS_PER_BLOCK = 1024
@@ -107,14 +110,16 @@ def _batches(path: str, kind: str, json_column: str) -> Iterator[Any]:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(path).iter_batches(ROWS_PER_BLOCK)
+            with open_source(path) as f:  # a local path or any fsspec URL, as JSONL
+                yield from pq.ParquetFile(f).iter_batches(ROWS_PER_BLOCK)
         elif kind == "csv":
             from pyarrow import csv
 
             # the JSON column stays text, whatever its cells look like
             options = csv.ConvertOptions(column_types={json_column: pa.string()})
-            for batch in csv.open_csv(path, convert_options=options):
-                yield from _slices(batch)
+            with open_source(path) as f:
+                for batch in csv.open_csv(f, convert_options=options):
+                    yield from _slices(batch)
         else:
             for arrow_file in _dataset_files(path):
                 with pa.OSFile(arrow_file) as source:  # read, not mapped: the process holds one batch

@@ -16,10 +16,11 @@ from airflow_provider_training_hub.operators.lineage import validation_lineage
 
 
 class ValidateMessagesDataOperator(BaseOperator):
-    """Validate messages JSONL (line, field and reason for each error), gather statistics, and
-    optionally tokenize it into instructlab-training's processed format.
+    """Validate messages data (line or row, field and reason for each error), gather statistics,
+    and optionally tokenize it into instructlab-training's processed format.
 
-    :param data_path: local path or fsspec URL (``.gz`` is decompressed).
+    :param data_path: local path or fsspec URL of JSONL (``.gz`` is decompressed), Parquet or CSV;
+        or a saved Hugging Face dataset's directory (``data/tables.py``).
     :param output_path: where the valid samples go, normalised; needed for ``on_invalid="skip"``.
         When set, the returned ``data_path`` is this file, so training reads only checked data.
     :param on_invalid: ``fail`` (default) fails the task on any invalid line; ``skip`` writes the
@@ -90,7 +91,7 @@ class ValidateMessagesDataOperator(BaseOperator):
             self.log.info("%s", line)
         if not report.valid:
             raise AirflowException(
-                f"{self.data_path} is not valid messages JSONL: {report.error_count} error(s), first:\n"
+                f"{self.data_path} is not valid messages data: {report.error_count} error(s), first:\n"
                 + "\n".join(str(e) for e in report.errors)
             )
         data_path = report.output_path or self.data_path
