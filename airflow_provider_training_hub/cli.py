@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in AlgorithmRegistry.list_algorithms():
         _add_algorithm_command(subparsers, name)
 
-    val = subparsers.add_parser("validate", help="check messages data (JSONL, Parquet, CSV, a saved dataset); statistics; optionally write the valid part")
+    val = subparsers.add_parser(
+        "validate", help="check messages data (JSONL, Parquet, CSV, a saved dataset); statistics; optionally write "
+                         "the valid part")
     val.add_argument("path", help="local path or fsspec URL; .gz is decompressed")
     val.add_argument("--model-path", help="tokenizer for token-length statistics")
     val.add_argument("--max-seq-len", type=int, help="count samples at or over this many tokens")

@@ -12,7 +12,6 @@ import re
 import string
 from typing import Any
 
-from kubernetes.utils import parse_quantity
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -29,6 +28,8 @@ _CPU_QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(m?)")  # Kubernetes' usual spelling
 
 def _quantity(text: str) -> int | None:
     """Bytes of a Kubernetes memory quantity (80Gi, 80G, 85899345920); None for anything else."""
+    from kubernetes.utils import parse_quantity  # here: get_provider_info imports this module, often
+
     try:
         size = int(parse_quantity(text))
     except ValueError:

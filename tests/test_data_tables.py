@@ -130,8 +130,8 @@ def test_a_table_is_prepared_for_training_as_its_jsonl(tiny_model, tmp_path):
     assert Path(from_table.path).read_bytes() == Path(from_jsonl.path).read_bytes()
 
     bad = [{"conversation": [{"role": "bot", "content": "x"}]}]
-    with pytest.raises(ValueError, match=r"is not valid messages parquet table:\n(.|\n)*row 1: conversation\[0\]\.role: "
-                                         r"invalid value 'bot'"):
+    with pytest.raises(ValueError, match=r"is not valid messages parquet table:\n(.|\n)*"
+                                         r"row 1: conversation\[0\]\.role: invalid value 'bot'"):
         prepare_for_training(str(write_table(bad, tmp_path / "bad.parquet", "parquet", field="conversation")),
                              str(tiny_model), str(tmp_path / "b"), 256, num_proc=1, field_messages="conversation")
 

@@ -125,6 +125,13 @@ def test_pod_cli_works_with_neither_airflow_nor_torch(tmp_path):
     assert _run(python, "-m", "airflow_provider_training_hub.cli", "list").strip().splitlines() == [
         "sft: instructlab-training (default), pytorch", "lora_sft: instructlab-training, pytorch (default)"]
     assert "VALID" in _run(python, "-m", "airflow_provider_training_hub.cli", "validate", str(SAMPLE_DATA))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in SAMPLE_DATA.read_text(encoding="utf-8").splitlines()]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows]), tmp_path / "t.parquet")
+    assert "VALID" in _run(python, "-m", "airflow_provider_training_hub.cli", "validate", str(tmp_path / "t.parquet"))
     bad = subprocess.run([str(python), "-m", "airflow_provider_training_hub.cli", "sft", "--config-env", "CFG"],
                          capture_output=True, text=True, env={**os.environ, "CFG": '{"learning_rte": 1}'})
     assert bad.returncode == 2 and "Did you mean 'learning_rate'" in bad.stderr

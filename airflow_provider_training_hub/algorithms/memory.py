@@ -10,14 +10,14 @@ without torch, before any GPU is held.
 
 A backend may train differently from training_hub's assumption; it says how with a
 ``MemoryLayout`` (``Backend.memory_layout``). The ``pytorch`` backend's DDP keeps a whole copy
-per GPU and saves every activation; ``PYTORCH_LAYOUT`` in ``backends/pytorch_layout.py`` says so,
-and ``benchmarks/memory_estimate.py`` checks it against measured peaks.
+per GPU and saves every activation; ``pytorch_layout()`` in ``backends/pytorch_layout.py`` says
+so, and ``benchmarks/memory_estimate.py`` sets it beside measured peaks.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class ModelShape:
     """A decoder-only transformer as its ``config.json`` describes it (Llama, Mistral, Qwen2/3,
     Granite, SmolLM...: attention with grouped key/value heads, a gated MLP, RMS norms)."""
 
-    model_type: str
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -75,7 +74,6 @@ class ModelShape:
         model_type = str(config.get("model_type", ""))
         heads = config["num_attention_heads"]
         return cls(
-            model_type=model_type,
             vocab_size=config["vocab_size"],
             hidden_size=config["hidden_size"],
             intermediate_size=config["intermediate_size"],
@@ -190,7 +188,7 @@ class MemoryEstimate:
     optimizer: float
     activations: float
     outputs: float
-    multipliers: tuple[float, float, float] = field(default=_BOUNDS["sft"])
+    multipliers: tuple[float, float, float]
     floor: float = 0.0  # QLoRA: the pre-quantized model must fit while it is loaded
 
     @property

@@ -162,7 +162,8 @@ def _line_by_line(
             continue
         stats.invalid += 1
         report.error_count += len(problems)
-        report.errors.extend(LineError(number, loc, why, unit) for loc, why in problems[: max_errors - len(report.errors)])
+        room = max_errors - len(report.errors)
+        report.errors.extend(LineError(number, loc, why, unit) for loc, why in problems[:room])
         if quarantine is not None:
             text = line[:10_000].decode("utf-8", "replace").rstrip("\n") if isinstance(line, bytes) else ""
             record = {unit: number, "errors": [f"{loc}: {why}" if loc else why for loc, why in problems], "text": text}
@@ -290,9 +291,9 @@ def validate_messages(
     each row is checked as a line would be, and its problems name the row. ``field_messages`` is
     a table's column of the chats (a JSONL file's other field: ``records.with_messages_under``).
 
-    A local uncompressed JSONL file is checked by ``workers`` forked processes, each over a share of its
-    lines (default: one per CPU, up to 4, each with at least 64 MiB); the result is the same as
-    one process gives.
+    A local uncompressed JSONL file is checked by ``workers`` forked processes, each over a share
+    of its lines (default: one per CPU, up to 4, each with at least 64 MiB); the result is the
+    same as one process gives.
     """
     if on_invalid not in ("fail", "skip"):
         raise ValueError(f"on_invalid must be 'fail' or 'skip', got {on_invalid!r}")
@@ -314,8 +315,8 @@ def validate_messages(
         quarantine = stack.enter_context(AtomicWriter(quarantine_path)) if quarantine_path else None
         write, reject = out.write if out else None, quarantine.write if quarantine else None
         if table:
-            _check_blocks(table_blocks(data_path, table, field_messages), report, stats, write, reject, max_errors, max_line_bytes,
-                          "row")
+            rows = table_blocks(data_path, table, field_messages)
+            _check_blocks(rows, report, stats, write, reject, max_errors, max_line_bytes, "row")
         elif f is None:
             _check_in_workers(data_path, ranges, report, stats, out, quarantine, max_errors, max_line_bytes)
         else:

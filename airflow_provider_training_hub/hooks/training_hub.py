@@ -102,7 +102,8 @@ class TrainingHubHook(BaseHook):
         low, expected, _ = result.bounds
         if low > gpu_memory:
             raise ValueError(
-                f"{run.algorithm} cannot fit: {result.summary()}; the connection's gpu_memory is {size_text(gpu_memory)}. "
+                f"{run.algorithm} cannot fit: {result.summary()}; "
+                f"the connection's gpu_memory is {size_text(gpu_memory)}. "
                 "Lower max_tokens_per_gpu or max_seq_len, spread the run over more GPUs (nnodes, nproc_per_node), "
                 "or train adapters (lora_sft, load_in_4bit)."
             )
