@@ -408,7 +408,8 @@ def test_a_run_that_cannot_fit_the_gpus_is_refused_before_its_target_starts_it(m
     out = capfd.readouterr().out
     refusal = re.search(r"Invalid sft configuration: sft cannot fit: sft of ([\d,]+) parameters \(\1 trained\): "
                         r"about [\d.]+ MiB per GPU, ([\d.]+) MiB to [\d.]+ MiB \(weights .*, outputs .*\); "
-                        r"the connection's gpu_memory is 1\.0 MiB\. Lower max_tokens_per_gpu", out)
+                        r"the connection's gpu_memory is 1\.0 MiB\. Lower max_tokens_per_gpu or max_seq_len, spread "
+                        r"the run over more GPUs \(nnodes, nproc_per_node\), or train adapters \(lora_sft\)\.", out)
     assert refusal, out[-3000:]
     assert int(refusal[1].replace(",", "")) == ModelShape.read(str(tiny_model)).num_params
     assert float(refusal[2]) > 1

@@ -101,11 +101,12 @@ class TrainingHubHook(BaseHook):
         self.log.info("GPU memory estimate (%s backend): %s", run.backend, result.summary())
         low, expected, _ = result.bounds
         if low > gpu_memory:
+            smaller = {"sft": ", or train adapters (lora_sft)", "lora": ", or quantize the base model (load_in_4bit)"}
             raise ValueError(
                 f"{run.algorithm} cannot fit: {result.summary()}; "
                 f"the connection's gpu_memory is {size_text(gpu_memory)}. "
-                "Lower max_tokens_per_gpu or max_seq_len, spread the run over more GPUs (nnodes, nproc_per_node), "
-                "or train adapters (lora_sft, load_in_4bit)."
+                "Lower max_tokens_per_gpu or max_seq_len, spread the run over more GPUs (nnodes, nproc_per_node)"
+                f"{smaller.get(result.method, '')}."
             )
         if expected > gpu_memory:
             self.log.warning("%s", verdict(result, gpu_memory))
