@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_provider_training_hub.algorithms.params import ParamSchema
-from airflow_provider_training_hub.json_syntax import syntax_phrase
+from airflow_provider_training_hub.json_syntax import at_character
 from airflow_provider_training_hub.target_names import TARGETS
 
 CONN_TYPE = "training_hub"
@@ -212,7 +212,7 @@ class ConnectionSettings(ParamSchema):
             try:
                 return json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"is not valid JSON: character {exc.pos + 1}: {syntax_phrase(exc)}.") from None
+                raise ValueError(f"{at_character(exc)}.") from None
         return value
 
     @classmethod

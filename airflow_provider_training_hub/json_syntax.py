@@ -42,6 +42,11 @@ def syntax_phrase(exc: json.JSONDecodeError) -> str:
     return next((mine for theirs, mine in _PHRASES.items() if exc.msg.startswith(theirs)), UNKNOWN)
 
 
+def at_character(exc: json.JSONDecodeError) -> str:
+    """``is not valid JSON: character N: phrase``, for a value given as one line of text."""
+    return f"is not valid JSON: character {exc.pos + 1}: {syntax_phrase(exc)}"
+
+
 def describe(exc: json.JSONDecodeError) -> str:
     """``line L, column C: phrase``, for a text of several lines (a config file)."""
     return f"line {exc.lineno}, column {exc.colno}: {syntax_phrase(exc)}"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import cpu_vs_trl as runs
 
+from airflow_provider_training_hub.algorithms import SFTParams
 from airflow_provider_training_hub.algorithms.backends.pytorch_layout import CPU_ROW_TOKENS, pytorch_layout
 from airflow_provider_training_hub.algorithms.memory import ModelShape, memory_estimate
 
@@ -42,7 +43,9 @@ print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]
 
 def estimated(model: Path, kind: str) -> dict:
     shape = ModelShape.read(str(model))
-    tokens = min(CPU_ROW_TOKENS, max(10_000, runs.MAX_LEN), runs.BATCH * runs.MAX_LEN)  # one packed row
+    params = SFTParams.parse({"model_path": str(model), "data_path": "unused.jsonl", "ckpt_output_dir": "unused",
+                              "max_seq_len": runs.MAX_LEN})
+    tokens = min(CPU_ROW_TOKENS, params.batch_token_cap, runs.BATCH * runs.MAX_LEN)  # one packed row
     result = memory_estimate(shape, kind, num_gpus=1, tokens_per_gpu=tokens, lora_r=runs.LORA["r"],
                              layout=pytorch_layout(bf16=False))
     low, mid, high = (b / MIB for b in result.bounds)

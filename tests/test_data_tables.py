@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,8 +79,6 @@ def test_a_bad_row_is_named_by_row_with_the_jsonl_reason(kind, name, tmp_path):
               if line.strip())
     assert (first.unit, first.line) == ("row", row)
     assert str(first).startswith(f"row {row}: ")
-    import re
-
     assert re.fullmatch(expected["location"], first.location), first
     assert re.search(expected["reason"], first.reason), first
 

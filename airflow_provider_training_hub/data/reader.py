@@ -69,12 +69,13 @@ class LineTooLong(Exception):
 class Block:
     """Consecutive whole lines. ``data`` is their raw bytes (for scans over the whole block);
     ``lines`` are the same lines, each ending in one LF, an overlong one replaced by a
-    ``LineTooLong`` (``has_overlong`` says so)."""
+    ``LineTooLong`` (``has_stand_ins`` says so; a table's blocks put a ``RowProblem`` in place of
+    a row that is no line)."""
 
     first_line: int
     data: bytes
     lines: list[bytes | LineTooLong]
-    has_overlong: bool = False
+    has_stand_ins: bool = False
 
 
 def iter_blocks(
@@ -103,13 +104,13 @@ def iter_blocks(
             lines[-1] += b"\n"
         if b"\r" in chunk:
             lines = [line[:-2] + b"\n" if line.endswith(b"\r\n") else line for line in lines]
-        has_overlong = drained is not None
+        has_stand_ins = drained is not None
         if len(chunk) > max_line_bytes + 1 and max(map(len, lines)) > max_line_bytes + 1:
-            has_overlong = True
+            has_stand_ins = True
             lines = [LineTooLong(len(line)) if len(line) > max_line_bytes + 1 else line for line in lines]
         if drained is not None:
             lines.append(drained)
-        yield Block(number, chunk, lines, has_overlong)
+        yield Block(number, chunk, lines, has_stand_ins)
         number += len(lines)
 
 

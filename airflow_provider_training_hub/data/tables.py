@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from airflow_provider_training_hub.data.reader import Block, open_source
-from airflow_provider_training_hub.json_syntax import syntax_phrase
+from airflow_provider_training_hub.json_syntax import at_character
 
 ROWS_PER_BLOCK = 1024
 _encoder = msgspec.json.Encoder()
@@ -58,7 +58,7 @@ def table_blocks(path: str, kind: str, field_messages: str = "messages") -> Iter
         lines = [_line(row, kind, field_messages, deep) for row in batch.to_pylist()]
         problem = any(isinstance(line, RowProblem) for line in lines)
         data = b"".join(line for line in lines if isinstance(line, bytes))
-        yield Block(number, data, lines, has_overlong=problem)
+        yield Block(number, data, lines, has_stand_ins=problem)
         number += len(lines)
 
 
@@ -68,7 +68,7 @@ def _line(row: dict[str, Any], kind: str, field_messages: str, deep: bool) -> by
         try:
             row[field_messages] = json.loads(text)
         except json.JSONDecodeError as exc:
-            return RowProblem("messages", f"is not valid JSON: character {exc.pos + 1}: {syntax_phrase(exc)}")
+            return RowProblem("messages", at_character(exc))
     if field_messages != "messages":  # a "messages" of the row's own is an extra column
         row.pop("messages", None)
         if field_messages in row:

@@ -128,7 +128,7 @@ def check_line(line: bytes) -> tuple[Sample | None, list[tuple[str, str]]]:
 
 def _valid_block(block: Block) -> Batch | None:
     """The samples of a block in which every line is a valid sample, else None."""
-    if block.has_overlong:
+    if block.has_stand_ins:
         return None
     try:
         batch = Batch.of(list(map(_decoder.decode, block.lines)))  # a blank line fails too
