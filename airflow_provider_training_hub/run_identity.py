@@ -78,7 +78,12 @@ def run_identity(algorithm: str, params: Any) -> dict[str, Any]:
 
 
 def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``learning_rate 2e-05 then, 0.0001 now``, one item per difference."""
+    """``learning_rate 2e-05 then, 0.0001 now``, one item per difference (``unset`` for a
+    parameter one side does not name)."""
+
+    def shown(values: dict[str, Any], name: str) -> str:
+        return repr(values[name]) if name in values else "unset"
+
     found = []
     for key, what in (("algorithm", "the algorithm"), ("model", "the model's files"), ("data", "the data's content")):
         if before.get(key) != now.get(key):
@@ -86,7 +91,7 @@ def differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     earlier, current = before.get("parameters") or {}, now.get("parameters") or {}
     for name in sorted(set(earlier) | set(current)):
         if earlier.get(name) != current.get(name):
-            found.append(f"{name} {earlier.get(name, '(not recorded)')!r} then, {current.get(name, '(none)')!r} now")
+            found.append(f"{name} {shown(earlier, name)} then, {shown(current, name)} now")
     return found
 
 

@@ -25,6 +25,6 @@ def test_a_parameter_added_since_the_record_keeps_a_retry_the_same_run(tmp_path)
 
     claim("sft", SFTParams.parse(values))  # the same run: no error, nothing moved aside
     assert not (tmp_path / "out" / "superseded").exists()
-    with pytest.raises(ValueError, match=r"another run: bf16 '\(not recorded\)' then, False now\. ") as exc:
+    with pytest.raises(ValueError, match=r"another run: bf16 unset then, False now\. ") as exc:
         claim("sft", SFTParams.parse({**values, "bf16": False}))
     assert "sample_packing" not in str(exc.value)  # added too, but at its default: not a difference
