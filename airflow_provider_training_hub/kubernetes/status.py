@@ -14,8 +14,8 @@ from typing import Any
 
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.kubernetes.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
+from airflow_provider_training_hub.run_states import FAILED, RUNNING, SUCCEEDED, UNSCHEDULABLE
 
-RUNNING, SUCCEEDED, FAILED, UNSCHEDULABLE = "running", "succeeded", "failed", "unschedulable"
 # A container the kubelet cannot start; these do not mend themselves (a registry hiccup may, so
 # each counts against ``pending_timeout`` like an unschedulable pod, from the pod's creation).
 # ContainerCreating and PodInitializing are progress (a large image being pulled), not these.
