@@ -49,18 +49,9 @@ def airflow_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
 
 def processes_with_marker(prefix: str) -> dict[int, str]:
     """pid -> TRAINING_HUB_RUN of every live process whose marker starts with ``prefix``."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone, or not ours
-            continue
-        for item in env:
-            if item.startswith(b"TRAINING_HUB_RUN=" + prefix.encode()):
-                found[int(entry.name)] = item.split(b"=", 1)[1].decode()
-    return found
+    from airflow_provider_training_hub.targets.local import marked_processes
+
+    return {pid: marker for pid, marker in marked_processes().items() if marker.startswith(prefix)}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

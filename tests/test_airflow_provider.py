@@ -20,6 +20,7 @@ from conftest import REPO, SAMPLE_DATA, airflow_cli, processes_with_marker, wait
 
 from airflow_provider_training_hub.algorithms.memory import ModelShape
 from airflow_provider_training_hub.checkpoints import read_metrics
+from airflow_provider_training_hub.run_states import RUNNING
 from airflow_provider_training_hub.targets import ExecutionTarget
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -291,7 +292,7 @@ def test_bad_parameters_fail_the_task_before_any_process_and_without_retry(tiny_
     assert run.get_task_instance("train").try_number == 1  # retries=1, but a retry cannot fix a typo
     out = capfd.readouterr().out
     assert "Invalid parameter 'learning_rate': must be greater than 0 (got -1)." in out
-    assert "Starting local sft training" not in out
+    assert "Started local sft training" not in out
     assert not ckpt.exists()
 
 
@@ -339,7 +340,7 @@ def test_data_the_training_process_refuses_fails_the_task_without_retry(tiny_mod
     assert states(run) == {"train": "failed"}
     assert run.get_task_instance("train").try_number == 1
     out = capfd.readouterr().out
-    assert "Starting local sft training" in out  # this time the process ran, and refused the data
+    assert "Started local sft training" in out  # this time the process ran, and refused the data
     assert "line 2: messages[0].role: invalid value 'bot'" in out
     assert "XCom not found" not in out  # no alarming line for the link of a run that has no console
 
@@ -359,7 +360,7 @@ class RecordedTarget(ExecutionTarget):
         self.calls.append("submit")
         return {"recorded_run": str(run.task)}
 
-    def wait(self, run):
+    def wait(self, run, located):
         self.calls.append("wait")
         return {"steps": 3}
 
@@ -390,6 +391,40 @@ def test_a_third_execution_target_is_one_class_and_one_targets_entry(monkeypatch
     assert got[("train", "recorded_run")] == f"th_k8s_train/{run.run_id}/train/1"
     assert got[("train", "checkpoint")].startswith("/recorded/th_k8s_train/")
     assert got[("train", "metrics")] == {"steps": 3}
+
+
+class AdoptableTarget(RecordedTarget):
+    """Runs that outlive their task: the first wait fails as a worker's dies mid-wait."""
+
+    adoptable = True
+
+    def find(self, run, located):
+        self.calls.append(f"find {located['recorded_run']}")
+        return {"status": RUNNING}
+
+    def wait(self, run, located):
+        self.calls.append(f"wait {located['recorded_run']}")
+        if run.task.try_number == 1:
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException("the worker lost the run")
+        return {"steps": 3}
+
+
+def test_a_retry_adopts_the_run_its_earlier_try_kept_in_the_task_state_store(monkeypatch):
+    """ResumableJobMixin on real Airflow: try 1 stores where its run is; try 2 reads it back from
+    the task state store, asks the target to find it, and waits for that run, submitting none."""
+    from airflow_provider_training_hub.targets import TARGETS
+
+    monkeypatch.setitem(TARGETS, "adoptable", f"{__name__}.AdoptableTarget")
+    monkeypatch.setattr(RecordedTarget, "calls", [])
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_K8S", json.dumps(
+        {"conn_type": "training_hub", "extra": {"execution": "adoptable"}}))
+    run = run_dag("th_k8s_train_retried", {})
+    assert states(run) == {"train": "success"}
+    first = f"th_k8s_train_retried/{run.run_id}/train/1"
+    assert RecordedTarget.calls == ["check", "submit", f"wait {first}", "check", f"find {first}", f"wait {first}", "outcome"]
+    assert xcoms(run)[("train", "recorded_run")] == first  # the XCom names the adopted run
 
 
 def test_a_run_that_cannot_fit_the_gpus_is_refused_before_its_target_starts_it(monkeypatch, tiny_model, capfd):
@@ -432,14 +467,81 @@ def test_a_refused_configuration_keeps_its_whole_message(tiny_model, tmp_path):
     params = TrainingHubHook.parse_params("sft", {"model_path": str(tiny_model), "data_path": str(bad),
                                                   "ckpt_output_dir": str(tmp_path / "ckpt")})
     run = TrainingRun("sft", "pytorch", params, TaskTry("dag", "task", "run", -1, 1),
-                      TaskSettings.parse({"pending_timeout": 60, "job_backoff_limit": 0}))
+                      TaskSettings.parse({"pending_timeout": 60, "job_backoff_limit": 0, "unwatched_timeout": 60}))
     target = TrainingHubHook().target
-    target.submit(run)
+    located = target.submit(run)
     with pytest.raises(ValueError) as refused:
-        target.outcome(run, target.wait(run))
+        target.outcome(run, target.wait(run, located))
     lines = str(refused.value).splitlines()
     assert lines[0] == f"data_path '{bad}' is not valid messages JSONL:", lines
     assert any(line.strip().startswith("line 2: messages[0].role: invalid value 'bot'") for line in lines[1:]), lines
+
+
+def test_a_later_try_adopts_a_local_run_only_on_its_host_while_it_trains_the_same_thing(tiny_model, tmp_path, capfd):
+    """``find`` on the local target, as a retry's task process calls it: the run is still there;
+    elsewhere it cannot be reached; with another parameter it is stopped, not adopted."""
+    import dataclasses
+
+    from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+    from airflow_provider_training_hub.targets import TaskTry, TrainingRun
+    from airflow_provider_training_hub.targets.local import LOCAL_RUN_KEY
+    from airflow_provider_training_hub.targets.task_settings import TaskSettings
+
+    values = {"model_path": str(tiny_model), "data_path": str(SAMPLE_DATA), "ckpt_output_dir": str(tmp_path / "ckpt"),
+              "learning_rate": 1e-3, "num_epochs": 100}
+    settings = TaskSettings.parse({"pending_timeout": 60, "job_backoff_limit": 0, "unwatched_timeout": 600})
+    first = TrainingRun("sft", "pytorch", TrainingHubHook.parse_params("sft", values),
+                        TaskTry("dag", "train", "run", -1, 1), settings)
+    located = TrainingHubHook().target.submit(first)
+    run_dir = Path(located[LOCAL_RUN_KEY]["dir"])
+    retry = dataclasses.replace(first, task=dataclasses.replace(first.task, try_number=2))
+    target = TrainingHubHook().target  # the retry's, in another task process
+    assert target.find(retry, located) == {"status": RUNNING}
+    assert target.find(retry, {LOCAL_RUN_KEY: {**located[LOCAL_RUN_KEY], "host": "gpu-node-7"}}) is None
+    changed = dataclasses.replace(retry, params=TrainingHubHook.parse_params("sft", {**values, "learning_rate": 1e-4}))
+    assert target.find(changed, located) is None
+    out = capfd.readouterr().out
+    assert "The local run of an earlier try is on host gpu-node-7, and this try runs on" in out
+    assert f"The local run of an earlier try ({run_dir}) trains otherwise than this try would " \
+           "(learning_rate 0.001 then, 0.0001 now): not adopting it" in out
+    assert processes_with_marker("dag/run/train/-1/") == {} and not run_dir.exists()  # stopped, and cleared
+
+
+@pytest.mark.slow
+def test_task_process_killed_mid_training_its_retry_adopts_the_same_local_run(tiny_model, deployed_airflow):
+    """On Airflow as deployed (LocalExecutor): the worker's task process is SIGKILLed while its
+    local run trains. The run goes on, writing its output to its file; try 2 finds it in the task
+    state store and waits for it. One run, no step trained twice, no second process tree."""
+    from deployed_airflow import task_process
+
+    # 600 steps: about 30 s here, and try 2 started 3 s after the kill
+    conf = {"model_path": str(tiny_model), "data_path": str(SAMPLE_DATA), "learning_rate": 1e-3, "num_epochs": 100}
+    run_id = deployed_airflow.trigger("th_train_from_conf", conf)
+    instance = f"th_train_from_conf/{run_id}/train/-1/"
+
+    def located():  # pushed once the task state store holds it
+        try:
+            return deployed_airflow.xcom("th_train_from_conf", run_id, "local_run")
+        except AssertionError:  # not yet
+            return None
+
+    wait_for(located, 300, "the run to start")
+    os.kill(task_process(deployed_airflow.task("th_train_from_conf", run_id)["id"]), signal.SIGKILL)
+
+    markers = set()
+
+    def finished():
+        markers.update(processes_with_marker(instance).values())
+        return deployed_airflow.task("th_train_from_conf", run_id)["state"] in {"success", "failed"}
+    wait_for(finished, 600, "the task to finish", interval=1)
+    ti = deployed_airflow.task("th_train_from_conf", run_id)
+    assert (ti["state"], ti["try_number"]) == ("success", 2)
+    assert markers == {instance + "1"}, markers  # try 1's processes only: try 2 started none
+    log = deployed_airflow.log("th_train_from_conf", run_id, 2)
+    assert "Reconnecting to existing job" in log and "resumed from" not in log
+    ckpt = deployed_airflow.xcom("th_train_from_conf", run_id, "ckpt_output_dir")
+    assert deployed_airflow.xcom("th_train_from_conf", run_id, "metrics")["steps"] == 600
+    assert sorted(r["step"] for r in read_metrics(ckpt)) == list(range(1, 601))  # none lost, none twice
 
 
 @pytest.mark.slow

@@ -231,8 +231,9 @@ def test_trigger_cleanup_keeps_the_job_and_on_kill_deletes_it(kube, k8s_namespac
 
 
 def test_a_restarted_worker_reattaches_to_its_running_job(kube, k8s_namespace):
-    """Found by its name and labels, including when someone added labels of their own."""
-    runner = start_in_subprocess("th_k8s_train", {
+    """The same try again, not durable (or durable, before the task state store had the Job): the
+    Job is found by its name and labels, including when someone added labels of their own."""
+    runner = start_in_subprocess("th_k8s_train_retried_anew", {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "15000"}),
     })
     try:
@@ -248,12 +249,44 @@ def test_a_restarted_worker_reattaches_to_its_running_job(kube, k8s_namespace):
     # an admission webhook or a queue (Kueue, Kyverno) labels the Job too: it is still this try's
     batch.patch_namespaced_job(job_name, k8s_namespace, {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "gpu"}}})
 
-    again = airflow_cli("tasks", "test", "th_k8s_train", "train", run_id, timeout=300)  # the same try, again
+    again = airflow_cli("tasks", "test", "th_k8s_train_retried_anew", "train", run_id, timeout=300)  # the same try
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert f"Reattached to Job {job_name}" in again.stdout + again.stderr
     assert RESULT["checkpoint"] in again.stdout + again.stderr
     assert _objects(kube, k8s_namespace)["jobs"] == [job_name]
     assert len(_objects(kube, k8s_namespace)["pods"]) == 2
+
+
+def test_a_later_try_adopts_its_tasks_job_only_while_it_trains_the_same_thing(kube, k8s_namespace, capfd):
+    """``find``, as the operator's ResumableJobMixin calls it on a retry, and ``kill`` from the try
+    that adopted: it stops the earlier try's Job."""
+    import dataclasses
+
+    from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
+    from airflow_provider_training_hub.run_states import RUNNING
+    from airflow_provider_training_hub.targets import TaskTry, TrainingRun
+    from airflow_provider_training_hub.targets.task_settings import TaskSettings
+
+    hook = TrainingHubHook("training_hub_k8s")
+    values = {"model_path": "/mnt/training/models/tiny", "data_path": "/mnt/training/data/train.jsonl",
+              "ckpt_output_dir": "/mnt/training/checkpoints/adopt", "nnodes": 2}
+    settings = TaskSettings.parse({"pending_timeout": 60, "job_backoff_limit": 0, "unwatched_timeout": 60,
+                                   "pod_annotations": _annotations(**{"training-hub.test/run-ms": "600000"})})
+    first = TrainingRun("sft", "pytorch", hook.parse_params("sft", values), TaskTry("dag", "train", "run", -1, 1), settings)
+    located = hook.target.submit(first)
+    wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
+
+    retry = dataclasses.replace(first, task=dataclasses.replace(first.task, try_number=2))
+    assert hook.target.find(retry, located) == {"status": RUNNING, "message": "", "job_name": located["job_name"]}
+    changed = dataclasses.replace(retry, params=hook.parse_params("sft", {**values, "learning_rate": 1e-4}))
+    assert hook.target.find(changed, located) is None
+    assert f"Job {located['job_name']} of an earlier try trains otherwise than this try would " \
+           "(learning_rate unset then, 0.0001 now): not adopting it" in "".join(capfd.readouterr())
+
+    hook.target.kill(retry.task)  # the try that adopted the Job is marked failed
+    wait_for(lambda: _objects(kube, k8s_namespace) == {"jobs": [], "services": [], "pods": []}, 60,
+             "the earlier try's Job, Service and pods to be gone")
+    assert hook.target.find(retry, located) is None
 
 
 def test_sixty_four_nodes_are_created_and_scheduled(kube, k8s_namespace, capsys):

@@ -11,7 +11,7 @@ import pytest
 from airflow_provider_training_hub.cli import TERMINATION_MESSAGE_LIMIT, termination_message
 from airflow_provider_training_hub.connection import ConnectionSettings
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
-from airflow_provider_training_hub.kubernetes.job import task_ids
+from airflow_provider_training_hub.kubernetes.job import task_ids, training_differences
 from airflow_provider_training_hub.kubernetes.status import FAILED, RUNNING, SUCCEEDED, UNSCHEDULABLE, assess
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -90,6 +90,20 @@ def test_job_manifest_has_the_distributed_training_essentials():
     service = build_service(_job(), settings)
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {
         "batch.kubernetes.io/job-name": "th-x-train-12345678"}
+
+
+def test_a_later_try_may_adopt_only_a_job_that_trains_the_same_thing():
+    """The name, the rendezvous and the try number change from try to try; the image, the command,
+    the topology and each parameter must not."""
+    settings = ConnectionSettings(image="img:1", pvc_claim="data")
+    ids = task_ids("dag", "train", "run", -1, 1)
+    first = build_job(_job(name="th-try-1", annotations=ids, labels={"a": "1"}), settings)
+    retry = build_job(_job(name="th-try-2", annotations={**ids, "training-hub/try-number": "2"}), settings)
+    assert training_differences(first, retry) == []
+    params = {**_job().params, "learning_rate": 2e-5}
+    changed = build_job(_job(name="th-try-2", nnodes=2, params=params), ConnectionSettings(image="img:2", pvc_claim="data"))
+    assert training_differences(first, changed) == [
+        "image 'img:1' then, 'img:2' now", "learning_rate unset then, 2e-05 now", "nnodes '4' then, '2' now"]
 
 
 def test_pod_user_groups_and_a_cpu_only_cluster_come_from_the_connection():
@@ -202,7 +216,7 @@ def test_a_job_that_would_vanish_before_its_result_is_read_is_refused():
     its pod, before the task reads it."""
     from airflow_provider_training_hub.targets.task_settings import TaskSettings
 
-    base = {"pending_timeout": 900, "job_backoff_limit": 0}
+    base = {"pending_timeout": 900, "job_backoff_limit": 0, "unwatched_timeout": 660}
     with pytest.raises(ValueError, match=r"Invalid parameter 'ttl_seconds_after_finished': must be at least 60 \(got 0\)"):
         TaskSettings.parse({**base, "ttl_seconds_after_finished": 0})
     assert TaskSettings.parse({**base, "ttl_seconds_after_finished": 60}).ttl_seconds_after_finished == 60

@@ -184,9 +184,12 @@ class JobWatch:
         return most
 
 
-def test_a_retry_removes_the_earlier_tries_job_before_creating_its_own(kube, k8s_namespace, proxy):
+def test_a_retry_not_durable_removes_the_earlier_tries_job_before_creating_its_own(kube, k8s_namespace, proxy):
+    """``durable=False``, and a durable retry whose stored Job it may not adopt (another training,
+    or a Job created in the moment before the store's write), start their own Job: the earlier
+    one is deleted first, its pods gone, so that two runs never write one checkpoint directory."""
     watch = JobWatch(kube, k8s_namespace)
-    runner = start_in_subprocess("th_k8s_train_retried", {
+    runner = start_in_subprocess("th_k8s_train_retried_anew", {
         "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "60000"}),
     })
     try:
@@ -381,7 +384,9 @@ def deployed(deployed_airflow, k8s_cluster, k8s_namespace):
     return deployed_airflow
 
 
-def test_task_process_killed_mid_wait_its_retry_replaces_the_job(kube, k8s_namespace, deployed):
+def test_task_process_killed_mid_wait_its_retry_adopts_the_same_job(kube, k8s_namespace, deployed):
+    """Airflow's durable execution (``ResumableJobMixin``): the try after a dead worker finds the
+    Job in the task state store and waits for it; no second Job, no training lost."""
     from deployed_airflow import task_process
 
     watch = JobWatch(kube, k8s_namespace)
@@ -390,15 +395,18 @@ def test_task_process_killed_mid_wait_its_retry_replaces_the_job(kube, k8s_names
             "nnodes": 2, "pod_annotations": _annotations(**{"training-hub.test/run-ms": "45000"}),
         })
         wait_for(_running_pods(kube, k8s_namespace, 2), 180, "both pods of try 1 to run")
+        (job_name,) = _objects(kube, k8s_namespace)["jobs"]
         ti = deployed.task("th_k8s_train_retried", run_id)
         os.kill(task_process(ti["id"]), signal.SIGKILL)  # the worker's task process, mid-wait
         ti = deployed.wait_for_task("th_k8s_train_retried", run_id, {"success", "failed"}, 400)
     finally:
         watch.stop()
     assert (ti["state"], ti["try_number"]) == ("success", 2)
-    assert watch.most_alive_at_once() == 1, watch.events
-    assert len([name for kind, name, _ in watch.events if kind == "ADDED"]) == 2, watch.events
-    assert "of try 1 of this task is still there; deleting it" in deployed.log("th_k8s_train_retried", run_id, 2)
+    assert [(kind, name) for kind, name, _ in watch.events if kind == "ADDED"] == [("ADDED", job_name)], watch.events
+    log = deployed.log("th_k8s_train_retried", run_id, 2)
+    assert "Reconnecting to existing job" in log and job_name in log
+    assert "still there; deleting it" not in log
+    assert deployed.xcom("th_k8s_train_retried", run_id, "job_name") == job_name
     assert deployed.xcom("th_k8s_train_retried", run_id, "checkpoint") == RESULT["checkpoint"]
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import processes_with_marker
+from conftest import processes_with_marker, wait_for
 from loopback import free_port
 
 from airflow_provider_training_hub import sft
@@ -112,6 +112,29 @@ def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, 
     # each progress line ends in the time left at the pace of this run's own steps
     assert re.search(r"epoch 2/2 step 13/24 loss \S+ lr \S+ tokens/s \d+ samples 52 eta \d+m\d\ds$", rerun.stdout, re.M)
     assert re.search(r"epoch 2/2 step 24/24 .* eta 0m00s$", rerun.stdout, re.M)
+
+
+def test_a_local_run_that_no_task_watches_stops_itself_with_its_state_saved(tiny_model, sample_data, tmp_path):
+    """``detached``, the parent of a local run: its task watched until the run trained, then died,
+    and no retry came. The run is stopped as ``on_kill`` stops it, saving its state, and how it
+    ended is recorded for the next try, which resumes there."""
+    from airflow_provider_training_hub.detached import EXIT, OUTPUT, WATCHED
+
+    run_dir, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    run_dir.mkdir()
+    (run_dir / WATCHED).touch()
+    command = [sys.executable, "-m", "airflow_provider_training_hub.detached", str(run_dir), "3", "--",
+               *_cli_command(tiny_model, sample_data, ckpt, num_epochs=100)]
+    with (run_dir / OUTPUT).open("ab") as output:
+        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: (run_dir / WATCHED).touch() or read_metrics(ckpt), 120, "the first step")  # the task watches
+    assert proc.wait(timeout=120) == 0
+    log = (run_dir / OUTPUT).read_text()
+    assert json.loads((run_dir / EXIT).read_text()) == {"returncode": 3}, log[-3000:]
+    assert "[training-hub] no task has watched this run for 3 s: stopping it" in log
+    stopped_at = re.search(r"stopped by SIGTERM after step (\d+)/600", log)
+    assert stopped_at and int(stopped_at[1]) < 600, log[-3000:]
+    assert (ckpt / "full_state" / f"step_{stopped_at[1]}").is_dir()
 
 
 def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(tiny_model, sample_data, tmp_path):

@@ -18,6 +18,7 @@ from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, stop_e
 from airflow_provider_training_hub.algorithms.tracking import AIRFLOW_CONTEXT_ENV
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.connection import NO_GPU, ConnectionSettings, cpu_cores
+from airflow_provider_training_hub.run_identity import differences
 
 CONTAINER = "trainer"
 CONFIG_ENV = "TRAINING_HUB_CONFIG"
@@ -76,16 +77,42 @@ class TrainingJob:
 
     @property
     def task_instance_selector(self) -> str:
-        """The labels every try of this Job's task instance shares; empty for a Job of no task."""
-        ids = {k: self.labels[k] for k in TASK_ID_KEYS if k in self.labels}
-        if not ids:
-            return ""
-        return ",".join([f"{k}={v}" for k, v in ids.items()] + [f"!{k}" for k in TASK_ID_KEYS if k not in ids])
+        return task_instance_selector(self.labels)
 
     def is_other_try(self, annotations: dict[str, str]) -> bool:
         """Whether a Job with ``annotations`` belongs to another try of this task instance."""
-        same_task = all(annotations.get(k) == self.annotations.get(k) for k in TASK_ID_KEYS)
-        return same_task and annotations.get(TRY_ANNOTATION) != self.annotations.get(TRY_ANNOTATION)
+        return (same_task_instance(annotations, self.annotations)
+                and annotations.get(TRY_ANNOTATION) != self.annotations.get(TRY_ANNOTATION))
+
+
+def task_instance_selector(labels: dict[str, str]) -> str:
+    """The label selector of every try's Job of the task instance whose Job has ``labels``; empty
+    for a Job of no task."""
+    ids = {k: labels[k] for k in TASK_ID_KEYS if k in labels}
+    if not ids:
+        return ""
+    return ",".join([f"{k}={v}" for k, v in ids.items()] + [f"!{k}" for k in TASK_ID_KEYS if k not in ids])
+
+
+def same_task_instance(annotations: dict[str, str], other: dict[str, str]) -> bool:
+    """Whether two Jobs' annotations name one task instance (any tries): the labels select by
+    shortened values, the annotations hold the exact ids."""
+    return all(annotations.get(k) == other.get(k) for k in TASK_ID_KEYS)
+
+
+def training_differences(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """How the Job ``existing`` trains otherwise than the manifest ``wanted`` would (image, command,
+    topology, each parameter), one phrase each; empty when a later try may adopt it as its own
+    run. The rest of a Job (names, the rendezvous, the try number) differs between tries anyway."""
+
+    def training(job: dict[str, Any]) -> dict[str, Any]:
+        container = next(c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER)
+        env = {e["name"]: e.get("value") for e in container.get("env") or []}
+        return {"image": container.get("image"), "command": [*(container.get("command") or []), *(container.get("args") or [])],
+                "nnodes": env.get("PET_NNODES"), "nproc_per_node": env.get("PET_NPROC_PER_NODE"),
+                **json.loads(env.get(CONFIG_ENV) or "{}")}
+
+    return differences({"parameters": training(existing)}, {"parameters": training(wanted)})
 
 
 def pod_selector(job_name: str) -> str:

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from airflow.configuration import conf
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import BaseOperator, Context, ResumableJobMixin
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferralError, TaskDeferralTimeout
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
@@ -23,6 +23,7 @@ from airflow_provider_training_hub.algorithms.params import unknown_parameter_me
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 from airflow_provider_training_hub.kubernetes.names import label_value
+from airflow_provider_training_hub.run_states import RUNNING, SUCCEEDED
 from airflow_provider_training_hub.operators.lineage import training_lineage
 from airflow_provider_training_hub.operators.links import MLflowRunLink, TrainingRunLink
 from airflow_provider_training_hub.targets.task_settings import TaskSettings
@@ -47,7 +48,7 @@ def _init_naming(cls: type[TrainOperator], names: Sequence[str]):
     return __init__
 
 
-class TrainOperator(BaseOperator):
+class TrainOperator(ResumableJobMixin, BaseOperator):
     """Train with ``algorithm`` through ``TrainingHubHook``; XCom is the ``TrainingResult``.
 
     :param backend: registered backend; default: the connection's, else the algorithm's.
@@ -66,6 +67,10 @@ class TrainOperator(BaseOperator):
     :param ttl_seconds_after_finished: (Kubernetes) when Kubernetes deletes the finished Job (at
         least 60 s, so that the task reads its result first).
     :param pod_annotations: (Kubernetes) extra annotations of the training pods.
+    :param durable: (``ResumableJobMixin``) the next try after a dead worker or a failed wait
+        adopts the run this task left training (its Job, or its local run on the same host) if it
+        trains the same thing, instead of stopping it and starting another; ``False``: every try
+        starts its own run.
 
     Every other keyword that names a parameter of the algorithm is a templated field, and may be
     an ``XComArg`` (``data_path=validate.output["data_path"]``).
@@ -73,6 +78,9 @@ class TrainOperator(BaseOperator):
 
     algorithm: ClassVar[str]
     param_names: ClassVar[tuple[str, ...]]
+    # Where the task state store keeps a try's run (what the target's submit returned). Renaming
+    # it strands the runs of tasks deployed with the old name.
+    external_id_key = "training_hub_run"
     template_fields: Sequence[str] = ("backend",)
     operator_extra_links = (TrainingRunLink(), MLflowRunLink())
     ui_color = "#e8d5f5"
@@ -105,6 +113,7 @@ class TrainOperator(BaseOperator):
         job_backoff_limit: int = 0,
         ttl_seconds_after_finished: int | None = 86400,
         pod_annotations: dict[str, str] | None = None,
+        durable: bool = True,
         **kwargs: Any,
     ) -> None:
         values = {name: kwargs.pop(name, None) for name in self.param_names}
@@ -113,7 +122,7 @@ class TrainOperator(BaseOperator):
             schema = AlgorithmRegistry.get_algorithm(self.algorithm).params_schema
             raise ValueError(f"{type(self).__name__}: " + " ".join(unknown_parameter_message(schema, k) for k in unknown))
         kwargs.setdefault("multiple_outputs", True)  # so that op.output["key"] is an XComArg of one key
-        super().__init__(**kwargs)
+        super().__init__(durable=durable, **kwargs)
         self.backend = backend
         self.training_hub_conn_id = training_hub_conn_id
         self.connection_overrides = connection_overrides or {}
@@ -124,6 +133,8 @@ class TrainOperator(BaseOperator):
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.pod_annotations = pod_annotations or {}
         self._run: TrainingRun | None = None
+        self._located: dict[str, Any] = {}  # where this try's submit put the run
+        self._found: dict[str, Any] | None = None  # the state of an earlier try's run, when there is one
         self._result: dict[str, Any] | None = None
         for name, value in values.items():
             setattr(self, name, value)
@@ -135,7 +146,8 @@ class TrainOperator(BaseOperator):
                                    "pending_timeout": self.pending_timeout, "job_backoff_limit": self.job_backoff_limit,
                                    "pod_annotations": self.pod_annotations,
                                    "ttl_seconds_after_finished": self.ttl_seconds_after_finished,
-                                   "active_deadline_seconds": self._deadline_seconds()})
+                                   "active_deadline_seconds": self._deadline_seconds(),
+                                   "unwatched_timeout": self._unwatched_timeout()})
 
     def _deadline_seconds(self) -> int | None:
         """The Job's activeDeadlineSeconds: a minute past ``execution_timeout``. The timed-out
@@ -143,6 +155,13 @@ class TrainOperator(BaseOperator):
         task that is gone without doing so."""
         timeout = self.execution_timeout
         return math.ceil(timeout.total_seconds()) + JOB_DEADLINE_MARGIN_SECONDS if timeout else None
+
+    def _unwatched_timeout(self) -> float:
+        """How long a local run whose task died waits for the next try to adopt it: the time
+        Airflow takes to fail a task whose worker is gone, the longest retry delay, and a minute."""
+        delay = self.max_retry_delay if self.retry_exponential_backoff and self.max_retry_delay else self.retry_delay
+        heartbeat_timeout = conf.getint("scheduler", "task_instance_heartbeat_timeout", fallback=300)
+        return heartbeat_timeout + delay.total_seconds() + 60
 
     @cached_property
     def hook(self) -> TrainingHubHook:
@@ -178,15 +197,34 @@ class TrainOperator(BaseOperator):
         except ValueError as exc:  # a retry cannot fix a configuration error
             raise AirflowFailException(f"Invalid {self.algorithm} configuration: {exc}") from exc
         self.log.info("%s with backend %s; checkpoints in %s", self.algorithm, run.backend, run.params.ckpt_output_dir)
-        ti = context["ti"]
-        ti.xcom_push(key="ckpt_output_dir", value=run.params.ckpt_output_dir)
-        located = hook.target.submit(run)  # where the run is (e.g. the Job's name)
-        for key, value in located.items():
-            ti.xcom_push(key=key, value=value)
-        if RUN_URL_KEY in located:  # the button works while it trains, not only once the task ends
-            ti.xcom_push(key=TrainingRunLink().xcom_key, value=located[RUN_URL_KEY])
+        context["ti"].xcom_push(key="ckpt_output_dir", value=run.params.ckpt_output_dir)
         self._run = run
-        if self.deferrable and (trigger := hook.target.trigger(run)) is not None:
+        return self.execute_resumable(context)
+
+    # --- ResumableJobMixin: its external id is what the target's submit returned ---
+
+    def submit_job(self, context: Context) -> dict[str, Any] | None:
+        self._located = self.hook.target.submit(self._run)
+        return self._located if self.hook.target.adoptable else None  # None: nothing is stored
+
+    def get_job_status(self, external_id: dict[str, Any], context: Context) -> str:
+        self._found = self.hook.target.find(self._run, external_id)
+        return self._found["status"] if self._found else "gone"
+
+    def is_job_active(self, status: str) -> bool:
+        return status == RUNNING
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return status == SUCCEEDED
+
+    def poll_until_complete(self, external_id: dict[str, Any] | None, context: Context) -> dict[str, Any]:
+        """Wait for the run at ``external_id`` (this try's, or an earlier try's it adopts), in the
+        triggerer where deferrable. Returns the result too: the mixin returns this method's value
+        when it adopts a running Job, and ``get_job_result``'s after a submit."""
+        located = external_id if external_id is not None else self._located
+        self._show(context, located)
+        hook = self.hook
+        if self.deferrable and (trigger := hook.target.trigger(self._run, located)) is not None:
             classpath, kwargs = trigger
             module, _, name = classpath.rpartition(".")
             self.defer(
@@ -194,7 +232,22 @@ class TrainOperator(BaseOperator):
                 method_name="execute_complete",
                 timeout=self.execution_timeout,  # as on the worker: the scheduler fails the task then
             )
-        return self._finish(context, run, hook.target.wait(run))
+        return self._finish(context, self._run, hook.target.wait(self._run, located))
+
+    def get_job_result(self, external_id: dict[str, Any] | None, context: Context) -> dict[str, Any]:
+        if self._result is None:  # an earlier try's run had succeeded: its result, read again
+            self._show(context, external_id)
+            return self._finish(context, self._run, self._found)
+        return self._result
+
+    def _show(self, context: Context, located: dict[str, Any]) -> None:
+        """This try's XComs that locate the run (the Job's name, the "Training run" link): the
+        try's own, or the earlier try's that it adopted."""
+        ti = context["ti"]
+        for key, value in located.items():
+            ti.xcom_push(key=key, value=value)
+        if RUN_URL_KEY in located:  # the button works while it trains, not only once the task ends
+            ti.xcom_push(key=TrainingRunLink().xcom_key, value=located[RUN_URL_KEY])
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """A deferral that ends with no event from the trigger (``execution_timeout`` passed, or the

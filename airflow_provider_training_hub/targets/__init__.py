@@ -3,12 +3,17 @@
 The operator drives every target the same way (``operators/train.py``)::
 
     target.check(run)                # ValueError before anything starts (no pod for a typo)
-    target.submit(run)               # start it, or reattach to this try's run if it is there
-    target.trigger(run) -> defer     # deferrable: the trigger (as a class path and its arguments)
+    target.find(run, located)        # a retry: the state of the run an earlier try started, to adopt
+    target.submit(run) -> located    # start it, or reattach to this try's run if it is there
+    target.trigger(run, located)     # deferrable: the trigger (as a class path and its arguments)
                                      # that waits in the triggerer; its event is the state
-    target.wait(run)                 # or wait on the worker; the same state
+    target.wait(run, located)        # or wait on the worker; the same state
     target.outcome(run, state)       # the TrainingResult dict, or an exception saying why not
     target.kill(task_try)            # a stopped task or a timed-out deferral stops its run
+
+``located`` is what ``submit`` returned. Where the target is ``adoptable``, the operator keeps it in
+Airflow's task state store (``ResumableJobMixin``), so that the try after a dead worker waits for
+the run that is still training instead of starting another.
 
 The connection's ``execution`` field names the target; ``TARGETS`` (``target_names.py``, below
 both this package and the connection) maps each name to its class, imported only when used. A
@@ -74,6 +79,10 @@ class TrainingRun:
 class ExecutionTarget(ABC):
     """A place to train: ``settings`` is the task's connection, overrides applied."""
 
+    # Whether a run outlives the task process that started it, so that a later try can find it
+    # (``find``) and wait for it instead of starting another.
+    adoptable: bool = False
+
     def __init__(self, settings: ConnectionSettings, log: Logger) -> None:
         self.settings = settings
         self.log = log
@@ -86,12 +95,20 @@ class ExecutionTarget(ABC):
     def check(self, run: TrainingRun) -> None:
         """Raise ``ValueError`` for a run that cannot work here, before anything is started."""
 
+    def find(self, run: TrainingRun, located: dict[str, Any]) -> dict[str, Any] | None:
+        """The state (as ``wait`` returns it) of the run an earlier try of this task started at
+        ``located``, when this try may adopt it; ``None`` when it is gone, trains something other
+        than ``run``, or cannot be found again (not ``adoptable``). Its ``status`` is
+        ``run_states.RUNNING`` for a run to wait for, ``SUCCEEDED`` for one whose result
+        ``outcome`` reads; any other starts a new run."""
+        return None
+
     @abstractmethod
     def submit(self, run: TrainingRun) -> dict[str, Any]:
         """Start the run, or reattach to this try's run when it already exists; the XCom entries
         that locate it (e.g. the Job's name), with ``RUN_URL_KEY`` where the run has a page."""
 
-    def trigger(self, run: TrainingRun) -> tuple[str, dict[str, Any]] | None:
+    def trigger(self, run: TrainingRun, located: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """The trigger that waits for the submitted run in the triggerer, as ``BaseTrigger.serialize``
         gives it (class path, keyword arguments: the operator builds it, so targets stay below the
         triggers); ``None``: this target cannot wait there, and the task waits on the worker. The
@@ -99,8 +116,8 @@ class ExecutionTarget(ABC):
         return None
 
     @abstractmethod
-    def wait(self, run: TrainingRun) -> dict[str, Any]:
-        """Block until the submitted run ends, logging its progress; its final state, in the same
+    def wait(self, run: TrainingRun, located: dict[str, Any]) -> dict[str, Any]:
+        """Block until the run at ``located`` ends, logging its progress; its final state, in the same
         form as the trigger's event, so that both paths reach one verdict in ``outcome``."""
 
     @abstractmethod
@@ -110,7 +127,8 @@ class ExecutionTarget(ABC):
 
     @abstractmethod
     def kill(self, task: TaskTry) -> None:
-        """Stop the run of ``task`` and remove what it left running; nothing to stop is fine."""
+        """Stop the run of ``task``'s task instance (its own, or the one it adopted from an earlier
+        try) and remove what it left running; nothing to stop is fine."""
 
     @abstractmethod
     def test_connection(self) -> str:

@@ -2,8 +2,10 @@
 
 ``kubernetes/`` builds the objects (pure), ``kubernetes_jobs.TrainingJobClient`` talks to the
 cluster, ``triggers/training_job.TrainingJobTrigger`` waits in the triggerer. A try's Job name, labels
-and annotations follow from the task try alone, so a restarted worker finds its own Job again and a
-new try finds (and removes) an earlier try's.
+and annotations follow from the task try alone, so a restarted worker finds its own Job again. A
+Job outlives the worker that created it: the next try adopts it (``find``, through the operator's
+task state store) when it still trains the same thing, and otherwise finds it by its labels and
+removes it before creating its own, since all tries train into one checkpoint directory.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from kubernetes.client import ApiException
 from airflow_provider_training_hub.targets.kubernetes_api import PERMANENT, api_error
 from airflow_provider_training_hub.targets.kubernetes_jobs import TrainingJobClient
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
-from airflow_provider_training_hub.kubernetes.job import task_ids
+from airflow_provider_training_hub.kubernetes.job import task_ids, training_differences
 from airflow_provider_training_hub.kubernetes.status import (
     SUCCEEDED,
     UNSCHEDULABLE,
@@ -38,6 +40,8 @@ def try_job_name(task: TaskTry) -> str:
 
 
 class KubernetesTarget(ExecutionTarget):
+    adoptable = True  # a Job trains on without the worker that created it
+
     @cached_property
     def jobs(self) -> TrainingJobClient:
         return TrainingJobClient(self.settings.kubernetes_conn_id, self.settings.namespace, self.log)
@@ -45,8 +49,15 @@ class KubernetesTarget(ExecutionTarget):
     def default_checkpoint_root(self) -> str:
         return f"{self.settings.pvc_mount_path.rstrip('/')}/checkpoints"
 
+    @staticmethod
+    def _identity(task: TaskTry) -> dict[str, dict[str, str]]:
+        """The labels (to select by) and annotations (exact) of the Job of ``task``."""
+        ids = task_ids(task.dag_id, task.task_id, task.run_id, task.map_index, task.try_number)
+        return {"labels": {"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
+                           **{k: label_value(v) for k, v in ids.items()}},
+                "annotations": ids}
+
     def training_job(self, run: TrainingRun) -> TrainingJob:
-        ids = task_ids(run.task.dag_id, run.task.task_id, run.task.run_id, run.task.map_index, run.task.try_number)
         return TrainingJob(
             name=try_job_name(run.task),
             algorithm=run.algorithm,
@@ -54,9 +65,7 @@ class KubernetesTarget(ExecutionTarget):
             params=run.params.model_dump(mode="json", exclude_unset=True),
             nnodes=getattr(run.params, "nnodes", None) or 1,
             nproc_per_node=getattr(run.params, "nproc_per_node", None) or 1,
-            labels={"app.kubernetes.io/name": "training-hub", "app.kubernetes.io/managed-by": "airflow",
-                    **{k: label_value(v) for k, v in ids.items()}},
-            annotations=ids,
+            **self._identity(run.task),
             pod_annotations=run.settings.pod_annotations,
             backoff_limit=run.settings.job_backoff_limit,
             ttl_seconds_after_finished=run.settings.ttl_seconds_after_finished,
@@ -90,6 +99,32 @@ class KubernetesTarget(ExecutionTarget):
                     f"{mount!r}, and anything written elsewhere is gone with the pod. Give a path under {mount}/."
                 )
 
+    def find(self, run: TrainingRun, located: dict[str, Any]) -> dict[str, Any] | None:
+        name, namespace = located["job_name"], located["namespace"]
+        if namespace != self.settings.namespace:
+            self.log.warning("Job %s of an earlier try is in namespace %s, and this try's connection names %s: "
+                             "not adopting it", name, namespace, self.settings.namespace)
+            return None
+        existing = self.jobs.find(name)
+        if existing is None:
+            self.log.info("Job %s of an earlier try is gone (deleted, or removed by its TTL)", name)
+            return None
+        job_manifest, _ = self.job_manifests(self.training_job(run))
+        if differences := training_differences(existing, job_manifest):
+            self.log.warning("Job %s of an earlier try trains otherwise than this try would (%s): not adopting it",
+                             name, "; ".join(differences))
+            return None
+        pods = self.jobs.pods(name)
+        verdict = self.jobs.assess(existing, pods, run.settings.pending_timeout)
+        if verdict.status == SUCCEEDED:
+            try:
+                rank0_result(pods)
+            except ResultUnreadable as exc:  # trained again, it resumes from its last full state
+                self.log.warning("Job %s of an earlier try succeeded, but its result cannot be read (%s): "
+                                 "not adopting it", name, exc)
+                return None
+        return {"status": verdict.status, "message": verdict.message, "job_name": name}
+
     def submit(self, run: TrainingRun) -> dict[str, Any]:
         job = self.training_job(run)
         try:
@@ -116,13 +151,13 @@ class KubernetesTarget(ExecutionTarget):
                       job.nnodes, job.nproc_per_node, job.rdzv_endpoint)
         return reattached
 
-    def trigger(self, run: TrainingRun) -> tuple[str, dict[str, Any]]:
-        return TRIGGER, {"job_name": try_job_name(run.task), "namespace": self.settings.namespace,
+    def trigger(self, run: TrainingRun, located: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return TRIGGER, {"job_name": located["job_name"], "namespace": located["namespace"],
                          "kubernetes_conn_id": self.settings.kubernetes_conn_id,
                          "pending_timeout": run.settings.pending_timeout, "poll_interval": run.poll_interval}
 
-    def wait(self, run: TrainingRun) -> dict[str, Any]:
-        name = try_job_name(run.task)
+    def wait(self, run: TrainingRun, located: dict[str, Any]) -> dict[str, Any]:
+        name = located["job_name"]
         state = self.jobs.wait(name, run.settings.pending_timeout, run.poll_interval)
         return {"status": state.status, "message": state.message, "job_name": name}
 
@@ -146,7 +181,9 @@ class KubernetesTarget(ExecutionTarget):
         raise AirflowException(f"Job {name} failed: {verdict.message}\n{failures}")
 
     def kill(self, task: TaskTry) -> None:
-        self.jobs.delete(try_job_name(task))
+        """Every try's Job of the task instance: a try that adopted an earlier try's Job stops that one."""
+        for job in self.jobs.task_instance_jobs(**self._identity(task)):
+            self.jobs.delete(job["metadata"]["name"])
 
     def test_connection(self) -> str:
         self.jobs.hook.batch_v1_client.list_namespaced_job(self.settings.namespace, limit=1)

@@ -17,7 +17,13 @@ from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiException
 
 from airflow_provider_training_hub.targets.kubernetes_api import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
-from airflow_provider_training_hub.kubernetes.job import TRY_ANNOTATION, TrainingJob, pod_selector
+from airflow_provider_training_hub.kubernetes.job import (
+    TRY_ANNOTATION,
+    TrainingJob,
+    pod_selector,
+    same_task_instance,
+    task_instance_selector,
+)
 from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
 from airflow_provider_training_hub.kubernetes.status import FAILED, JobState, assess, job_events_selector, needs_events
 
@@ -92,11 +98,8 @@ class TrainingJobClient:
     def remove_earlier_tries(self, job: TrainingJob, timeout: float) -> None:
         """Delete the Jobs that earlier tries of this task instance left (a worker killed while it
         waited, a try failed by the API), and wait until they and their pods are gone."""
-        if not job.task_instance_selector:  # not a task's Job: nothing to compare with
-            return
-        listed = self._call(self.hook.batch_v1_client.list_namespaced_job, self.namespace,
-                            label_selector=job.task_instance_selector)
-        earlier = [j for j in self._plain(listed)["items"] if job.is_other_try(j["metadata"].get("annotations") or {})]
+        tries = self.task_instance_jobs(job.labels, job.annotations)
+        earlier = [j for j in tries if job.is_other_try(j["metadata"].get("annotations") or {})]
         for old in earlier:
             name = old["metadata"]["name"]
             self.log.warning("Job %s of try %s of this task is still there; deleting it (and its pods) before "
@@ -106,33 +109,46 @@ class TrainingJobClient:
         deadline = time.monotonic() + timeout
         for old in earlier:
             name = old["metadata"]["name"]
-            while self._exists(name) or self._pods(name):
+            while self.find(name) is not None or self.pods(name):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Job {name} of an earlier try was deleted but it or its pods are still "
                                        f"there after {timeout:.0f}s; not starting a second run")
                 time.sleep(1)
 
-    def _exists(self, name: str) -> bool:
+    def task_instance_jobs(self, labels: dict[str, str], annotations: dict[str, str]) -> list[dict[str, Any]]:
+        """The Jobs of every try of the task instance whose Job has ``labels`` and ``annotations``."""
+        if not (selector := task_instance_selector(labels)):  # not a task's Job: nothing to compare with
+            return []
+        listed = self._call(self.hook.batch_v1_client.list_namespaced_job, self.namespace, label_selector=selector)
+        return [j for j in self._plain(listed)["items"]
+                if same_task_instance(j["metadata"].get("annotations") or {}, annotations)]
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The Job ``name``, or ``None`` when there is none."""
         try:
-            self._call(self.hook.batch_v1_client.read_namespaced_job, name, self.namespace)
+            return self._plain(self._call(self.hook.batch_v1_client.read_namespaced_job, name, self.namespace))
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return True
 
-    def _pods(self, name: str) -> list[dict[str, Any]]:
+    def pods(self, name: str) -> list[dict[str, Any]]:
         listed = self._call(self.hook.core_v1_client.list_namespaced_pod, self.namespace, label_selector=pod_selector(name))
         return self._plain(listed)["items"]
 
     def read(self, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         job = self._plain(self._call(self.hook.batch_v1_client.read_namespaced_job, name, self.namespace))
-        return job, self._pods(name)
+        return job, self.pods(name)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         listed = self._call(self.hook.core_v1_client.list_namespaced_event, self.namespace,
                             field_selector=job_events_selector(name))
         return self._plain(listed)["items"]
+
+    def assess(self, job: dict[str, Any], pods: list[dict[str, Any]], pending_timeout: float) -> JobState:
+        """``status.assess``, with the Job's events where they are needed to judge it."""
+        events = self.events(job["metadata"]["name"]) if needs_events(job, pods) else []
+        return assess(job, pods, pending_timeout, events=events)
 
     def wait(self, name: str, pending_timeout: float, poll_interval: float) -> JobState:
         """Poll until the Job ends or a pod stays unschedulable past ``pending_timeout``; log
@@ -146,7 +162,7 @@ class TrainingJobClient:
                 if exc.status != 404:
                     raise
                 return JobState(FAILED, f"Job {name} no longer exists in {self.namespace} (deleted by someone else?)")
-            state = assess(job, pods, pending_timeout, events=self.events(name) if needs_events(job, pods) else [])
+            state = self.assess(job, pods, pending_timeout)
             if (progress := state.progress(name)) != last:
                 last = progress
                 self.log.info("%s", last)

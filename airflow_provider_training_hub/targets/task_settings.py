@@ -25,6 +25,9 @@ class TaskSettings(ParamSchema):
     # At least a minute: the Job and its pods hold the result until the task has read it.
     ttl_seconds_after_finished: int | None = Field(None, ge=60)
     active_deadline_seconds: int | None = Field(None, ge=1)  # from execution_timeout
+    # (local) How long a run waits for a task to watch it again, after its task died, before it
+    # stops with its state saved: time for the next try to come and adopt it.
+    unwatched_timeout: float = Field(gt=0)
 
     @field_validator("connection_overrides", "pod_annotations", mode="before")
     @classmethod

@@ -8,13 +8,16 @@ from airflow.sdk import DAG
 
 from airflow_provider_training_hub.operators import LoRATrainOperator, SFTTrainOperator
 
-# th_k8s_train_retried: a failed try is retried after 20 s; th_k8s_train_deferred_timeout: the
-# deferral ends after 30 s (execution_timeout), which only a real scheduler enforces.
+# th_k8s_train_retried: a failed try is retried after 20 s (and adopts the Job its predecessor
+# left running); th_k8s_train_retried_anew: the same, not durable (every try starts its own Job);
+# th_k8s_train_deferred_timeout: the deferral ends after 30 s (execution_timeout), which only a real
+# scheduler enforces.
 VARIANTS = {
     "th_k8s_train": {},
     "th_k8s_train_deferred": {"deferrable": True},
     "th_k8s_train_text": {"native": False},
     "th_k8s_train_retried": {"retries": 1},
+    "th_k8s_train_retried_anew": {"retries": 1, "durable": False},
     "th_k8s_train_deferred_timeout": {"deferrable": True, "execution_timeout": timedelta(seconds=30)},
 }
 for dag_id, variant in VARIANTS.items():
@@ -35,6 +38,7 @@ for dag_id, variant in VARIANTS.items():
             job_backoff_limit="{{ dag_run.conf.get('job_backoff_limit', 0) }}",
             poll_interval=1,
             deferrable=variant.get("deferrable", False),
+            durable=variant.get("durable", True),
         )
 
 with DAG("th_k8s_lora", schedule=None, render_template_as_native_obj=True):
