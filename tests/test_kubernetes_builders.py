@@ -12,7 +12,8 @@ from airflow_provider_training_hub.cli import TERMINATION_MESSAGE_LIMIT, termina
 from airflow_provider_training_hub.connection import ConnectionSettings
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
 from airflow_provider_training_hub.kubernetes.job import task_ids, training_differences
-from airflow_provider_training_hub.kubernetes.status import FAILED, RUNNING, SUCCEEDED, UNSCHEDULABLE, assess
+from airflow_provider_training_hub.kubernetes.status import assess
+from airflow_provider_training_hub.run_states import FAILED, RUNNING, SUCCEEDED, UNSCHEDULABLE
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")

@@ -22,14 +22,13 @@ from airflow_provider_training_hub.targets.kubernetes_jobs import TrainingJobCli
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
 from airflow_provider_training_hub.kubernetes.job import task_ids, training_differences
 from airflow_provider_training_hub.kubernetes.status import (
-    SUCCEEDED,
-    UNSCHEDULABLE,
     JobState,
     ResultUnreadable,
     configuration_error,
     describe_failures,
     rank0_result,
 )
+from airflow_provider_training_hub.run_states import SUCCEEDED, UNSCHEDULABLE
 from airflow_provider_training_hub.targets import RUN_URL_KEY, ExecutionTarget, TaskTry, TrainingRun
 
 TRIGGER = "airflow_provider_training_hub.triggers.training_job.TrainingJobTrigger"

@@ -25,7 +25,8 @@ from airflow_provider_training_hub.kubernetes.job import (
     task_instance_selector,
 )
 from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
-from airflow_provider_training_hub.kubernetes.status import FAILED, JobState, assess, job_events_selector, needs_events
+from airflow_provider_training_hub.kubernetes.status import JobState, assess, job_events_selector, needs_events
+from airflow_provider_training_hub.run_states import FAILED
 
 T = TypeVar("T")
 

@@ -33,7 +33,8 @@ from airflow_provider_training_hub.targets.kubernetes_api import (
 )
 from airflow_provider_training_hub.kubernetes.job import pod_selector
 from airflow_provider_training_hub.kubernetes.pod_log import LogCursor, rank0_pod
-from airflow_provider_training_hub.kubernetes.status import FAILED, assess, job_events_selector, needs_events
+from airflow_provider_training_hub.kubernetes.status import assess, job_events_selector, needs_events
+from airflow_provider_training_hub.run_states import FAILED
 
 # How long an unreachable API server is waited out (each call has retried already) before the
 # trigger gives up on the Job.
