@@ -84,8 +84,11 @@ def test_two_nodes_on_localhost(tiny_model, sample_data, tmp_path, rendezvous):
 
 
 def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, tmp_path):
+    """SIGKILL after the first full state: the rerun resumes from the newest one on disk. The kill
+    lands some steps after the line that announced the save (more under load: CI ran it when
+    another epoch had been saved meanwhile), so the test reads which one that is."""
     ckpt = tmp_path / "ckpt"
-    command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4, save_total_limit=1)
+    command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=4, effective_batch_size=4, save_total_limit=1)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     seen = []
@@ -96,22 +99,24 @@ def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, 
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
-    steps_before = {r["step"] for r in read_metrics(ckpt)}
-    assert max(steps_before) >= 12  # epoch 0 = 12 steps of 4 samples
+    epoch = max(int(p.name.removeprefix("epoch_")) for p in (ckpt / "full_state").glob("epoch_*"))
+    assert epoch < 3, "the run ended before the kill"  # 36 steps of 4 samples left after epoch 0
+    done = 12 * (epoch + 1)  # an epoch is 12 steps of 4 samples
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "full_state/epoch_0: epoch 1, step 12, samples 48" in rerun.stdout
+    assert f"full_state/epoch_{epoch}: epoch {epoch + 1}, step {done}, samples {4 * done}" in rerun.stdout
     result = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert result["metrics"]["steps"] == 24 and result["metrics"]["samples_seen"] == 96
+    assert result["metrics"]["steps"] == 48 and result["metrics"]["samples_seen"] == 192
     # save_total_limit=1: the state it resumed from went once the next one was complete
-    assert [Path(p).name for p in result["full_state"]] == ["epoch_1"]
-    assert [Path(p).name for p in result["checkpoints"]] == ["samples_96"]
-    assert f"removed {ckpt}/full_state/epoch_0 (save_total_limit=1)" in rerun.stdout
-    assert "epoch 1/2" not in rerun.stdout and "epoch 2/2 step 13/24" in rerun.stdout
+    assert [Path(p).name for p in result["full_state"]] == ["epoch_3"]
+    assert [Path(p).name for p in result["checkpoints"]] == ["samples_192"]
+    assert f"removed {ckpt}/full_state/epoch_{epoch} (save_total_limit=1)" in rerun.stdout
+    assert f"epoch {epoch + 1}/4" not in rerun.stdout and f"epoch {epoch + 2}/4 step {done + 1}/48" in rerun.stdout
     # each progress line ends in the time left at the pace of this run's own steps
-    assert re.search(r"epoch 2/2 step 13/24 loss \S+ lr \S+ tokens/s \d+ samples 52 eta \d+m\d\ds$", rerun.stdout, re.M)
-    assert re.search(r"epoch 2/2 step 24/24 .* eta 0m00s$", rerun.stdout, re.M)
+    assert re.search(rf"epoch {epoch + 2}/4 step {done + 1}/48 loss \S+ lr \S+ tokens/s \d+ samples {4 * done + 4} "
+                     r"eta \d+m\d\ds$", rerun.stdout, re.M)
+    assert re.search(r"epoch 4/4 step 48/48 .* eta 0m00s$", rerun.stdout, re.M)
 
 
 def test_a_local_run_that_no_task_watches_stops_itself_with_its_state_saved(tiny_model, sample_data, tmp_path):
