@@ -414,6 +414,7 @@ class AdoptableTarget(RecordedTarget):
 def test_a_retry_adopts_the_run_its_earlier_try_kept_in_the_task_state_store(monkeypatch):
     """ResumableJobMixin on real Airflow: try 1 stores where its run is; try 2 reads it back from
     the task state store, asks the target to find it, and waits for that run, submitting none."""
+    from airflow_provider_training_hub.operators import SFTTrainOperator
     from airflow_provider_training_hub.targets import TARGETS
 
     monkeypatch.setitem(TARGETS, "adoptable", f"{__name__}.AdoptableTarget")
@@ -425,6 +426,12 @@ def test_a_retry_adopts_the_run_its_earlier_try_kept_in_the_task_state_store(mon
     first = f"th_k8s_train_retried/{run.run_id}/train/1"
     assert RecordedTarget.calls == ["check", "submit", f"wait {first}", "check", f"find {first}", f"wait {first}", "outcome"]
     assert xcoms(run)[("train", "recorded_run")] == first  # the XCom names the adopted run
+    # done with: a user who clears the task gets a new run, not this one's result again
+    from airflow._shared.state import TaskScope
+    from airflow.state import get_state_backend
+
+    scope = TaskScope(dag_id="th_k8s_train_retried", run_id=run.run_id, task_id="train", map_index=-1)
+    assert get_state_backend().get(scope, SFTTrainOperator.external_id_key) is None
 
 
 def test_a_run_that_cannot_fit_the_gpus_is_refused_before_its_target_starts_it(monkeypatch, tiny_model, capfd):

@@ -271,6 +271,10 @@ class TrainOperator(ResumableJobMixin, BaseOperator):
         self.log.info("Newest checkpoint: %s; metrics: %s", result.get("checkpoint"), result.get("metrics"))
         for outlet in self.outlets:  # a model Asset carries where its checkpoint is
             context["outlet_events"][outlet].extra = {"checkpoint": result.get("checkpoint"), "metrics": result.get("metrics")}
+        # The run is done with: a user who clears the task wants it trained again (on the data as
+        # it is now), not this result handed back by a try that adopts the finished run.
+        if (store := context.get("task_state_store")) is not None:
+            store.delete(self.external_id_key)
         self._result = result
         return result
 
