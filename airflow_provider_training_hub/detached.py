@@ -40,9 +40,9 @@ def unwatched_seconds(run_dir: Path) -> float:
         return float("inf")
 
 
-def supervise(run_dir: Path, unwatched_limit: float, command: list[str]) -> int:
+def supervise(run_dir: Path, unwatched_limit: float, command: list[str]) -> None:
     """Run ``command``, stop it once it is unwatched for ``unwatched_limit`` seconds, and record
-    its exit code; the exit code."""
+    its exit code."""
     forward_termination()  # a stop (the task's on_kill) reaches the command, which saves its state
     returncode = -signal.SIGTERM  # stopped before it started
     if not termination_requested():
@@ -57,7 +57,6 @@ def supervise(run_dir: Path, unwatched_limit: float, command: list[str]) -> int:
             time.sleep(CHECK_SECONDS)
     with AtomicWriter(str(run_dir / EXIT)) as exit_file:
         exit_file.write(json.dumps({"returncode": returncode}).encode())
-    return returncode
 
 
 def main(argv: list[str] | None = None) -> int:

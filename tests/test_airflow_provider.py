@@ -419,18 +419,19 @@ def test_a_retry_adopts_the_run_its_earlier_try_kept_in_the_task_state_store(mon
 
     monkeypatch.setitem(TARGETS, "adoptable", f"{__name__}.AdoptableTarget")
     monkeypatch.setattr(RecordedTarget, "calls", [])
-    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_K8S", json.dumps(
+    monkeypatch.setenv("AIRFLOW_CONN_TRAINING_HUB_DEFAULT", json.dumps(
         {"conn_type": "training_hub", "extra": {"execution": "adoptable"}}))
-    run = run_dag("th_k8s_train_retried", {})
+    # th_train_from_conf: one retry, at once
+    run = run_dag("th_train_from_conf", {"model_path": "/m", "data_path": "/d", "learning_rate": 1e-3, "num_epochs": 1})
     assert states(run) == {"train": "success"}
-    first = f"th_k8s_train_retried/{run.run_id}/train/1"
+    first = f"th_train_from_conf/{run.run_id}/train/1"
     assert RecordedTarget.calls == ["check", "submit", f"wait {first}", "check", f"find {first}", f"wait {first}", "outcome"]
     assert xcoms(run)[("train", "recorded_run")] == first  # the XCom names the adopted run
     # done with: a user who clears the task gets a new run, not this one's result again
     from airflow._shared.state import TaskScope
     from airflow.state import get_state_backend
 
-    scope = TaskScope(dag_id="th_k8s_train_retried", run_id=run.run_id, task_id="train", map_index=-1)
+    scope = TaskScope(dag_id="th_train_from_conf", run_id=run.run_id, task_id="train", map_index=-1)
     assert get_state_backend().get(scope, SFTTrainOperator.external_id_key) is None
 
 

@@ -75,10 +75,6 @@ class TrainingJob:
     def selector(self) -> dict[str, str]:
         return {JOB_NAME_LABEL: self.name}
 
-    @property
-    def task_instance_selector(self) -> str:
-        return task_instance_selector(self.labels)
-
     def is_other_try(self, annotations: dict[str, str]) -> bool:
         """Whether a Job with ``annotations`` belongs to another try of this task instance."""
         return (same_task_instance(annotations, self.annotations)
