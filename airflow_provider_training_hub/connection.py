@@ -107,7 +107,7 @@ class ConnectionSettings(ParamSchema):
         title="Local disk per node",
         description=(
             "Ephemeral storage each training pod requests and may use outside its volumes (logs, caches); "
-            "the kubelet evicts a pod that writes more. Checkpoints go to the PVC, never here."
+            "the kubelet evicts a pod that writes more. Checkpoints go to the PVC or, from scratch_size, to object storage."
         ),
     )
     service_account: str | None = Field(None, title="Service account", description="Service account of the pods.")
@@ -148,6 +148,31 @@ class ConnectionSettings(ParamSchema):
             "such as MLFLOW_TRACKING_TOKEN or WANDB_API_KEY; they never enter parameters, Job spec or XCom."
         ),
     )
+    storage_conn_id: str = Field(
+        "aws_default",
+        title="Object storage connection",
+        description=(
+            "Airflow connection with the credentials of s3:// paths (an AWS connection: login = access key id, "
+            "password = secret, extra endpoint_url and region_name), for the worker's checks, validation and local "
+            "training; missing: the worker's own (AWS_* variables, an instance role). Never part of a path."
+        ),
+    )
+    storage_secret: str | None = Field(
+        None,
+        title="Object storage secret",
+        description=(
+            "Secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL...) become the training "
+            "pods' environment (envFrom), for s3:// paths; empty: the pods' own (a service account's role)."
+        ),
+    )
+    scratch_size: str = Field(
+        "100Gi",
+        title="Scratch per node",
+        description=(
+            "Size limit of each pod's scratch (an emptyDir), where a run whose paths are in object storage keeps "
+            "the model, the data and each checkpoint before it is uploaded; added to its ephemeral storage."
+        ),
+    )
     job_url_template: str | None = Field(
         None,
         title="Job link",
@@ -175,13 +200,21 @@ class ConnectionSettings(ParamSchema):
             raise ValueError(f"must be a positive CPU quantity such as '8', '2.5' or '500m', got {value!r}")
         return value
 
-    @field_validator("gpu_memory")
+    @field_validator("gpu_memory", "scratch_size")
     @classmethod
     def _memory_quantity(cls, value: str | int | None) -> str | None:
         """Read here, so that a typo fails when the connection is read, not when a task starts."""
         if value is not None and _quantity(str(value)) is None:
             raise ValueError(f"must be a positive memory quantity such as '80Gi' or '85899345920', got {value!r}")
         return None if value is None else str(value)
+
+    @property
+    def scratch_bytes(self) -> int:
+        return _quantity(self.scratch_size)  # type: ignore[return-value]  # checked above
+
+    @property
+    def ephemeral_storage_bytes(self) -> int | None:
+        return _quantity(self.ephemeral_storage)
 
     @property
     def gpu_memory_bytes(self) -> int | None:

@@ -9,7 +9,8 @@
 #                                    `binaries` (the kubelet, CoreDNS) and `images`, which CI runs apart
 #   k8s-testenv/real-node.sh up      build if needed, start the control plane if it is not running,
 #                                    start the node; the last line on stdout is one JSON object:
-#     {"kubeconfig", "training_image", "airflow_image", "namespace", "pvc_claim", "host_path", "node_selector"}
+#     {"kubeconfig", "training_image", "airflow_image", "namespace", "pvc_claim", "host_path", "node_selector",
+#      "netns" (the node's network namespace, as a /proc path), "node_ip"}
 #   k8s-testenv/real-node.sh down    stop what `up` started, by PID, and put back the host settings
 #
 # Addresses: the node (containerd, the kubelet, CoreDNS, the pod bridge) lives in a network
@@ -79,6 +80,10 @@ build_binaries() {  # after controlplane.sh build: the kubelet then reuses its c
   if [ ! -x "$bin/coredns" ]; then
     log "building CoreDNS $COREDNS_VERSION (about 3 minutes on 2 cores)"
     GOBIN="$bin" timed "go install coredns" go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  fi
+  if [ ! -x "$bin/weed" ]; then  # the object storage tests' S3 server (tests/s3_server.py starts it)
+    log "building SeaweedFS (about 4 minutes on 2 cores)"
+    (cd "$here/s3server" && timed "go build weed" go build -ldflags "-s -w" -o "$bin/weed" github.com/seaweedfs/seaweedfs/weed)
   fi
 }
 
@@ -361,12 +366,12 @@ up() {
     application/json-patch+json >/dev/null
   volume
   log "up in $((SECONDS - started))s; logs in $state/logs"
-  python3 - "$cp_state/kubeconfig" "$TRAINING_IMAGE" "$AIRFLOW_IMAGE" "$NAMESPACE" "$state/pv" <<'EOF'
+  python3 - "$cp_state/kubeconfig" "$TRAINING_IMAGE" "$AIRFLOW_IMAGE" "$NAMESPACE" "$state/pv" "$(node_net)" "$NODE_IP" <<'EOF'
 import json, sys
-kubeconfig, training, airflow, namespace, host_path = sys.argv[1:]
+kubeconfig, training, airflow, namespace, host_path, netns, node_ip = sys.argv[1:]
 print(json.dumps({"kubeconfig": kubeconfig, "training_image": training, "airflow_image": airflow,
                   "namespace": namespace, "pvc_claim": "training", "host_path": host_path,
-                  "node_selector": {"training-hub.test/node": "real"}}))
+                  "node_selector": {"training-hub.test/node": "real"}, "netns": netns, "node_ip": node_ip}))
 EOF
 }
 

@@ -65,6 +65,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.k8s)
         if "real_node" in fixtures:
             item.add_marker(pytest.mark.real_node)
+        if "s3_server" in fixtures:
+            item.add_marker(pytest.mark.object_storage)
 
 
 @pytest.fixture(scope="session")
@@ -223,6 +225,15 @@ def kube(k8s_cluster):
 
     api = config.new_client_from_config(k8s_cluster)
     return client.CoreV1Api(api), client.BatchV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on loopback, for the whole session."""
+    from s3_server import started_s3_server
+
+    with started_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_training_hub import object_storage
+
 GIB = 1 << 30
 FLOAT32_BYTES = 4
 FLOAT16_BYTES = 2
@@ -94,7 +96,12 @@ class ModelShape:
         """The shape of a model directory's ``config.json``; ``CannotEstimate`` saying why not."""
         path = Path(model_path) / "config.json"
         try:
-            config = json.loads(path.read_text(encoding="utf-8"))
+            if object_storage.is_remote(model_path):  # one small object, read where it is
+                path = object_storage.join(model_path, "config.json")
+                fs, key = object_storage.filesystem(path)
+                config = json.loads(fs.cat_file(key))
+            else:
+                config = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CannotEstimate(f"{path} is not readable here") from None
         except (OSError, ValueError) as exc:

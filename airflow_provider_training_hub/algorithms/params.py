@@ -76,6 +76,9 @@ class ParamSchema(BaseModel):
     def check_local_paths(self) -> None:
         """Raise ``ValueError`` for an input path missing on this machine (where training runs)."""
 
+    def check_remote_paths(self) -> None:
+        """Raise ``ValueError`` for a path in object storage that these credentials cannot open."""
+
 
 def unknown_parameter_message(schema: type[ParamSchema], name: str) -> str:
     hint = difflib.get_close_matches(name, list(schema.model_fields), n=1, cutoff=0.6)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from airflow_provider_training_hub.algorithms.memory import CannotEstimate, MemoryEstimate, MemoryLayout
 from airflow_provider_training_hub.algorithms.params import ParamSchema, param_types
+from airflow_provider_training_hub.algorithms.scratch import on_scratch
 from airflow_provider_training_hub.algorithms.tracking import mlflow_run
 from airflow_provider_training_hub.checkpoints import TrainingResult
 from airflow_provider_training_hub.run_identity import claim
@@ -85,10 +86,14 @@ class Algorithm(ABC):
         params = self.params_schema.parse({**self.config, **kwargs})
         params.check_local_paths()
         self.backend.check(params)
-        if params.RESULT_NEUTRAL is not None:  # before any expensive work: never resume another run
-            claim(self.name, params)
-        with mlflow_run(params, self.name, getattr(self.backend, "name", type(self.backend).__name__)) as run:
-            result = self.backend.execute(params)
+        with on_scratch(params) as (params, mirror):  # remote paths: trained on a local copy
+            if params.RESULT_NEUTRAL is not None:  # before any expensive work: never resume another run
+                (mirror.claim if mirror else claim)(self.name, params)
+            with mlflow_run(params, self.name, getattr(self.backend, "name", type(self.backend).__name__)) as run:
+                result = self.backend.execute(params)
+            if mirror is not None and isinstance(result, TrainingResult):
+                mirror.close()
+                result = mirror.remote_result(result)
         # a training_hub-style backend returns what it likes (a dict); only ours carry the run's link
         if run and isinstance(result, TrainingResult):
             return replace(result, mlflow_run_id=run.run_id, mlflow_run_url=run.url)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from airflow_provider_training_hub import json_syntax
+from airflow_provider_training_hub import json_syntax, object_storage
 from airflow_provider_training_hub.algorithms.callbacks import import_path, load_class
 from airflow_provider_training_hub.algorithms.memory import (
     CannotEstimate,
@@ -364,6 +364,12 @@ class SFTParams(ParamSchema):
     def _uri_without_credentials(cls, value: str | None) -> str | None:
         return check_tracking_uri(value) if value else value
 
+    @field_validator("model_path", "data_path", "ckpt_output_dir", "eval_data_path")
+    @classmethod
+    def _bucket_uri(cls, value: str | None, info: Any) -> str | None:
+        """A URI of object storage names its bucket, and no credentials (they would reach logs and XCom)."""
+        return object_storage.check_uri(info.field_name, value) if object_storage.is_remote(value) else value
+
     @field_validator("rdzv_endpoint")
     @classmethod
     def _endpoint_is_host_port(cls, value: str | None) -> str | None:
@@ -426,8 +432,10 @@ class SFTParams(ParamSchema):
 
     def check_local_paths(self) -> None:
         """Paths must exist, and callbacks import, where training runs (not on the Airflow worker, for a
-        pod on a PVC)."""
-        if not Path(self.model_path).is_dir() and not _is_hub_model_id(self.model_path):
+        pod on a PVC). A path in object storage must open with the credentials found here."""
+        self.check_remote_paths()
+        if not object_storage.is_remote(self.model_path) and not Path(self.model_path).is_dir() \
+                and not _is_hub_model_id(self.model_path):
             raise ValueError(
                 f"model_path {self.model_path!r} is not a model directory on this machine: it must hold the model's "
                 "config.json and weights (*.safetensors), as save_pretrained writes them "
@@ -444,6 +452,17 @@ class SFTParams(ParamSchema):
             if Path(path).is_dir() and table_kind(path) is None:
                 raise ValueError(f"{name} {path!r} is a directory, and no saved dataset (it has no state.json): give "
                                  "the JSONL, Parquet or CSV file in it.")
+
+    def check_remote_paths(self) -> None:
+        """Before any download or pod: each input in object storage is there and readable, and the
+        output bucket writable, with the credentials of this process (a refusal names them)."""
+        if object_storage.is_remote(self.model_path):
+            object_storage.check_readable("model_path", self.model_path, directory_file="config.json")
+        for name in ("data_path", "eval_data_path"):
+            if object_storage.is_remote(path := getattr(self, name)):
+                object_storage.check_readable(name, path)
+        if object_storage.is_remote(self.ckpt_output_dir):
+            object_storage.check_writable("ckpt_output_dir", self.ckpt_output_dir)
 
 
 def _is_hub_model_id(model_path: str) -> bool:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
+from airflow_provider_training_hub import object_storage
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.memory import CannotEstimate, size_text, verdict
 from airflow_provider_training_hub.algorithms.params import ParamSchema
@@ -111,6 +114,28 @@ class TrainingHubHook(BaseHook):
         if expected > gpu_memory:
             self.log.warning("%s", verdict(result, gpu_memory))
 
+    # --- object storage ------------------------------------------------------------------------
+
+    @cached_property
+    def storage_environment(self) -> dict[str, str]:
+        """The storage connection's credentials as ``AWS_*`` variables, for a local training
+        process; empty without the connection (the worker's own credentials apply)."""
+        conn_id = self.settings.storage_conn_id
+        try:
+            conn = self.get_connection(conn_id)
+        except AirflowNotFoundException:
+            self.log.info("No connection %r: object storage is reached with the worker's own credentials.", conn_id)
+            return {}
+        return object_storage.aws_environment(conn.login, conn.password, conn.extra_dejson)
+
+    @contextmanager
+    def storage_access(self) -> Iterator[None]:
+        """This process's reads of ``s3://`` paths (checks, validation) with the storage connection's
+        credentials, while the block runs."""
+        options = object_storage.s3_options(self.storage_environment)
+        with object_storage.connection_options("s3", options) if options else nullcontext():
+            yield
+
     def default_checkpoint_root(self) -> str:
         return self.settings.checkpoint_root or self.target.default_checkpoint_root()
 
@@ -153,7 +178,7 @@ class TrainingHubHook(BaseHook):
     @cached_property
     def target(self) -> ExecutionTarget:
         """Where this connection trains (its ``execution``); see ``targets``."""
-        return get_target(self.settings.execution)(self.settings, self.log)
+        return get_target(self.settings.execution)(self.settings, self.log, lambda: self.storage_environment)
 
     # --- the connection test button ------------------------------------------------------------
 

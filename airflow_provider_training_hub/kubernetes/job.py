@@ -15,14 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, stop_environment
+from airflow_provider_training_hub.algorithms.scratch import REMOTE_CAPABLE, SCRATCH_ENV
 from airflow_provider_training_hub.algorithms.tracking import AIRFLOW_CONTEXT_ENV
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.connection import NO_GPU, ConnectionSettings, cpu_cores
+from airflow_provider_training_hub.object_storage import is_remote
 from airflow_provider_training_hub.run_identity import differences
 
 CONTAINER = "trainer"
 CONFIG_ENV = "TRAINING_HUB_CONFIG"
 TERMINATION_LOG = "/dev/termination-log"
+SCRATCH_MOUNT = "/scratch"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set by the Job controller on each of its pods
 # The Airflow ids of a task's Job, as labels (to select by; long values shortened with a hash)
@@ -156,10 +159,17 @@ def _env(job: TrainingJob, settings: ConnectionSettings) -> list[dict[str, Any]]
     ]
 
 
+def uses_object_storage(job: TrainingJob) -> bool:
+    """Whether the run reads or writes object storage, and so trains on a scratch ``emptyDir``."""
+    return any(is_remote(job.params.get(name)) for name in REMOTE_CAPABLE)
+
+
 def _resources(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
-    requests: dict[str, str] = {"cpu": settings.cpu, "memory": settings.memory,
-                                "ephemeral-storage": settings.ephemeral_storage}
-    limits: dict[str, str] = {"memory": settings.memory, "ephemeral-storage": settings.ephemeral_storage}
+    disk = settings.ephemeral_storage
+    if uses_object_storage(job):  # the scratch emptyDir counts against the pod's ephemeral storage
+        disk = str((settings.ephemeral_storage_bytes or 0) + settings.scratch_bytes)
+    requests: dict[str, str] = {"cpu": settings.cpu, "memory": settings.memory, "ephemeral-storage": disk}
+    limits: dict[str, str] = {"memory": settings.memory, "ephemeral-storage": disk}
     if settings.gpu_resource != NO_GPU:  # extended resources: request == limit
         requests[settings.gpu_resource] = limits[settings.gpu_resource] = str(job.nproc_per_node)
     return {"requests": requests, "limits": limits}
@@ -173,15 +183,21 @@ def _pod_spec(job: TrainingJob, settings: ConnectionSettings) -> dict[str, Any]:
     if settings.pvc_claim:
         mounts.append({"name": "training-data", "mountPath": settings.pvc_mount_path})
         volumes.append({"name": "training-data", "persistentVolumeClaim": {"claimName": settings.pvc_claim}})
+    env = _env(job, settings)
+    secrets = [s for s in (settings.tracking_secret, settings.storage_secret) if s]
+    if uses_object_storage(job):
+        mounts.append({"name": "scratch", "mountPath": SCRATCH_MOUNT})
+        volumes.append({"name": "scratch", "emptyDir": {"sizeLimit": settings.scratch_size}})
+        env.append({"name": SCRATCH_ENV, "value": SCRATCH_MOUNT})
     container = {
         "name": CONTAINER,
         "image": settings.image,
         "command": ["training-hub"],
         "args": [job.algorithm, "--backend", job.backend, "--config-env", CONFIG_ENV,
                  "--termination-message", TERMINATION_LOG],
-        "env": _env(job, settings),
-        # Credentials by reference: the Secret's values reach the process, never the Job object.
-        **({"envFrom": [{"secretRef": {"name": settings.tracking_secret}}]} if settings.tracking_secret else {}),
+        "env": env,
+        # Credentials by reference: the Secrets' values reach the process, never the Job object.
+        **({"envFrom": [{"secretRef": {"name": name}} for name in secrets]} if secrets else {}),
         "ports": [{"name": "rendezvous", "containerPort": job.rdzv_port}],
         "resources": _resources(job, settings),
         "volumeMounts": mounts,

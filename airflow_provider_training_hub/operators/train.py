@@ -26,6 +26,7 @@ from airflow_provider_training_hub.kubernetes.names import label_value
 from airflow_provider_training_hub.run_states import RUNNING, SUCCEEDED
 from airflow_provider_training_hub.operators.lineage import training_lineage
 from airflow_provider_training_hub.operators.links import MLflowRunLink, TrainingRunLink
+from airflow_provider_training_hub.operators.object_paths import plain_paths
 from airflow_provider_training_hub.targets.task_settings import TaskSettings
 from airflow_provider_training_hub.targets import RUN_URL_KEY, TaskTry, TrainingRun
 
@@ -163,6 +164,15 @@ class TrainOperator(ResumableJobMixin, BaseOperator):
         heartbeat_timeout = conf.getint("scheduler", "task_instance_heartbeat_timeout", fallback=300)
         return heartbeat_timeout + delay.total_seconds() + 60
 
+    def _take_object_storage_paths(self) -> None:
+        """Parameters given as ``ObjectStoragePath``: their URIs, and their connection the task's
+        storage connection (before ``hook`` is made from the settings)."""
+        values, conn_id = plain_paths({n: getattr(self, n) for n in self.param_names})
+        for name, value in values.items():
+            setattr(self, name, value)
+        if conn_id is not None:
+            self.connection_overrides = {**self.connection_overrides, "storage_conn_id": conn_id}
+
     @cached_property
     def hook(self) -> TrainingHubHook:
         return TrainingHubHook(self.training_hub_conn_id, **self.task_settings.connection_overrides)
@@ -189,11 +199,13 @@ class TrainOperator(ResumableJobMixin, BaseOperator):
         # error: a link with nowhere to lead (yet) is an empty XCom, not an alarming log line.
         for link in self.operator_extra_links:
             context["ti"].xcom_push(key=link.key, value=None)
-        hook = self.hook
         try:
+            self._take_object_storage_paths()
+            hook = self.hook
             run = self.training_run(context)
-            hook.target.check(run)
-            hook.check_memory(run)
+            with hook.storage_access():  # a bucket these credentials cannot open fails here, before any pod
+                hook.target.check(run)
+                hook.check_memory(run)
         except ValueError as exc:  # a retry cannot fix a configuration error
             raise AirflowFailException(f"Invalid {self.algorithm} configuration: {exc}") from exc
         self.log.info("%s with backend %s; checkpoints in %s", self.algorithm, run.backend, run.params.ckpt_output_dir)

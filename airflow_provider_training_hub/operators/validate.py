@@ -13,6 +13,7 @@ from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 from airflow_provider_training_hub.operators.lineage import validation_lineage
+from airflow_provider_training_hub.operators.object_paths import plain_paths
 
 
 class ValidateMessagesDataOperator(BaseOperator):
@@ -69,10 +70,11 @@ class ValidateMessagesDataOperator(BaseOperator):
         self.workers = workers
         self.training_hub_conn_id = training_hub_conn_id
         self._stats: dict[str, Any] | None = None  # of a valid file, for OpenLineage
+        self._storage_conn_id: str | None = None  # an ObjectStoragePath's connection
 
     @cached_property
     def hook(self) -> TrainingHubHook:
-        return TrainingHubHook(self.training_hub_conn_id)
+        return TrainingHubHook(self.training_hub_conn_id, storage_conn_id=self._storage_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         try:
@@ -80,11 +82,14 @@ class ValidateMessagesDataOperator(BaseOperator):
             workers = _optional_int("workers", self.workers)
             if self.prepare_dir and not self.model_path:
                 raise ValueError("prepare_dir needs model_path: the tokenizer that prepares the data")
-            report = self.hook.validate_data(
-                self.data_path, on_invalid=self.on_invalid, output_path=self.output_path or None,
-                model_path=self.model_path or None, max_seq_len=max_seq_len, max_errors=self.max_errors,
-                workers=workers,
-            )
+            values, self._storage_conn_id = plain_paths({"data_path": self.data_path})
+            self.data_path = values["data_path"]
+            with self.hook.storage_access():  # streamed from the bucket, with the storage connection's credentials
+                report = self.hook.validate_data(
+                    self.data_path, on_invalid=self.on_invalid, output_path=self.output_path or None,
+                    model_path=self.model_path or None, max_seq_len=max_seq_len, max_errors=self.max_errors,
+                    workers=workers,
+                )
         except ValueError as exc:  # a retry cannot fix a configuration error
             raise AirflowFailException(f"Invalid configuration: {exc}") from exc
         for line in report.summary().splitlines():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +84,13 @@ class ExecutionTarget(ABC):
     # (``find``) and wait for it instead of starting another.
     adoptable: bool = False
 
-    def __init__(self, settings: ConnectionSettings, log: Logger) -> None:
+    def __init__(self, settings: ConnectionSettings, log: Logger,
+                 storage_environment: Callable[[], dict[str, str]] = dict) -> None:
+        """``storage_environment``: the object storage credentials, as variables, of a training
+        process that this target starts itself (read only when a run needs them)."""
         self.settings = settings
         self.log = log
+        self.storage_environment = storage_environment
 
     @abstractmethod
     def default_checkpoint_root(self) -> str:

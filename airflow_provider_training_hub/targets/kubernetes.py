@@ -28,6 +28,7 @@ from airflow_provider_training_hub.kubernetes.status import (
     describe_failures,
     rank0_result,
 )
+from airflow_provider_training_hub.object_storage import is_remote
 from airflow_provider_training_hub.run_states import SUCCEEDED, UNSCHEDULABLE
 from airflow_provider_training_hub.targets import RUN_URL_KEY, ExecutionTarget, TaskTry, TrainingRun
 
@@ -79,13 +80,14 @@ class KubernetesTarget(ExecutionTarget):
     def check(self, run: TrainingRun) -> None:
         self._check_outputs_on_the_volume(run)
         self.job_manifests(self.training_job(run))
+        run.params.check_remote_paths()  # with the worker's credentials: no pod for a bucket they cannot open
 
     def _check_outputs_on_the_volume(self, run: TrainingRun) -> None:
         """What the pods write must land on the PVC: anything else is written into the container
         and gone with the pod, while the task reports success."""
         mount = posixpath.normpath(self.settings.pvc_mount_path)
         outputs = {name: getattr(run.params, name, None) for name in ("ckpt_output_dir", "data_output_dir")}
-        outputs = {name: path for name, path in outputs.items() if path}
+        outputs = {name: path for name, path in outputs.items() if path and not is_remote(path)}
         if outputs and not self.settings.pvc_claim:
             raise ValueError(
                 f"{', '.join(outputs)}: the pods would write into their containers, which are gone when they end; "

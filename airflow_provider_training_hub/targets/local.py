@@ -29,8 +29,10 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, LOG_TAIL_LINES, stop_environment
+from airflow_provider_training_hub.algorithms.scratch import REMOTE_CAPABLE
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.detached import EXIT, OUTPUT, RESULT, WATCHED
+from airflow_provider_training_hub.object_storage import is_remote
 from airflow_provider_training_hub.run_states import RUNNING, SUCCEEDED
 from airflow_provider_training_hub.run_identity import differences
 from airflow_provider_training_hub.targets import ExecutionTarget, TaskTry, TrainingRun
@@ -106,6 +108,8 @@ class LocalTarget(ExecutionTarget):
                    "--config", str(config), "--result-file", str(run_dir / RESULT)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", RUN_MARKER_ENV: run_marker(run.task),
                **stop_environment(self.settings.termination_grace_period_seconds)}
+        if any(is_remote(getattr(run.params, name, None)) for name in REMOTE_CAPABLE):
+            env.update(self.storage_environment())  # the process's environment: never its command or a file
         (run_dir / WATCHED).touch()
         with (run_dir / OUTPUT).open("ab") as output:
             self._process = subprocess.Popen(
