@@ -174,6 +174,25 @@ def test_tracking_credentials_reach_the_pods_by_reference_only(monkeypatch):
     assert "envFrom" not in build_job(_job(), ConnectionSettings(image="img"))["spec"]["template"]["spec"]["containers"][0]
 
 
+def test_a_run_in_object_storage_needs_no_volume_and_trains_on_a_scratch():
+    """No PVC: a size-limited emptyDir scratch, counted in the pod's ephemeral storage, and the
+    bucket's credentials from a Secret by reference; a run on the volume gets neither."""
+    params = {"model_path": "s3://models/tiny", "data_path": "s3://data/train.parquet", "ckpt_output_dir": "s3://runs/a"}
+    settings = ConnectionSettings(image="img", storage_secret="s3-creds", tracking_secret="tracking-creds",
+                                  scratch_size="30Gi", ephemeral_storage="2Gi")
+    spec = build_job(_job(params=params), settings)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert {v["name"]: v for v in spec["volumes"]}["scratch"] == {"name": "scratch", "emptyDir": {"sizeLimit": "30Gi"}}
+    assert not any("persistentVolumeClaim" in v for v in spec["volumes"])
+    assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
+    assert {"name": "TRAINING_HUB_SCRATCH", "value": "/scratch"} in container["env"]
+    assert container["envFrom"] == [{"secretRef": {"name": "tracking-creds"}}, {"secretRef": {"name": "s3-creds"}}]
+    assert container["resources"]["limits"]["ephemeral-storage"] == str(32 * 2**30)
+    on_volume = build_job(_job(), settings)["spec"]["template"]["spec"]
+    assert "scratch" not in {v["name"] for v in on_volume["volumes"]}
+    assert on_volume["containers"][0]["resources"]["limits"]["ephemeral-storage"] == "2Gi"
+
+
 def test_job_without_an_image_is_a_configuration_error():
     with pytest.raises(ValueError, match="image is not set"):
         build_job(_job(), ConnectionSettings())

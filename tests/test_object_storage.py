@@ -119,3 +119,36 @@ def test_bad_credentials_and_missing_objects_fail_before_any_work(s3_server, buc
                      r"Check the credentials", refused.stderr), refused.stderr[-3000:]
     assert "not-the-secret" not in refused.stderr + refused.stdout
     assert not (tmp_path / "scratch").exists(), "nothing was downloaded"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("airflow_db")
+def test_a_dag_validates_and_trains_from_the_bucket_with_the_connections_credentials(s3_server, tiny_model,
+                                                                                      sample_data):
+    """No AWS_* variable anywhere: the `th_s3` Airflow connection (an ObjectStoragePath's) opens
+    the bucket for the validation on the worker and for the local training process; XComs carry
+    plain URIs, and nothing carries the secret."""
+    from airflow_runs import run_dag, states, xcoms
+
+    assert not set(s3_server.environment) & set(os.environ)
+    fs = s3_server.filesystem()
+    if not fs.exists("thub-airflow"):
+        fs.mkdir("thub-airflow")
+    _upload_inputs(s3_server, "thub-airflow", tiny_model, sample_data)
+    fs.put_file(str(sample_data), "thub-airflow/data/train.jsonl")  # the name th_object_storage reads
+    os.environ["AIRFLOW_CONN_TH_S3"] = s3_server.airflow_connection()
+    os.environ["AIRFLOW_CONN_TRAINING_HUB_S3"] = json.dumps({"conn_type": "training_hub", "extra": {
+        "checkpoint_root": "s3://thub-airflow/checkpoints"}})
+    run = run_dag("th_object_storage")
+    assert states(run) == {"validate": "success", "train": "success"}
+    values = xcoms(run)
+    assert values[("validate", "data_path")] == "s3://thub-airflow/data/train.jsonl"
+    ckpt = values[("train", "ckpt_output_dir")]
+    assert ckpt.startswith("s3://thub-airflow/checkpoints/th_object_storage/"), ckpt
+    assert values[("train", "checkpoint")] == f"{ckpt}/hf_format/samples_48"
+    assert fs.exists(f"{ckpt.removeprefix('s3://')}/hf_format/samples_48/{object_storage.MARKER}")
+    assert s3_server.secret_key not in json.dumps({f"{k}": v for k, v in values.items()}, default=str)
+
+    os.environ["AIRFLOW_CONN_TH_S3"] = s3_server.airflow_connection(secret_key="not-the-secret")
+    refused = run_dag("th_object_storage")
+    assert states(refused) == {"validate": "failed", "train": "upstream_failed"}

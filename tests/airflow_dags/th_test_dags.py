@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset
+from airflow.sdk import DAG, Asset, ObjectStoragePath
 
 from airflow_provider_training_hub.operators import SFTTrainOperator, ValidateMessagesDataOperator
 
@@ -67,4 +67,20 @@ with DAG("th_validate", schedule=None, render_template_as_native_obj=True):
         prepare_dir="{{ dag_run.conf.get('prepare_dir') }}",
         workers="{{ dag_run.conf.get('workers') }}",
         outlets=[Asset("th_validated_messages")],
+    )
+
+# Everything in a bucket (tests/test_object_storage.py): paths as Airflow's ObjectStoragePath, whose
+# connection (`th_s3`) holds the credentials; checkpoints under the connection's s3:// checkpoint root.
+with DAG("th_object_storage", schedule=None):
+    validated = ValidateMessagesDataOperator(
+        task_id="validate", data_path=ObjectStoragePath("s3://th_s3@thub-airflow/data/train.jsonl"))
+    SFTTrainOperator(
+        task_id="train",
+        training_hub_conn_id="training_hub_s3",
+        backend="pytorch",
+        model_path=ObjectStoragePath("s3://th_s3@thub-airflow/models/tiny"),
+        data_path=validated.output["data_path"],
+        num_epochs=1,
+        effective_batch_size=16,
+        max_seq_len=256,
     )
