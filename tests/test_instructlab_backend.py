@@ -297,3 +297,7 @@ def test_lora_runs_do_not_ask_upstream_for_an_on_demand_full_state():
     assert train_args.on_demand_checkpointing is False  # upstream cannot save a LoRA's full state
     _, train_args = InstructLabTrainingBackend().build_args(_params(), resolve_torchrun(_params(), default_nproc_per_node=1))
     assert train_args.on_demand_checkpointing is True
+    # training_hub's enable_jit_checkpoint is upstream's on_demand_checkpointing
+    off = _params(enable_jit_checkpoint=False)
+    _, train_args = InstructLabTrainingBackend().build_args(off, resolve_torchrun(off, default_nproc_per_node=1))
+    assert train_args.on_demand_checkpointing is False

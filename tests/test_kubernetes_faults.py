@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,47 +23,12 @@ import pytest
 import yaml
 from airflow_runs import finish, run_dag, start_in_subprocess, states
 from conftest import wait_for
-from loopback import free_port
+from toxiproxy import Toxiproxy
 from test_kubernetes import RESULT, _annotations, _objects, _running_pods
 
 pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("airflow_db")]
 
-TOXIPROXY = Path(os.environ.get("TRAINING_HUB_K8S_CACHE", Path.home() / ".cache" / "training-hub-k8s")) / "bin" / "toxiproxy-server"
 RETRY_LOG = "Retrying airflow_provider_training_hub."  # tenacity's warning before each retry
-
-
-class Toxiproxy:
-    """One toxiproxy server with one proxy, ``apiserver``, in front of the API server."""
-
-    def __init__(self, upstream: str, workdir: Path) -> None:
-        port = free_port()
-        self.process = subprocess.Popen([str(TOXIPROXY), "-host", "127.0.0.1", "-port", str(port)],
-                                        stdout=(workdir / "toxiproxy.log").open("w"), stderr=subprocess.STDOUT)
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-        wait_for(self._up, 30, "toxiproxy to listen")
-        self.listen = f"127.0.0.1:{free_port()}"
-        self.api.post("/proxies", json={"name": "apiserver", "listen": self.listen, "upstream": upstream}).raise_for_status()
-
-    def _up(self) -> bool:
-        try:
-            return self.api.get("/version").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def toxic(self, kind: str, **attributes: int) -> None:
-        self.api.post("/proxies/apiserver/toxics",
-                      json={"name": kind, "type": kind, "stream": "downstream", "attributes": attributes}).raise_for_status()
-
-    def clear(self, kind: str) -> None:
-        self.api.delete(f"/proxies/apiserver/toxics/{kind}").raise_for_status()
-
-    def enabled(self, on: bool) -> None:
-        self.api.post("/proxies/apiserver", json={"enabled": on}).raise_for_status()
-
-    def stop(self) -> None:
-        self.api.close()
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture

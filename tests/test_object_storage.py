@@ -100,6 +100,25 @@ def test_a_half_uploaded_state_is_ignored_and_the_newest_complete_one_resumes(
     assert len(fs.glob(f"{bucket}/runs/cut/superseded/*/hf_format/samples_96/{object_storage.MARKER}")) == 1
 
 
+@pytest.mark.slow
+def test_checkpoint_storage_uploads_from_a_local_ckpt_output_dir(s3_server, bucket, tiny_model, sample_data, tmp_path):
+    """training_hub's form: ckpt_output_dir on local disk, checkpoint_storage the bucket."""
+    uri = f"s3://{bucket}/runs/storage"
+    result = sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=1,
+                 checkpoint_storage=uri, **COMMON)
+    assert result.ckpt_output_dir == str(tmp_path / "ckpt")
+    assert (result.checkpoint, result.full_state) == (f"{uri}/hf_format/samples_48", [f"{uri}/full_state/epoch_0"])
+    assert (tmp_path / "ckpt" / "hf_format" / "samples_48" / "config.json").is_file(), "the local copy stays"
+    assert s3_server.filesystem().exists(f"{bucket}/runs/storage/hf_format/samples_48/{object_storage.MARKER}")
+    same = sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", num_epochs=1,
+               checkpoint_storage="pvc", **COMMON)  # training_hub's "pvc": they stay in ckpt_output_dir
+    assert same.checkpoint == str(tmp_path / "ckpt" / "hf_format" / "samples_48")
+    with pytest.raises(ValueError, match="both name the bucket the checkpoints go to"):
+        sft(str(tiny_model), str(sample_data), uri, backend="pytorch", checkpoint_storage=uri)
+    with pytest.raises(ValueError, match=r"checkpoint_storage must be an object storage URI .*, got '/mnt/x'"):
+        sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), backend="pytorch", checkpoint_storage="/mnt/x")
+
+
 def test_bad_credentials_and_missing_objects_fail_before_any_work(s3_server, bucket, tiny_model, sample_data,
                                                                   tmp_path):
     model_uri, data_uri = _upload_inputs(s3_server, bucket, tiny_model, sample_data)

@@ -142,6 +142,31 @@ def test_a_local_run_that_no_task_watches_stops_itself_with_its_state_saved(tiny
     assert (ckpt / "full_state" / f"step_{stopped_at[1]}").is_dir()
 
 
+def test_without_enable_jit_checkpoint_sigterm_ends_the_run_at_once_saving_nothing(tiny_model, sample_data,
+                                                                                     tmp_path):
+    """training_hub's ``enable_jit_checkpoint=False``: no state at the step of the SIGTERM; the run
+    ends (exit 3, stopped) with nothing left running, and a rerun starts from the last full state
+    (none here)."""
+    ckpt = tmp_path / "ckpt"
+    command = [*_cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4),
+               "--no-enable-jit-checkpoint"]
+    marker = f"no-jit-test-{os.getpid()}"
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "TRAINING_HUB_RUN": marker})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "step 5/24" in line:
+            proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    output = "".join(seen)
+    assert proc.returncode == 3, output[-3000:]
+    assert processes_with_marker(marker) == {}, "a process of the stopped run survived"
+    assert "stopped by SIGTERM after step" not in output
+    assert "training-hub: stopped by SIGTERM; no full state was saved, so a rerun starts over" in output
+    assert full_state_checkpoints(ckpt) == [], output[-3000:]
+
+
 def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(tiny_model, sample_data, tmp_path):
     """SIGTERM to the training-hub process alone, as a pod's PID 1 or the local hook receives it:
     it passes the signal on, both ranks stop after the same step, save it, and the process exits 3

@@ -43,7 +43,7 @@ from airflow_provider_training_hub.run_identity import IDENTITY_FILE, RUN_OUTPUT
 SCRATCH_ENV = "TRAINING_HUB_SCRATCH"
 UPLOAD_SECONDS = 5.0  # how often the mirror looks for settled checkpoints
 INPUTS = ("model_path", "data_path", "eval_data_path")
-REMOTE_CAPABLE = (*INPUTS, "ckpt_output_dir")  # the parameters that may name object storage
+REMOTE_CAPABLE = (*INPUTS, "ckpt_output_dir", "checkpoint_storage")  # the parameters that may name object storage
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,8 @@ class CheckpointMirror:
         newest = object_storage.join(self.uri, "hf_format", hf[-1]) if hf else None
         merged = newest and object_storage.join(newest, MERGED_DIR)
         return replace(
-            result, ckpt_output_dir=self.uri, checkpoint=newest,
+            result, ckpt_output_dir=self.uri if self.local.is_relative_to(scratch_root()) else result.ckpt_output_dir,
+            checkpoint=newest,
             checkpoints=[object_storage.join(self.uri, "hf_format", n) for n in hf],
             full_state=[object_storage.join(self.uri, "full_state", n) for n in states],
             adapter=bool(newest and fs.exists(f"{path}/hf_format/{hf[-1]}/{ADAPTER_CONFIG}")),
@@ -214,8 +215,9 @@ def _download_input(name: str, uri: str, into: Path) -> str:
 def on_scratch(params: Any) -> Iterator[tuple[Any, CheckpointMirror | None]]:
     """``params`` with local paths for remote ones, and the mirror of a remote ``ckpt_output_dir``
     (started; the caller maps its result with ``remote_result``). Plain local runs pass through."""
-    remote = [name for name in REMOTE_CAPABLE if object_storage.is_remote(getattr(params, name, None))]
-    if not remote:
+    remote = [name for name in INPUTS if object_storage.is_remote(getattr(params, name, None))]
+    uri = getattr(params, "checkpoint_uri", None)
+    if not remote and uri is None:
         yield params, None
         return
     if object_storage.is_remote(getattr(params, "data_output_dir", None)):
@@ -226,13 +228,13 @@ def on_scratch(params: Any) -> Iterator[tuple[Any, CheckpointMirror | None]]:
     root = scratch_root() / key.hexdigest()[:16]
     inputs = root / "inputs"
     try:
-        local = {name: _download_input(name, getattr(params, name), inputs)
-                 for name in remote if name != "ckpt_output_dir"}
+        local = {name: _download_input(name, getattr(params, name), inputs) for name in remote}
         mirror = None
-        if "ckpt_output_dir" in remote:
-            mirror = CheckpointMirror(params.ckpt_output_dir, root / "ckpt")
+        if uri is not None:  # checkpoint_storage keeps the given ckpt_output_dir as the local copy
+            on_disk = root / "ckpt" if uri == params.ckpt_output_dir else Path(params.ckpt_output_dir)
+            mirror = CheckpointMirror(uri, on_disk)
             mirror.restore()
-            local["ckpt_output_dir"] = str(mirror.local)
+            local["ckpt_output_dir"] = str(on_disk)
         params = params.model_copy(update=local)
         if mirror is None:
             yield params, None

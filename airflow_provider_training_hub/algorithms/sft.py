@@ -75,7 +75,7 @@ class SFTParams(ParamSchema):
         "restart_changed_run", "max_tokens_per_gpu", "mlflow_tracking_uri", "mlflow_experiment_name",
         "mlflow_run_name", "wandb_project", "wandb_entity", "wandb_run_name", "tensorboard_log_dir",
         "nproc_per_node", "nnodes", "node_rank", "rdzv_id", "rdzv_endpoint", "master_addr", "master_port",
-        "fsdp_options", "callbacks",
+        "fsdp_options", "callbacks", "enable_jit_checkpoint", "checkpoint_storage",
     })
 
     model_path: str = Field(description="Model to fine-tune: a Hugging Face model directory.")
@@ -135,6 +135,24 @@ class SFTParams(ParamSchema):
         True, description="Save the full training state each epoch, for automatic resumption."
     )
     checkpoint_at_epoch: bool = Field(True, description="Save an HF checkpoint at the end of each epoch.")
+    enable_jit_checkpoint: bool = Field(
+        True,
+        description=(
+            "On SIGTERM (a preempted pod, a stopped task), save the full state at the step in progress before "
+            "exiting, so that a retry resumes there; false: exit at once, and a retry resumes from the last "
+            "full state saved."
+        ),
+    )
+    checkpoint_storage: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Object storage to upload each checkpoint and full state to, whole and marked complete "
+            "(.upload_complete), e.g. 's3://bucket/runs/a'; ckpt_output_dir is then the local disk they are "
+            "written to first, and a retry resumes from the newest complete state uploaded. 'pvc' or unset: "
+            "they stay in ckpt_output_dir. A ckpt_output_dir in object storage does the same on a scratch."
+        ),
+    )
     save_total_limit: int = Field(
         0,
         ge=0,
@@ -402,6 +420,14 @@ class SFTParams(ParamSchema):
         if not evaluates and self.validation_frequency is not None:
             raise ValueError(f"validation_frequency ({self.validation_frequency}) has nothing to evaluate: set "
                              "validation_split or eval_data_path too.")
+        if self.checkpoint_storage is not None and self.checkpoint_storage != "pvc":
+            if not object_storage.is_remote(self.checkpoint_storage):
+                raise ValueError(f"checkpoint_storage must be an object storage URI such as 's3://bucket/runs/a', or "
+                                 f"'pvc', got {self.checkpoint_storage!r}")
+            object_storage.check_uri("checkpoint_storage", self.checkpoint_storage)
+            if object_storage.is_remote(self.ckpt_output_dir):
+                raise ValueError(f"ckpt_output_dir ({self.ckpt_output_dir!r}) and checkpoint_storage "
+                                 f"({self.checkpoint_storage!r}) both name the bucket the checkpoints go to: give one.")
         if self.master_addr and self.rdzv_endpoint:
             raise ValueError(
                 f"master_addr ({self.master_addr!r}) and rdzv_endpoint ({self.rdzv_endpoint!r}) are both set: "
@@ -425,6 +451,13 @@ class SFTParams(ParamSchema):
     @property
     def batch_token_cap(self) -> int:
         return self.max_tokens_per_gpu or max(10_000, self.max_seq_len)
+
+    @property
+    def checkpoint_uri(self) -> str | None:
+        """The bucket the run's checkpoints go to: ``ckpt_output_dir`` or ``checkpoint_storage``."""
+        if object_storage.is_remote(self.ckpt_output_dir):
+            return self.ckpt_output_dir
+        return self.checkpoint_storage if object_storage.is_remote(self.checkpoint_storage) else None
 
     @property
     def processed_data_dir(self) -> str:
@@ -461,8 +494,9 @@ class SFTParams(ParamSchema):
         for name in ("data_path", "eval_data_path"):
             if object_storage.is_remote(path := getattr(self, name)):
                 object_storage.check_readable(name, path)
-        if object_storage.is_remote(self.ckpt_output_dir):
-            object_storage.check_writable("ckpt_output_dir", self.ckpt_output_dir)
+        for name in ("ckpt_output_dir", "checkpoint_storage"):
+            if object_storage.is_remote(uri := getattr(self, name)):
+                object_storage.check_writable(name, uri)
 
 
 def _is_hub_model_id(model_path: str) -> bool:

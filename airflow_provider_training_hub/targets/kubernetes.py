@@ -20,7 +20,7 @@ from kubernetes.client import ApiException
 from airflow_provider_training_hub.targets.kubernetes_api import PERMANENT, api_error
 from airflow_provider_training_hub.targets.kubernetes_jobs import TrainingJobClient
 from airflow_provider_training_hub.kubernetes import TrainingJob, build_job, build_service, job_name, label_value
-from airflow_provider_training_hub.kubernetes.job import task_ids, training_differences
+from airflow_provider_training_hub.kubernetes.job import SCRATCH_MOUNT, task_ids, training_differences
 from airflow_provider_training_hub.kubernetes.status import (
     JobState,
     ResultUnreadable,
@@ -88,13 +88,17 @@ class KubernetesTarget(ExecutionTarget):
         mount = posixpath.normpath(self.settings.pvc_mount_path)
         outputs = {name: getattr(run.params, name, None) for name in ("ckpt_output_dir", "data_output_dir")}
         outputs = {name: path for name, path in outputs.items() if path and not is_remote(path)}
+        local = outputs.get("ckpt_output_dir")
+        if local and getattr(run.params, "checkpoint_uri", None) and _under(SCRATCH_MOUNT, local):
+            del outputs["ckpt_output_dir"]  # the pods' scratch, uploaded to checkpoint_storage
         if outputs and not self.settings.pvc_claim:
             raise ValueError(
                 f"{', '.join(outputs)}: the pods would write into their containers, which are gone when they end; "
-                "set the connection's pvc_claim (and pvc_mount_path) to a volume that keeps them."
+                "set the connection's pvc_claim (and pvc_mount_path) to a volume that keeps them, or give "
+                "ckpt_output_dir as an object storage URI (s3://...)."
             )
         for name, path in outputs.items():
-            if posixpath.commonpath([mount, posixpath.normpath(posixpath.join(mount, path))]) != mount:
+            if not _under(mount, path):
                 raise ValueError(
                     f"{name} {path!r} is not on the volume: the pods mount PVC {self.settings.pvc_claim!r} at "
                     f"{mount!r}, and anything written elsewhere is gone with the pod. Give a path under {mount}/."
@@ -189,3 +193,8 @@ class KubernetesTarget(ExecutionTarget):
     def test_connection(self) -> str:
         self.jobs.hook.batch_v1_client.list_namespaced_job(self.settings.namespace, limit=1)
         return f"Kubernetes API reachable; Jobs in namespace {self.settings.namespace!r} readable."
+
+
+def _under(directory: str, path: str) -> bool:
+    """Whether ``path`` (relative ones from ``directory``) lies within ``directory``."""
+    return posixpath.commonpath([directory, posixpath.normpath(posixpath.join(directory, path))]) == directory

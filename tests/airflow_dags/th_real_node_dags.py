@@ -32,3 +32,25 @@ for dag_id, deferrable, retries in (("th_real_train", False, 1), ("th_real_train
             poll_interval=1,
             deferrable=deferrable,
         )
+
+# Everything in the S3 server of the node's network namespace (tests/test_pods_without_a_volume.py):
+# the `training_hub_s3_pods` connection names no PVC.
+with DAG("th_real_train_s3", schedule=None, render_template_as_native_obj=True,
+         default_args={"retries": 1, "retry_delay": timedelta(seconds=5)}):
+    SFTTrainOperator(
+        task_id="train",
+        training_hub_conn_id="training_hub_s3_pods",
+        backend="pytorch",
+        model_path="{{ dag_run.conf['model_path'] }}",
+        data_path="{{ dag_run.conf['data_path'] }}",
+        ckpt_output_dir="{{ dag_run.conf['ckpt_output_dir'] }}",
+        nnodes=2,
+        nproc_per_node=1,
+        num_epochs="{{ dag_run.conf.get('num_epochs', 2) }}",
+        learning_rate=1e-3,
+        effective_batch_size=8,
+        max_seq_len=256,
+        ttl_seconds_after_finished=60,
+        connection_overrides="{{ dag_run.conf.get('overrides', {}) }}",
+        poll_interval=1,
+    )

@@ -170,7 +170,7 @@ class InstructLabTrainingBackend(Backend):
             # Upstream raises unless flash-attn is importable; without it, SDPA attention is used.
             disable_flash_attn=not _flash_attn_installed(),
             # SIGTERM (preemption, a stopped task) saves the full state at the current step
-            on_demand_checkpointing=True,
+            on_demand_checkpointing=params.enable_jit_checkpoint,
             # Its own loggers; rank 0's MLflow handler resumes the run tracking.mlflow_run opened.
             **{name: getattr(params, name) for name in TRACKING_PARAMS},
         )

@@ -558,7 +558,8 @@ class Trainer:
 def main(argv: list[str]) -> int:
     """``ALGORITHM PARAMS_JSON``: the parameters already checked by the backend, in its process."""
     params = AlgorithmRegistry.get_algorithm(argv[0]).params_schema.model_validate_json(argv[1])
-    signal.signal(signal.SIGTERM, _request_stop)
+    if params.enable_jit_checkpoint:  # else SIGTERM ends the rank at once, as by default
+        signal.signal(signal.SIGTERM, _request_stop)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
