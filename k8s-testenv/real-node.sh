@@ -10,7 +10,8 @@
 #   k8s-testenv/real-node.sh up      build if needed, start the control plane if it is not running,
 #                                    start the node; the last line on stdout is one JSON object:
 #     {"kubeconfig", "training_image", "airflow_image", "namespace", "pvc_claim", "host_path", "node_selector",
-#      "netns" (the node's network namespace, as a /proc path), "node_ip"}
+#      "netns" (the node's network namespace, as a /proc path), "node_ip" (this host reaches the
+#      namespace there), "bridge_ip" (the pods reach it there: they have no other route)}
 #   k8s-testenv/real-node.sh down    stop what `up` started, by PID, and put back the host settings
 #
 # Addresses: the node (containerd, the kubelet, CoreDNS, the pod bridge) lives in a network
@@ -366,12 +367,13 @@ up() {
     application/json-patch+json >/dev/null
   volume
   log "up in $((SECONDS - started))s; logs in $state/logs"
-  python3 - "$cp_state/kubeconfig" "$TRAINING_IMAGE" "$AIRFLOW_IMAGE" "$NAMESPACE" "$state/pv" "$(node_net)" "$NODE_IP" <<'EOF'
+  python3 - "$cp_state/kubeconfig" "$TRAINING_IMAGE" "$AIRFLOW_IMAGE" "$NAMESPACE" "$state/pv" "$(node_net)" "$NODE_IP" \
+    "$BRIDGE_IP" <<'EOF'
 import json, sys
-kubeconfig, training, airflow, namespace, host_path, netns, node_ip = sys.argv[1:]
+kubeconfig, training, airflow, namespace, host_path, netns, node_ip, bridge_ip = sys.argv[1:]
 print(json.dumps({"kubeconfig": kubeconfig, "training_image": training, "airflow_image": airflow,
                   "namespace": namespace, "pvc_claim": "training", "host_path": host_path,
-                  "node_selector": {"training-hub.test/node": "real"}, "netns": netns, "node_ip": node_ip}))
+                  "node_selector": {"training-hub.test/node": "real"}, "netns": netns, "node_ip": node_ip, "bridge_ip": bridge_ip}))
 EOF
 }
 

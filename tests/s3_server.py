@@ -2,8 +2,8 @@
 (master, volume, filer and S3 gateway in one process), built by ``k8s-testenv/real-node.sh
 binaries`` into the test beds' cache.
 
-On loopback for the tests' own processes; for pods, inside the real node's network namespace, on
-the node's IP, which the pods and this host both reach (the test bed made that namespace).
+On loopback for the tests' own processes; for pods, inside the real node's network namespace (the
+test bed made it), where this host reaches it at the node's IP and the pods at their bridge's.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def _ready(endpoint: str, server: subprocess.Popen, log: Path) -> bool:
 
 @contextmanager
 def started_s3_server(work: Path, ip: str = "127.0.0.1", netns: str | None = None) -> Iterator[S3Server]:
-    """The server, with one identity allowed everything; stopped (its process group) at the end."""
+    """The server, with one identity allowed everything, at ``ip``; stopped (its process group) at
+    the end. In ``netns`` it listens on every address of that namespace (pods reach the node's
+    namespace only at their bridge's address)."""
     work.mkdir(parents=True, exist_ok=True)
     server = S3Server(f"http://{ip}:0", "thub" + secrets.token_hex(4), secrets.token_hex(16))
     (work / "s3.json").write_text(json.dumps({"identities": [{
@@ -90,7 +92,8 @@ def started_s3_server(work: Path, ip: str = "127.0.0.1", netns: str | None = Non
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     ports = _ports(fixed=netns is not None)
     endpoint = f"http://{ip}:{ports['s3']}"
-    command = [str(weed_binary()), "server", f"-dir={work / 'data'}", f"-ip={ip}", f"-ip.bind={ip}",
+    bind = "0.0.0.0" if netns else ip
+    command = [str(weed_binary()), "server", f"-dir={work / 'data'}", f"-ip={ip}", f"-ip.bind={bind}",
                f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
                "-s3", f"-s3.port={ports['s3']}", f"-s3.config={work / 's3.json'}", "-s3.port.iceberg=0",
                "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64"]

@@ -9,12 +9,15 @@ import re
 import secrets
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_training_hub import object_storage, sft
-from airflow_provider_training_hub.algorithms.scratch import SCRATCH_ENV
+from airflow_provider_training_hub.algorithms import SFTParams
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
+from airflow_provider_training_hub.algorithms.scratch import SCRATCH_ENV, on_scratch
 
 COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3}
 
@@ -138,6 +141,27 @@ def test_bad_credentials_and_missing_objects_fail_before_any_work(s3_server, buc
                      r"Check the credentials", refused.stderr), refused.stderr[-3000:]
     assert "not-the-secret" not in refused.stderr + refused.stdout
     assert not (tmp_path / "scratch").exists(), "nothing was downloaded"
+
+
+def test_a_failed_last_upload_fails_the_run_and_keeps_the_scratch(s3_server, bucket, tiny_model, sample_data,
+                                                                    tmp_path):
+    """The bucket refuses the last pass (its credentials change under it): the run fails, rather
+    than report the bucket's older checkpoints as its result, and the scratch keeps the one that
+    did not upload."""
+    params = SFTParams(model_path=str(tiny_model), data_path=str(sample_data),
+                       ckpt_output_dir=f"s3://{bucket}/runs/refused")
+    with ExitStack() as refusing:
+        with pytest.raises(TrainingFailedError, match=rf"uploading the checkpoints to s3://{bucket}/runs/refused "
+                                                      r"failed \(PermissionError: Forbidden\); what did not upload is "
+                                                      r"kept in .*/ckpt\."):
+            with on_scratch(params) as (local, _):
+                checkpoint = Path(local.ckpt_output_dir) / "hf_format" / "samples_8"
+                checkpoint.mkdir(parents=True)
+                (checkpoint / "config.json").write_text("{}")
+                refusing.enter_context(object_storage.connection_options(
+                    "s3", {"key": s3_server.access_key, "secret": "not-the-secret"}))
+    assert (checkpoint / "config.json").is_file(), "kept"
+    assert not s3_server.filesystem().exists(f"{bucket}/runs/refused/hf_format/samples_8")
 
 
 @pytest.mark.slow

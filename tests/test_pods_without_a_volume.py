@@ -1,7 +1,8 @@
 """Training Jobs of real pods with no PVC: the model, the data and the checkpoints in a real S3
-server (SeaweedFS) that runs in the real node's network namespace, on the node's IP, where the
-pods and this host both reach it. The pods get its credentials from a Secret (``storage_secret``);
-the Airflow task checks the bucket with the `th_s3_node` Airflow connection before any Job.
+server (SeaweedFS) that runs in the real node's network namespace, where this host reaches it at
+the node's IP and the pods at their bridge's (they have no other route). The pods get its
+credentials from a Secret (``storage_secret``); the Airflow task checks the bucket with the
+`th_s3_node` Airflow connection before any Job.
 
 GPU REPLACED as in test_real_pods.py: the pods request `nvidia.com/gpu`, and train on the CPU.
 """
@@ -35,7 +36,7 @@ def node_s3(real_node, tmp_path_factory):
     work = tmp_path_factory.mktemp("node-s3")
     with started_s3_server(work, ip=real_node["node_ip"], netns=real_node["netns"]) as server:
         proxy = Toxiproxy(server.endpoint.removeprefix("http://"), work, name="s3", host=real_node["node_ip"],
-                          netns=real_node["netns"], api_port=18474, listen=f"{real_node['node_ip']}:{PROXY_PORT}")
+                          netns=real_node["netns"], api_port=18474, listen=f"{real_node['bridge_ip']}:{PROXY_PORT}")
         try:
             yield server, proxy
         finally:
@@ -61,7 +62,8 @@ def bucket(node_s3, real_node, kube_api, tiny_model):
     fs.put(f"{tiny_model}/", f"{name}/models/tiny/", recursive=True)
     fs.put_file(str(SAMPLE_DATA), f"{name}/data/train.jsonl")
     core, _ = kube_api
-    for secret, endpoint in (("s3-direct", server.endpoint), ("s3-slow", f"http://{real_node['node_ip']}:{PROXY_PORT}")):
+    direct = server.endpoint.replace(real_node["node_ip"], real_node["bridge_ip"])  # where pods reach it
+    for secret, endpoint in (("s3-direct", direct), ("s3-slow", f"http://{real_node['bridge_ip']}:{PROXY_PORT}")):
         body = {"metadata": {"name": secret}, "stringData": {**server.environment, "AWS_ENDPOINT_URL": endpoint}}
         try:
             core.create_namespaced_secret(real_node["namespace"], body)
@@ -115,7 +117,8 @@ def test_a_dag_with_everything_in_s3_trains_two_pods_without_a_volume(node_s3, b
     assert server.secret_key not in spec_text and server.access_key not in spec_text  # by reference only
     assert "2 rank(s) on cpu" in out and "weights identical on all 2 rank(s)" in out
 
-    local = object_storage.download(got[("train", "checkpoint")], tmp_path / "checkpoint")
+    with object_storage.connection_options("s3", object_storage.s3_options(server.environment)):
+        local = object_storage.download(got[("train", "checkpoint")], tmp_path / "checkpoint")
     trained = AutoModelForCausalLM.from_pretrained(local, dtype=torch.float32)
     assert trained.config.model_type == "llama"
 
@@ -134,14 +137,19 @@ def test_credentials_the_bucket_refuses_fail_the_task_before_any_pod(node_s3, bu
 
 
 def test_a_pod_killed_mid_upload_leaves_a_state_the_retry_ignores(node_s3, bucket, real_node, kube_api, tmp_path):
-    """The pods upload through toxiproxy at 16 KB/s. When full_state/epoch_1 has files in the bucket
-    but no marker, rank 0's pod is deleted with no grace: the Job fails, and Airflow's retry starts
-    a new one, which resumes from epoch_0 (complete) and uploads epoch_1 again, whole."""
+    """The pods reach the bucket through toxiproxy, each request 1.5 s late. When full_state/epoch_1
+    has its first file in the bucket but no marker, the proxy drops everything from then on (so
+    the marker that was on its way never lands) and rank 0's pod is deleted with no grace: the Job
+    fails, and Airflow's retry starts a new one, which resumes from epoch_0 (complete) and uploads
+    epoch_1 again, whole. (A slower link is no choice: s3fs gives up on a PUT whose body takes
+    over its 15 s read timeout.)"""
     server, proxy = node_s3
     fs = server.filesystem()
     state = f"{bucket}/runs/cut/full_state/epoch_1"
-    proxy.toxic("bandwidth", stream="upstream", rate=16)
+    added = []
     try:
+        proxy.toxic("latency", stream="upstream", latency=1500)
+        added.append("latency")
         runner = start_in_subprocess("th_real_train_s3", _conf(bucket, "cut", num_epochs=3,
                                                                 overrides={"storage_secret": "s3-slow"}))
 
@@ -149,7 +157,9 @@ def test_a_pod_killed_mid_upload_leaves_a_state_the_retry_ignores(node_s3, bucke
             fs.invalidate_cache()
             return fs.exists(state) and bool(fs.find(state)) and not fs.exists(f"{state}/{object_storage.MARKER}")
 
-        wait_for(uploading, 600, "full_state/epoch_1 to be half-uploaded", interval=0.5)
+        wait_for(uploading, 600, "full_state/epoch_1 to be half-uploaded", interval=0.25)
+        proxy.toxic("timeout", stream="upstream", timeout=0)  # timeout 0: drop the data, keep the connection
+        added.append("timeout")
         (job,) = [j for j in _jobs(kube_api, real_node["namespace"], "th_real_train_s3")
                   if j.metadata.annotations.get("training-hub/run-id") and j.status.active]
         core = kube_api[0]
@@ -157,13 +167,22 @@ def test_a_pod_killed_mid_upload_leaves_a_state_the_retry_ignores(node_s3, bucke
             real_node["namespace"], label_selector=f"batch.kubernetes.io/job-name={job.metadata.name}").items
             if p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "0"]
         core.delete_namespaced_pod(rank0, real_node["namespace"], grace_period_seconds=0)
+        fs.invalidate_cache()
         half = fs.find(state)
+
+        def failed() -> bool:  # the pod is gone, not only its object: nothing of it reaches the bucket later
+            status = kube_api[1].read_namespaced_job_status(job.metadata.name, real_node["namespace"]).status
+            return any(c.type == "Failed" and c.status == "True" for c in status.conditions or [])
+
+        wait_for(failed, 120, "the Job to fail")
     finally:
-        proxy.clear("bandwidth")
+        for toxic in added:
+            proxy.clear(toxic)
     result, out = finish(runner, timeout=900)
     assert result["states"] == {"train": "success"}, out[-5000:]
     assert half and f"{state}/{object_storage.MARKER}" not in half
     assert "full_state/epoch_0: epoch 1, step" in out, out[-5000:]  # the retry: from the complete state
+    fs.invalidate_cache()
     marker = json.loads(fs.cat_file(f"{state}/{object_storage.MARKER}"))
     assert marker["files"] == len([p for p in fs.find(state) if not p.endswith(object_storage.MARKER)])
     assert result["xcoms"]["train.checkpoint"] == f"s3://{bucket}/runs/cut/hf_format/samples_144"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_training_hub import object_storage
+from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
 from airflow_provider_training_hub.checkpoints import (
     ADAPTER_CONFIG,
     FULL_STATE_METADATA,
@@ -74,6 +75,8 @@ class CheckpointMirror:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.closed = False
+        self.failed = False  # the last pass failed: the scratch holds what the bucket may lack
 
     def restore(self) -> None:
         """The run's files as the bucket has them: identity, metrics, the newest complete full state."""
@@ -174,11 +177,23 @@ class CheckpointMirror:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the background passes and make the last one."""
+        """Stop the background passes and make the last one, once. Where it fails, the run fails
+        (``TrainingFailedError``, not a stale result from the bucket) and ``failed`` keeps the
+        scratch: on this machine, what did not upload is not lost."""
+        if self.closed:
+            return
+        self.closed = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.sync(final=True)
+        try:
+            self.sync(final=True)
+        except Exception as exc:
+            self.failed = True
+            reason = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise TrainingFailedError(
+                f"uploading the checkpoints to {self.uri} failed ({type(exc).__name__}: {reason}); what did not "
+                f"upload is kept in {self.local}. A retry resumes from the newest complete state in the bucket") from exc
 
     def remote_result(self, result: TrainingResult) -> TrainingResult:
         """``result`` as the bucket holds the run: its checkpoints and full states uploaded whole (an
@@ -227,9 +242,9 @@ def on_scratch(params: Any) -> Iterator[tuple[Any, CheckpointMirror | None]]:
     key = hashlib.sha256(json.dumps([getattr(params, n, None) for n in REMOTE_CAPABLE] + [str(node)]).encode())
     root = scratch_root() / key.hexdigest()[:16]
     inputs = root / "inputs"
+    mirror = None
     try:
         local = {name: _download_input(name, getattr(params, name), inputs) for name in remote}
-        mirror = None
         if uri is not None:  # checkpoint_storage keeps the given ckpt_output_dir as the local copy
             on_disk = root / "ckpt" if uri == params.ckpt_output_dir else Path(params.ckpt_output_dir)
             mirror = CheckpointMirror(uri, on_disk)
@@ -245,4 +260,7 @@ def on_scratch(params: Any) -> Iterator[tuple[Any, CheckpointMirror | None]]:
         finally:
             mirror.close()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if mirror is not None and mirror.failed:
+            log.warning("kept the scratch %s: its checkpoints did not all upload", root)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
