@@ -72,10 +72,15 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
 
+def failure(exc: BaseException) -> str:
+    """A storage client's exception in one line, for a message: botocore's run to many."""
+    reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {reason}"
+
+
 def refused(name: str, uri: str, exc: BaseException) -> ValueError:
     """What a bucket's refusal means, for the log: most often credentials that do not open it."""
-    reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    return ValueError(f"{name} {uri!r}: the storage refused access ({type(exc).__name__}: {reason}). Check the "
+    return ValueError(f"{name} {uri!r}: the storage refused access ({failure(exc)}). Check the "
                       "credentials of the storage connection (storage_conn_id) or the pods' storage_secret, and that "
                       "they may read and write this bucket")
 

@@ -75,7 +75,6 @@ class CheckpointMirror:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.closed = False
         self.failed = False  # the last pass failed: the scratch holds what the bucket may lack
 
     def restore(self) -> None:
@@ -180,9 +179,8 @@ class CheckpointMirror:
         """Stop the background passes and make the last one, once. Where it fails, the run fails
         (``TrainingFailedError``, not a stale result from the bucket) and ``failed`` keeps the
         scratch: on this machine, what did not upload is not lost."""
-        if self.closed:
+        if self._stop.is_set():
             return
-        self.closed = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -190,9 +188,8 @@ class CheckpointMirror:
             self.sync(final=True)
         except Exception as exc:
             self.failed = True
-            reason = str(exc).splitlines()[0][:300] if str(exc) else ""
             raise TrainingFailedError(
-                f"uploading the checkpoints to {self.uri} failed ({type(exc).__name__}: {reason}); what did not "
+                f"uploading the checkpoints to {self.uri} failed ({object_storage.failure(exc)}); what did not "
                 f"upload is kept in {self.local}. A retry resumes from the newest complete state in the bucket") from exc
 
     def remote_result(self, result: TrainingResult) -> TrainingResult:
