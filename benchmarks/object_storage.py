@@ -83,14 +83,14 @@ def main() -> None:
                      "checkpoints_written_mib": bytes_under(work / "local-0") / 2**20}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ratios = [s["seconds"] / local["seconds"] for local, s in zip(runs["local"], runs["s3"], strict=True)]
+    pairs = list(zip(runs["local"], runs["s3"], strict=True))
+    ratios = [s["seconds"] / local["seconds"] for local, s in pairs]
     print(json.dumps({
         **{name: round(mib, 1) for name, mib in sizes.items()},
         "seconds": {variant: [round(r["seconds"], 1) for r in results] for variant, results in runs.items()},
         "s3_over_local_median": round(statistics.median(ratios), 3),
         "ratios": [round(r, 3) for r in ratios],
-        "extra_seconds_median": round(statistics.median(s["seconds"] - local["seconds"]
-                                                        for local, s in zip(runs["local"], runs["s3"], strict=True)), 1),
+        "extra_seconds_median": round(statistics.median(s["seconds"] - local["seconds"] for local, s in pairs), 1),
     }, indent=1))
 
 
