@@ -19,9 +19,9 @@ import importlib.util
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
-from pydantic.fields import FieldInfo
 
 from airflow_provider_training_hub.algorithms.memory import FLOAT4_BYTES, FLOAT8_BYTES, MemoryEstimate
+from airflow_provider_training_hub.algorithms.params import reused_field
 from airflow_provider_training_hub.algorithms.registry import (
     Algorithm,
     AlgorithmRegistry,
@@ -35,10 +35,9 @@ DEFAULT_BACKEND = "pytorch"  # the one that runs everywhere; instructlab-trainin
 
 
 def _with_default(name: str, default: Any, description: str | None = None) -> Any:
-    """``SFTParams``' field ``name`` (its type, bounds and help text) with another default, and the
-    help text that says why where it needs another."""
-    changes = {"default": default} | ({"description": description} if description else {})
-    return FieldInfo.merge_field_infos(SFTParams.model_fields[name], **changes)
+    """``SFTParams``' field ``name`` with another default, and the help text that says why where it
+    needs another."""
+    return reused_field(SFTParams, name, default=default, **({"description": description} if description else {}))
 
 
 class LoRAParams(SFTParams):

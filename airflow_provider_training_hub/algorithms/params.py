@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 
 
 class ParamSchema(BaseModel):
@@ -165,3 +166,9 @@ def base_types(annotation: Any) -> tuple[type, ...]:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return tuple(t for t in typing.get_args(annotation) if t is not type(None))
     return (annotation,)
+
+
+def reused_field(schema: type[BaseModel], name: str, **changes: Any) -> Any:
+    """``schema``'s field ``name`` (its type, bounds and help text) for another schema, with
+    ``changes`` (another default, or help text that says why it differs there)."""
+    return FieldInfo.merge_field_infos(schema.model_fields[name], **changes)

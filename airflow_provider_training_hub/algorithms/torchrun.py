@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 from airflow_provider_training_hub.algorithms.node_env import as_int, env_int, node_rank, pick
-from airflow_provider_training_hub.algorithms.sft import SFTParams, check_host_port
+from airflow_provider_training_hub.algorithms.training_params import TrainingParams, check_host_port
 
 log = logging.getLogger(__name__)
 DEFAULT_RDZV_ID = "training-hub"
@@ -60,10 +60,10 @@ def _env_pair(env: Mapping[str, str], name: str) -> tuple[str | None, str | None
     return (pet, f"PET_{name}") if pet else (plain, name if plain else None)
 
 
-def _rendezvous(params: SFTParams, env: Mapping[str, str]) -> tuple[str | None, str | None, int | None]:
+def _rendezvous(params: TrainingParams, env: Mapping[str, str]) -> tuple[str | None, str | None, int | None]:
     """``(rdzv_endpoint, master_addr, master_port)``, at most one of the first two, as training_hub
     decides: a parameter beats the environment (with a warning naming what is ignored); both at
-    the same level is an error (for parameters, ``SFTParams`` already refused it)."""
+    the same level is an error (for parameters, the schema already refused it)."""
     endpoint, endpoint_from = (params.rdzv_endpoint, "rdzv_endpoint") if params.rdzv_endpoint else (
         env.get("PET_RDZV_ENDPOINT") or None, "PET_RDZV_ENDPOINT")
     if endpoint and not params.rdzv_endpoint:
@@ -94,7 +94,7 @@ def _nproc_keyword(value: str, source: str) -> str:
 
 
 def resolve_torchrun(
-    params: SFTParams, default_nproc_per_node: int | str, env: Mapping[str, str] | None = None
+    params: TrainingParams, default_nproc_per_node: int | str, env: Mapping[str, str] | None = None
 ) -> TorchrunSpec:
     """The launch this process should make; a ``ValueError`` names the argument or variable at fault."""
     env = os.environ if env is None else env
