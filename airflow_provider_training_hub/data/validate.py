@@ -68,6 +68,41 @@ class LineError:
         return f"{where}: {self.location}: {self.reason}" if self.location else f"{where}: {self.reason}"
 
 
+def describe_messages(s: dict[str, Any]) -> list[str]:
+    """The summary lines of messages data's statistics."""
+    lines = [
+        f"  {s.get('samples', 0)} valid samples, {s.get('invalid_lines', 0)} invalid lines, "
+        f"{s.get('blank_lines', 0)} blank lines, {s.get('duplicate_samples', 0)} exact duplicates",
+        f"  messages by role: {s.get('messages_by_role', {})}; {s.get('characters', 0)} characters; "
+        f"{s.get('unmask_samples', 0)} with unmask, {s.get('reasoning_samples', 0)} with reasoning",
+    ]
+    if "tokens" in s:
+        t = s["tokens"]
+        lines.append(f"  tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']}; "
+                     f"{t['over_max_seq_len']} over max_seq_len={t['max_seq_len']}")
+    return lines
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """What each line of a kind of data holds, and how it is checked and counted: the reader,
+    the workers, the skip policy and the error wording are the same for every kind.
+
+    ``check_line`` gives a line's decoded item and its ``(location, reason)`` problems;
+    ``valid_block`` the batch of a block whose every line is valid, else None; ``batch_of`` the
+    batch of some valid items (with ``.samples``); ``statistics`` makes the counter (taking a
+    token counter and a length limit) whose ``result()`` ``describe`` turns into summary lines."""
+
+    name: str  # "messages", "preference"
+    noun: str  # what a valid line is: "samples", "pairs"
+    check_line: Callable[[bytes], tuple[Any, list[tuple[str, str]]]]
+    valid_block: Callable[[Block], Any]
+    batch_of: Callable[[list[Any]], Any]
+    statistics: Callable[..., Any]
+    describe: Callable[[dict[str, Any]], list[str]]
+    tables: bool  # whether Parquet, CSV and saved datasets are read as this kind too
+
+
 @dataclass
 class ValidationReport:
     """Everything a pipeline needs to decide and to show; ``to_dict()`` is XCom-ready JSON."""
@@ -80,30 +115,24 @@ class ValidationReport:
     stats: dict[str, Any] = field(default_factory=dict)
     output_path: str | None = None
     quarantine_path: str | None = None
+    data_format: str = "messages"
+    described: list[str] = field(default_factory=list, repr=False)  # the format's lines for ``stats``
+    noun: str = field(default="samples", repr=False)  # what a valid line is
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["errors"] = [str(e) for e in self.errors]
+        del data["described"], data["noun"]
         return data
 
     def summary(self) -> str:
-        s = self.stats
-        lines = [
-            f"{self.data_path}: {'VALID' if self.valid else 'INVALID'} ({self.on_invalid} policy)",
-            f"  {s.get('samples', 0)} valid samples, {s.get('invalid_lines', 0)} invalid lines, "
-            f"{s.get('blank_lines', 0)} blank lines, {s.get('duplicate_samples', 0)} exact duplicates",
-            f"  messages by role: {s.get('messages_by_role', {})}; {s.get('characters', 0)} characters; "
-            f"{s.get('unmask_samples', 0)} with unmask, {s.get('reasoning_samples', 0)} with reasoning",
-        ]
-        if "tokens" in s:
-            t = s["tokens"]
-            lines.append(f"  tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']}; "
-                         f"{t['over_max_seq_len']} over max_seq_len={t['max_seq_len']}")
+        lines = [f"{self.data_path}: {'VALID' if self.valid else 'INVALID'} ({self.on_invalid} policy)",
+                 *self.described]
         lines += [f"  {e}" for e in self.errors]
         if self.error_count > len(self.errors):
             lines.append(f"  ... and {self.error_count - len(self.errors)} more errors ({self.error_count} in total)")
         if self.output_path:
-            lines.append(f"  valid samples written to {self.output_path}")
+            lines.append(f"  valid {self.noun} written to {self.output_path}")
         if self.quarantine_path:
             lines.append(f"  invalid lines written to {self.quarantine_path}")
         return "\n".join(lines)
@@ -140,7 +169,7 @@ def _valid_block(block: Block) -> Batch | None:
 
 
 def _line_by_line(
-    block: Block, report: ValidationReport, stats: Statistics, quarantine: Write | None,
+    block: Block, fmt: DataFormat, report: ValidationReport, stats: Statistics, quarantine: Write | None,
     max_errors: int, max_line_bytes: int, unit: str,
 ) -> tuple[Batch, list[bytes]]:
     """Check each line of a block that holds a problem: record blank and invalid lines, and return
@@ -155,7 +184,7 @@ def _line_by_line(
             stats.blank += 1
             continue
         else:
-            sample, problems = check_line(line[:-1])
+            sample, problems = fmt.check_line(line[:-1])
         if not problems:
             samples.append(sample)
             lines.append(line)
@@ -168,29 +197,29 @@ def _line_by_line(
             text = line[:10_000].decode("utf-8", "replace").rstrip("\n") if isinstance(line, bytes) else ""
             record = {unit: number, "errors": [f"{loc}: {why}" if loc else why for loc, why in problems], "text": text}
             quarantine(_encoder.encode(record) + b"\n")
-    return Batch.of(samples), lines
+    return fmt.batch_of(samples), lines
 
 
 def _check_stream(
-    f: LineSource, report: ValidationReport, stats: Statistics, out: Write | None, quarantine: Write | None,
-    max_errors: int, max_line_bytes: int, at_file_start: bool = True,
+    f: LineSource, fmt: DataFormat, report: ValidationReport, stats: Statistics, out: Write | None,
+    quarantine: Write | None, max_errors: int, max_line_bytes: int, at_file_start: bool = True,
 ) -> int:
     """Check every line of ``f`` into ``report`` and ``stats``; return how many lines it held."""
     blocks = iter_blocks(f, max_line_bytes, at_file_start=at_file_start)
-    return _check_blocks(blocks, report, stats, out, quarantine, max_errors, max_line_bytes, "line")
+    return _check_blocks(blocks, fmt, report, stats, out, quarantine, max_errors, max_line_bytes, "line")
 
 
 def _check_blocks(
-    blocks: Iterable[Block], report: ValidationReport, stats: Statistics, out: Write | None,
+    blocks: Iterable[Block], fmt: DataFormat, report: ValidationReport, stats: Statistics, out: Write | None,
     quarantine: Write | None, max_errors: int, max_line_bytes: int, unit: str,
 ) -> int:
     """Check every line (or a table's row) of ``blocks``; return how many there were."""
     lines_read = 0
     for block in blocks:
-        batch = _valid_block(block)
+        batch = fmt.valid_block(block)
         lines = block.lines
         if batch is None:
-            batch, lines = _line_by_line(block, report, stats, quarantine, max_errors, max_line_bytes, unit)
+            batch, lines = _line_by_line(block, fmt, report, stats, quarantine, max_errors, max_line_bytes, unit)
         stats.add(batch, lines)
         if out is not None and batch.samples:
             out(_encoder.encode_lines(batch.samples))
@@ -220,23 +249,23 @@ class _RangeResult:
 
 
 def _check_range(
-    data_path: str, start: int, end: int, out_part: str | None, quarantine_part: str | None,
+    data_path: str, fmt: DataFormat, start: int, end: int, out_part: str | None, quarantine_part: str | None,
     stats: Statistics, max_errors: int, max_line_bytes: int,
 ) -> _RangeResult:
     """One worker's share: the lines that start in ``[start, end)``, numbered from 1, their valid
     samples and rejects written to the part files."""
     report = ValidationReport(data_path, "")
-    part_stats = Statistics(stats.token_length, stats.max_seq_len)  # the tokenizer comes with the fork
+    part_stats = type(stats)(stats.token_length, stats.max_seq_len)  # the tokenizer comes with the fork
     with ExitStack() as stack:
         f = RangeReader(stack.enter_context(open(data_path, "rb")), start, end)
         out = stack.enter_context(open(out_part, "wb")).write if out_part else None
         quarantine = stack.enter_context(open(quarantine_part, "wb")).write if quarantine_part else None
-        lines = _check_stream(f, report, part_stats, out, quarantine, max_errors, max_line_bytes, start == 0)
+        lines = _check_stream(f, fmt, report, part_stats, out, quarantine, max_errors, max_line_bytes, start == 0)
     return _RangeResult(lines, report.errors, report.error_count, part_stats)
 
 
 def _check_in_workers(
-    data_path: str, ranges: list[tuple[int, int]], report: ValidationReport, stats: Statistics,
+    data_path: str, fmt: DataFormat, ranges: list[tuple[int, int]], report: ValidationReport, stats: Statistics,
     out: AtomicWriter | None, quarantine: AtomicWriter | None, max_errors: int, max_line_bytes: int,
 ) -> None:
     """Each range in a forked worker; their results merged in file order, as one process would have
@@ -245,7 +274,7 @@ def _check_in_workers(
              for k in range(len(ranges))]
     try:
         results = run_forked(_check_range, [
-            (data_path, start, end, out_part, quarantine_part, stats, max_errors, max_line_bytes)
+            (data_path, fmt, start, end, out_part, quarantine_part, stats, max_errors, max_line_bytes)
             for (start, end), (out_part, quarantine_part) in zip(ranges, parts, strict=True)
         ])
         before = 0
@@ -267,6 +296,10 @@ def _check_in_workers(
     finally:
         for path in (p for pair in parts for p in pair if p):
             Path(path).unlink(missing_ok=True)
+
+
+MESSAGES = DataFormat("messages", "samples", check_line, _valid_block, Batch.of, Statistics, describe_messages,
+                      tables=True)
 
 
 def validate_messages(
@@ -295,19 +328,44 @@ def validate_messages(
     of its lines (default: one per CPU, up to 4, each with at least 64 MiB); the result is the
     same as one process gives.
     """
+    if field_messages != "messages" and not table_kind(data_path):
+        raise ValueError("field_messages names a table's column; a JSONL file's other field is given as messages by "
+                         "records.with_messages_under first")
+    return validate_data(
+        data_path, MESSAGES, chat_token_counter(model_path) if model_path else None, max_seq_len,
+        on_invalid=on_invalid, output_path=output_path, quarantine_path=quarantine_path, max_errors=max_errors,
+        max_line_bytes=max_line_bytes, workers=workers, field_messages=field_messages)
+
+
+def validate_data(
+    data_path: str,
+    fmt: DataFormat,
+    token_length: Callable[[Any], Any] | None = None,
+    max_length: int | None = None,
+    *,
+    on_invalid: OnInvalid = "fail",
+    output_path: str | None = None,
+    quarantine_path: str | None = None,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    workers: int | None = None,
+    field_messages: str = "messages",
+) -> ValidationReport:
+    """``validate_messages`` for any ``DataFormat``: ``token_length`` counts an item's tokens
+    for the statistics, against ``max_length``."""
     if on_invalid not in ("fail", "skip"):
         raise ValueError(f"on_invalid must be 'fail' or 'skip', got {on_invalid!r}")
     if on_invalid == "skip" and not output_path:
-        raise ValueError("on_invalid='skip' needs output_path: where the valid samples go")
+        raise ValueError(f"on_invalid='skip' needs output_path: where the valid {fmt.noun} go")
     if on_invalid == "skip":
         quarantine_path = quarantine_path or f"{output_path}.rejected.jsonl"
     table = table_kind(data_path)
-    if field_messages != "messages" and not table:
-        raise ValueError("field_messages names a table's column; a JSONL file's other field is given as messages by "
-                         "records.with_messages_under first")
+    if table and not fmt.tables:
+        raise ValueError(f"data_path {data_path!r} is a {table} table; {fmt.name} data is read from JSONL only")
     ranges = [] if table else _worker_ranges(data_path, workers)
-    report = ValidationReport(data_path, on_invalid, output_path=output_path, quarantine_path=quarantine_path)
-    stats = Statistics(chat_token_counter(model_path) if model_path else None, max_seq_len)
+    report = ValidationReport(data_path, on_invalid, output_path=output_path, quarantine_path=quarantine_path,
+                              data_format=fmt.name, noun=fmt.noun)
+    stats = fmt.statistics(token_length, max_length)
 
     with ExitStack() as stack:
         f = None if ranges or table else stack.enter_context(open_source(data_path))
@@ -316,15 +374,16 @@ def validate_messages(
         write, reject = out.write if out else None, quarantine.write if quarantine else None
         if table:
             rows = table_blocks(data_path, table, field_messages)
-            _check_blocks(rows, report, stats, write, reject, max_errors, max_line_bytes, "row")
+            _check_blocks(rows, fmt, report, stats, write, reject, max_errors, max_line_bytes, "row")
         elif f is None:
-            _check_in_workers(data_path, ranges, report, stats, out, quarantine, max_errors, max_line_bytes)
+            _check_in_workers(data_path, fmt, ranges, report, stats, out, quarantine, max_errors, max_line_bytes)
         else:
-            _check_stream(f, report, stats, write, reject, max_errors, max_line_bytes)
+            _check_stream(f, fmt, report, stats, write, reject, max_errors, max_line_bytes)
         if stats.samples == 0 and stats.invalid == 0:
             report.error_count += 1
-            report.errors.append(LineError(0, "", "the file holds no samples"))
+            report.errors.append(LineError(0, "", f"the file holds no {fmt.noun}"))
         report.stats = stats.result()
+        report.described = fmt.describe(report.stats)
         report.valid = stats.samples > 0 and (stats.invalid == 0 or on_invalid == "skip")
         if not report.valid and out is not None:  # never leave an output a trainer could pick up
             out.discard()
