@@ -1,8 +1,8 @@
 """Fine-tune language models as Airflow tasks: the training_hub API plus an Airflow provider.
 
-``from airflow_provider_training_hub import sft, lora_sft, create_algorithm, AlgorithmRegistry`` (and
-the other names training_hub exports for them: ``Algorithm``, ``Backend``, ``SFTAlgorithm``,
-``LoRASFTAlgorithm``, ``TrainingHubCallback``, ``TrainingHubContext``, ``plot_loss``, ``estimate``) needs neither
+``from airflow_provider_training_hub import sft, lora_sft, dpo, create_algorithm, AlgorithmRegistry``
+(and the other names training_hub exports for them: ``Algorithm``, ``Backend``, ``SFTAlgorithm``,
+``LoRASFTAlgorithm``, ``DPOAlgorithm``, ``TrainingHubCallback``, ``TrainingHubContext``, ``plot_loss``, ``estimate``) needs neither
 Airflow nor torch; the Airflow pieces live in ``hooks``, ``operators`` and ``triggers``.
 """
 
@@ -10,11 +10,13 @@ from airflow_provider_training_hub.algorithms import (
     Algorithm,
     AlgorithmRegistry,
     Backend,
+    DPOAlgorithm,
     LoRASFTAlgorithm,
     SFTAlgorithm,
     TrainingHubCallback,
     TrainingHubContext,
     create_algorithm,
+    dpo,
     estimate,
     lora_sft,
     sft,
@@ -27,11 +29,13 @@ __all__ = [
     "Algorithm",
     "AlgorithmRegistry",
     "Backend",
+    "DPOAlgorithm",
     "LoRASFTAlgorithm",
     "SFTAlgorithm",
     "TrainingHubCallback",
     "TrainingHubContext",
     "create_algorithm",
+    "dpo",
     "estimate",
     "lora_sft",
     "plot_loss",

@@ -207,6 +207,8 @@ def summarize_metrics(records: list[dict[str, Any]], evaluations: Sequence[dict[
     }
     if evaluations:
         summary |= {"val_loss": evaluations[-1]["val_loss"], "val_loss_step": evaluations[-1]["step"]}
+    # dpo's last step: how far the chosen replies' reward is above the rejected ones', and how often
+    summary |= {key: last[key] for key in ("rewards/margins", "rewards/accuracies") if key in last}
     return summary
 
 

@@ -11,6 +11,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from polling import wait_for  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO / "airflow_provider_training_hub" / "samples" / "sft_sample.jsonl"
+DPO_SAMPLE = REPO / "airflow_provider_training_hub" / "samples" / "dpo_sample.jsonl"
 SUPPORT = Path(__file__).resolve().parent / "support"
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="training-hub-airflow-"))
 DAGS_FOLDER = AIRFLOW_HOME / "dags"
@@ -52,6 +54,23 @@ def processes_with_marker(prefix: str) -> dict[int, str]:
     from airflow_provider_training_hub.targets.local import marked_processes
 
     return {pid: marker for pid, marker in marked_processes().items() if marker.startswith(prefix)}
+
+
+def stop_when(command: list[str], text: str, marker: str) -> tuple[int, str]:
+    """Run ``command`` (a training-hub run marked ``marker``) and SIGTERM it, alone, as a pod's
+    PID 1 is stopped, once a line holds ``text``; its exit status and whole output. Every process
+    of the run must be gone after it exits."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "TRAINING_HUB_RUN": marker})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    output = "".join(seen)
+    assert processes_with_marker(marker) == {}, "a process of the stopped run survived:\n" + output[-3000:]
+    return proc.returncode, output
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

@@ -32,7 +32,8 @@ def test_list():
     proc = _cli("list")
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == ["sft: instructlab-training (default), pytorch",
-                                        "lora_sft: instructlab-training, pytorch (default)"]
+                                        "lora_sft: instructlab-training, pytorch (default)",
+                                        "dpo: pytorch (default)"]
 
 
 def test_config_file_with_flag_overrides_runs_sft(tiny_model, sample_data, tmp_path):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import processes_with_marker, wait_for
+from conftest import processes_with_marker, stop_when, wait_for
 from loopback import free_port
 
 from airflow_provider_training_hub import sft
@@ -150,18 +150,8 @@ def test_without_enable_jit_checkpoint_sigterm_ends_the_run_at_once_saving_nothi
     ckpt = tmp_path / "ckpt"
     command = [*_cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4),
                "--no-enable-jit-checkpoint"]
-    marker = f"no-jit-test-{os.getpid()}"
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "TRAINING_HUB_RUN": marker})
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "step 5/24" in line:
-            proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    output = "".join(seen)
-    assert proc.returncode == 3, output[-3000:]
-    assert processes_with_marker(marker) == {}, "a process of the stopped run survived"
+    returncode, output = stop_when(command, "step 5/24", f"no-jit-test-{os.getpid()}")
+    assert returncode == 3, output[-3000:]
     assert "stopped by SIGTERM after step" not in output
     assert "training-hub: stopped by SIGTERM; no full state was saved, so a rerun starts over" in output
     assert full_state_checkpoints(ckpt) == [], output[-3000:]
@@ -173,18 +163,8 @@ def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(t
     with nothing left running. The rerun starts at the next step, in the middle of the epoch."""
     ckpt = tmp_path / "ckpt"
     command = _cli_command(tiny_model, sample_data, ckpt, num_epochs=2, effective_batch_size=4, nproc_per_node=2)
-    marker = f"sigterm-test-{os.getpid()}"
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "TRAINING_HUB_RUN": marker})
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "step 5/24" in line:
-            proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    output = "".join(seen)
-    assert proc.returncode == 3, output[-3000:]
-    assert processes_with_marker(marker) == {}, "a process of the stopped run survived"
+    returncode, output = stop_when(command, "step 5/24", f"sigterm-test-{os.getpid()}")
+    assert returncode == 3, output[-3000:]
     stopped_at = max(r["step"] for r in read_metrics(ckpt))
     assert 5 <= stopped_at < 12, output[-3000:]  # within epoch 0, at most a step or two after the signal
     state = ckpt / "full_state" / f"step_{stopped_at}"

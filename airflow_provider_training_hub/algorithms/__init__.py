@@ -12,12 +12,15 @@ from airflow_provider_training_hub.algorithms.registry import (
 )
 from airflow_provider_training_hub.algorithms.sft import SFTAlgorithm, SFTParams, sft
 from airflow_provider_training_hub.algorithms.lora import LoRASFTAlgorithm, LoRAParams, lora_sft
+from airflow_provider_training_hub.algorithms.dpo import DPOAlgorithm, DPOParams, dpo
 from airflow_provider_training_hub.algorithms import backends  # noqa: F401  (registers the built-in backends)
 
 __all__ = [
     "Algorithm",
     "AlgorithmRegistry",
     "Backend",
+    "DPOAlgorithm",
+    "DPOParams",
     "LoRASFTAlgorithm",
     "LoRAParams",
     "SFTAlgorithm",
@@ -25,6 +28,7 @@ __all__ = [
     "TrainingHubCallback",
     "TrainingHubContext",
     "create_algorithm",
+    "dpo",
     "estimate",
     "register_algorithm",
     "lora_sft",

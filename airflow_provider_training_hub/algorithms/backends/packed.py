@@ -52,6 +52,7 @@ class PackedRow:
     max_length: int  # the longest conversation
     label_positions: torch.Tensor  # (N,): rows whose next token is learned
     label_targets: torch.Tensor  # (N,): those next tokens
+    label_sequences: torch.Tensor  # (N,): the conversation each of them belongs to
 
     def attention_kwargs(self) -> dict:
         return {"cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
@@ -71,6 +72,7 @@ def pack(conversations: Sequence[tuple[Sequence[int], Sequence[int]]], device: t
         "cu_seq_lens": torch.tensor(starts, dtype=torch.int32),
         "label_positions": torch.tensor(positions, dtype=torch.long),
         "label_targets": torch.tensor([targets[i] for i in positions], dtype=torch.long),
+        "label_sequences": torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[positions],
     }
     pinned = device.type == "cuda"
     moved = {k: (v.pin_memory() if pinned else v).to(device, non_blocking=True) for k, v in cpu.items()}
@@ -181,15 +183,28 @@ def _chunk_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) ->
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def label_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of ``head(hidden)`` against ``targets``, in chunks of at most
-    ``LOGITS_BYTES`` of float32 logits; with more than one chunk, each chunk's logits are
-    recomputed in the backward pass instead of all being kept."""
+def _chunk_losses(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def _chunked(chunk_fn, hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> list[torch.Tensor]:
+    """``chunk_fn`` over chunks of at most ``LOGITS_BYTES`` of float32 logits; with more than one
+    chunk, each chunk's logits are recomputed in the backward pass instead of all being kept."""
     rows = max(1, LOGITS_BYTES // (4 * head.weight.shape[0]))
     if hidden.shape[0] <= rows:
-        return _chunk_loss(hidden, head, targets)
-    return sum(checkpoint(_chunk_loss, h, head, t, use_reentrant=False)
-               for h, t in zip(hidden.split(rows), targets.split(rows), strict=True))
+        return [chunk_fn(hidden, head, targets)]
+    return [checkpoint(chunk_fn, h, head, t, use_reentrant=False)
+            for h, t in zip(hidden.split(rows), targets.split(rows), strict=True)]
+
+
+def label_loss(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of ``head(hidden)`` against ``targets``, chunked (``_chunked``)."""
+    return sum(_chunked(_chunk_loss, hidden, head, targets))
+
+
+def label_log_probs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each row of ``hidden``, in float32, chunked (``_chunked``)."""
+    return -torch.cat(_chunked(_chunk_losses, hidden, head, targets))
 
 
 class PackedLabelLoss(nn.Module):
@@ -207,6 +222,25 @@ class PackedLabelLoss(nn.Module):
                              **row.attention_kwargs()).last_hidden_state[0]
             loss = label_loss(hidden[row.label_positions], head, row.label_targets)
         return loss * weight
+
+
+class PackedSequenceLogps(nn.Module):
+    """Each conversation's summed log-probability of its labels, for one packed row (DPO's unit:
+    a pair's chosen and rejected sequences side by side in one forward)."""
+
+    def __init__(self, causal_lm: nn.Module, autocast: AbstractContextManager | None = None) -> None:
+        super().__init__()
+        self.causal_lm = causal_lm
+        self.autocast = autocast
+
+    def forward(self, row: PackedRow) -> torch.Tensor:
+        decoder, head = self.causal_lm.base_model, self.causal_lm.get_output_embeddings()
+        with self.autocast or nullcontext():
+            hidden = decoder(input_ids=row.input_ids, position_ids=row.position_ids,
+                             **row.attention_kwargs()).last_hidden_state[0]
+            logps = label_log_probs(hidden[row.label_positions], head, row.label_targets)
+        sequences = row.cu_seq_lens.numel() - 1
+        return torch.zeros(sequences, dtype=logps.dtype, device=logps.device).index_add(0, row.label_sequences, logps)
 
 
 # -- per device --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``pytorch`` backend of ``sft`` and ``lora_sft``: plain PyTorch DDP, on CPU (gloo) or CUDA (nccl).
+"""The ``pytorch`` backend of ``sft``, ``lora_sft`` and ``dpo``: plain PyTorch DDP, on CPU (gloo) or CUDA (nccl).
 
 instructlab-training 0.16.2 cannot train without CUDA, so this backend is how a DAG author
 rehearses a pipeline on a laptop or in CI. Data goes through instructlab's own processing (same
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
+from airflow_provider_training_hub.algorithms.dpo import DPOParams
 from airflow_provider_training_hub.algorithms.launch import log_tail, run_streamed
 from airflow_provider_training_hub.algorithms.lora import LoRAParams, check_quantization_supported
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
@@ -31,7 +32,6 @@ from airflow_provider_training_hub.checkpoints import (
 )
 
 log = logging.getLogger(__name__)
-TRAINER_MODULE = "airflow_provider_training_hub.algorithms.backends.pytorch_trainer"
 
 
 def _stopped_within_epoch(state_dir: Path) -> bool:
@@ -47,6 +47,7 @@ class PyTorchBackend(Backend):
     """torchrun + a compact DDP loop (see ``pytorch_trainer``)."""
 
     algorithm: ClassVar[str] = "sft"
+    trainer_module: ClassVar[str] = "airflow_provider_training_hub.algorithms.backends.pytorch_trainer"
 
     @classmethod
     def memory_layout(cls, params: SFTParams) -> MemoryLayout:
@@ -62,13 +63,13 @@ class PyTorchBackend(Backend):
         torchrun = resolve_torchrun(params, default_nproc_per_node=1)
         out = Path(params.ckpt_output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        prepared = prepare_data(params)
+        prepared = self.prepare(params)
         log.info("pytorch backend: %s", prepared)
         command = [
             sys.executable, "-m", "torch.distributed.run", *torchrun.launcher_args(),
             # what was given only: the ranks' own validation sees the same choices (effective_batch_size or
             # gradient_accumulation_steps), and fills the same defaults
-            "-m", TRAINER_MODULE, self.algorithm, params.model_dump_json(exclude_unset=True),
+            "-m", self.trainer_module, self.algorithm, params.model_dump_json(exclude_unset=True),
         ]
         rank_log = out / f"full_logs_global{torchrun.node_rank}.log"
         before = full_state_snapshot(out)
@@ -84,6 +85,10 @@ class PyTorchBackend(Backend):
             )
         return collect_result(out)
 
+    def prepare(self, params: SFTParams) -> object:
+        """The training data in the form the ranks read, under ``processed_data_dir``."""
+        return prepare_data(params)
+
 
 @register_backend("lora_sft", "pytorch", default=True)
 class PyTorchLoRABackend(PyTorchBackend):
@@ -98,3 +103,19 @@ class PyTorchLoRABackend(PyTorchBackend):
                              "(DDP) and cannot spread one over GPUs; use backend='instructlab-training', whose FSDP "
                              "shards it, or load_in_4bit to make it smaller.")
         check_quantization_supported(params)
+
+
+@register_backend("dpo", "pytorch", default=True)
+class PyTorchDPOBackend(PyTorchBackend):
+    """The same loop with preference pairs and DPO's loss (see ``pytorch_dpo_trainer``)."""
+
+    algorithm: ClassVar[str] = "dpo"
+    trainer_module: ClassVar[str] = "airflow_provider_training_hub.algorithms.backends.pytorch_dpo_trainer"
+
+    def check(self, params: DPOParams) -> None:
+        """Nothing beyond the schema's checks: DPO's options are all this backend's."""
+
+    def prepare(self, params: DPOParams) -> object:
+        from airflow_provider_training_hub.data.preference import prepare_preferences
+
+        return prepare_preferences(params.data_path, params.model_path, params.processed_data_dir, params.max_length)

@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -87,6 +87,11 @@ class Sample:
     @property
     def loss_tokens(self) -> int:
         return sum(1 for t in self.labels[1:] if t != -100)
+
+    @property
+    def tokens(self) -> int:
+        """What the sample costs a micro-batch."""
+        return len(self.input_ids)
 
 
 Line = tuple[list[int], list[int]]  # a prepared line's input_ids and labels (a document's: its input_ids)
@@ -147,18 +152,18 @@ def plan_steps(n: int, effective_batch_size: int, seed: int, epoch: int) -> list
     return [order[i : i + effective_batch_size] for i in range(0, n, effective_batch_size)]
 
 
-def rank_share(step: list[int], samples: list[Sample], rank: int, world: int) -> list[int]:
+def rank_share(step: list[int], samples: Sequence[Sample], rank: int, world: int) -> list[int]:
     """Balance tokens: longest first, each to the currently lightest rank (same on every rank)."""
     loads = [0] * world
     owners: list[list[int]] = [[] for _ in range(world)]
-    for i in sorted(step, key=lambda i: (-len(samples[i].input_ids), i)):
+    for i in sorted(step, key=lambda i: (-samples[i].tokens, i)):
         r = loads.index(min(loads))
         owners[r].append(i)
-        loads[r] += len(samples[i].input_ids)
+        loads[r] += samples[i].tokens
     return owners[rank]
 
 
-def micro_batches(indices: list[int], samples: list[Sample], token_cap: int,
+def micro_batches(indices: list[int], samples: Sequence[Sample], token_cap: int,
                   sample_cap: int | None = None) -> list[list[int]]:
     """Greedy packing into micro-batches of at most ``token_cap`` tokens and ``sample_cap``
     samples (one sample always fits)."""
@@ -166,7 +171,7 @@ def micro_batches(indices: list[int], samples: list[Sample], token_cap: int,
     current: list[int] = []
     tokens = 0
     for i in indices:
-        length = len(samples[i].input_ids)
+        length = samples[i].tokens
         if current and (tokens + length > token_cap or len(current) == sample_cap):
             batches.append(current)
             current, tokens = [], 0
@@ -204,6 +209,12 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
 
 
 class Trainer:
+    """SFT's loop; a subclass trains another algorithm by overriding the hooks marked as such
+    (``_load_samples``, ``_loss_module``, ``_lora``, ``_before_resume``, ``_step``,
+    ``_progress_details``)."""
+
+    noun = "samples"  # what the start line counts
+
     def __init__(self, params: SFTParams) -> None:
         self.params = params
         self.rank = dist.get_rank()
@@ -211,7 +222,7 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
         self.out = Path(params.ckpt_output_dir)
-        self.samples, self.eval_samples = training_and_eval_samples(params)
+        self.samples, self.eval_samples = self._load_samples()
         # training_hub's other way to size a step: micro-batches of micro_batch_size, accumulated
         self.batch_size = (params.micro_batch_size * params.gradient_accumulation_steps * self.world
                            if params.gradient_accumulation_steps else params.effective_batch_size)
@@ -225,11 +236,11 @@ class Trainer:
         self.plan = device_plan(self.device, bf16=params.bf16)
         # the most tokens of a micro-batch, which is one packed row
         self.row_cap = min(params.batch_token_cap, self.plan.row_tokens or params.batch_token_cap)
-        self.lora = params if isinstance(params, LoRAParams) else None
+        self.lora = self._lora()
         # float32 master weights: autocast (where the plan has it) computes in bfloat16, as
         # instructlab's FSDP mixed precision does, while AdamW keeps the small updates.
         load = {"dtype": torch.float32, "attn_implementation": register_packed_attention()}
-        if self.lora and (self.lora.load_in_4bit or self.lora.load_in_8bit):
+        if getattr(self.lora, "load_in_4bit", False) or getattr(self.lora, "load_in_8bit", False):
             from transformers import BitsAndBytesConfig
 
             quantization = BitsAndBytesConfig(load_in_8bit=True) if self.lora.load_in_8bit else BitsAndBytesConfig(
@@ -243,8 +254,7 @@ class Trainer:
         self.adapted = self._add_adapters(self.lora) if self.lora else None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.loss_module = nn.parallel.DistributedDataParallel(
-            PackedLabelLoss(self.model, self.plan.autocast(self.device)),
-            device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+            self._loss_module(), device_ids=[self.local_rank] if self.device.type == "cuda" else None,
         )
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps,
@@ -255,6 +265,7 @@ class Trainer:
         self._saved_at: tuple[int, bool] | None = None  # (samples_seen, merged) of the last HF save
         self.start_epoch = 0
         self.skip_steps = 0  # steps of start_epoch already done (a resumed stop)
+        self._before_resume()
         self._resume()
         self.epoch = self.start_epoch
         self.tracker = metric_logger(params, params.ckpt_output_dir) if self.rank == 0 else None
@@ -267,12 +278,33 @@ class Trainer:
             step=self.global_step, epoch=self.epoch, loss=record.get("avg_loss"), learning_rate=record.get("lr"),
             is_main_process=self.rank == 0, output_dir=str(self.out), metrics=record))
 
+    # -- what an algorithm changes ------------------------------------------------------------
+
+    def _load_samples(self) -> tuple[Sequence[Sample], Sequence[Sample]]:
+        """The samples to train on and those to evaluate on."""
+        return training_and_eval_samples(self.params)
+
+    def _lora(self) -> LoRAParams | None:
+        """The adapters' parameters, or None to train every weight."""
+        return self.params if isinstance(self.params, LoRAParams) else None
+
+    def _loss_module(self) -> nn.Module:
+        """The module DDP wraps: it runs the model on a packed row."""
+        return PackedLabelLoss(self.model, self.plan.autocast(self.device))
+
+    def _before_resume(self) -> None:
+        """Runs once the model and optimizer exist, before a full state is loaded into them."""
+
+    def _progress_details(self, record: dict) -> str:
+        """What a progress line says besides the loss, the learning rate and the pace."""
+        return ""
+
     def _add_adapters(self, p: LoRAParams) -> nn.Module:
         """peft's LoRA layers, injected into ``self.model`` in place (the loss module keeps calling
         it); returns the ``PeftModel``, which saves and merges the adapter."""
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        if p.load_in_4bit or p.load_in_8bit:
+        if getattr(p, "load_in_4bit", False) or getattr(p, "load_in_8bit", False):
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=False)
         if Path(p.model_path).is_dir():  # the adapter names its base model: make that path absolute
             self.model.name_or_path = str(Path(p.model_path).resolve())
@@ -340,7 +372,7 @@ class Trainer:
     def _save_hf(self, final: bool = False) -> None:
         """``hf_format/samples_N``, once per N; with ``merge_adapter``, the final one also holds the
         merged model (merging every checkpoint would multiply the disk a run needs)."""
-        merge = final and bool(self.lora and self.lora.merge_adapter)
+        merge = final and bool(getattr(self.lora, "merge_adapter", False))
         if self._saved_at in ((self.samples_seen, merge), (self.samples_seen, True)):
             return
 
@@ -462,7 +494,7 @@ class Trainer:
     def train(self) -> None:
         p = self.params
         evaluated = f" ({len(self.eval_samples)} to evaluate on)" if self.eval_samples else ""
-        self._print(f"{len(self.samples)} samples{evaluated}, {self.world} rank(s) on {self.device.type}, "
+        self._print(f"{len(self.samples)} {self.noun}{evaluated}, {self.world} rank(s) on {self.device.type}, "
                     f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs, "
                     f"effective batch {self.batch_size}, <= {p.batch_token_cap} tokens"
                     f"{f' and {p.micro_batch_size} samples' if p.micro_batch_size else ''} per micro-batch "
@@ -502,7 +534,7 @@ class Trainer:
                     last_progress = now
                     self._print(
                         f"epoch {epoch + 1}/{p.num_epochs} step {record['step']}/{self.total_steps} "
-                        f"loss {record['avg_loss']:.4f} lr {record['lr']:.2e} "
+                        f"loss {record['avg_loss']:.4f}{self._progress_details(record)} lr {record['lr']:.2e} "
                         f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen} eta "
                         + eta_text((self.total_steps - self.global_step) * (now - started)
                                    / (self.global_step - first_step))
@@ -510,9 +542,9 @@ class Trainer:
                 if self.eval_samples and (self.global_step % p.validation_frequency == 0
                                           or self.global_step == self.total_steps):
                     self._evaluate()
-                every_steps = self.lora.save_steps if self.lora else 0
+                every_steps = getattr(self.lora, "save_steps", 0)
                 final_save_follows = self.global_step == self.total_steps and (
-                    p.checkpoint_at_epoch or (self.lora and self.lora.merge_adapter))
+                    p.checkpoint_at_epoch or getattr(self.lora, "merge_adapter", False))
                 if not final_save_follows and ((next_save is not None and self.samples_seen >= next_save) or (
                         every_steps and self.global_step % every_steps == 0)):
                     self._save_hf()
@@ -525,7 +557,7 @@ class Trainer:
                                 "a rerun with the same ckpt_output_dir resumes here")
                     raise SystemExit(EXIT_STOPPED)
             last = epoch == p.num_epochs - 1
-            if p.checkpoint_at_epoch or (last and self.lora and self.lora.merge_adapter):
+            if p.checkpoint_at_epoch or (last and getattr(self.lora, "merge_adapter", False)):
                 self._save_hf(final=last)
             if p.accelerate_full_state_at_epoch:
                 self._save_full_state(epoch)
@@ -555,7 +587,7 @@ class Trainer:
         self._print(f"weights identical on all {self.world} rank(s) (fingerprint {gathered[0][0].item():.10e})")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], trainer_class: type[Trainer] = Trainer) -> int:
     """``ALGORITHM PARAMS_JSON``: the parameters already checked by the backend, in its process."""
     params = AlgorithmRegistry.get_algorithm(argv[0]).params_schema.model_validate_json(argv[1])
     if params.enable_jit_checkpoint:  # else SIGTERM ends the rank at once, as by default
@@ -566,7 +598,7 @@ def main(argv: list[str]) -> int:
     dist.init_process_group(backend=backend)
     trainer = None
     try:
-        trainer = Trainer(params)
+        trainer = trainer_class(params)
         trainer.train()
     finally:
         close_metric_logger(trainer and trainer.tracker)

@@ -1,6 +1,6 @@
-"""A third-party plugin, as a separate distribution would ship it: the seed's "future DPO".
+"""A third-party plugin, as a separate distribution would ship it: an algorithm this package lacks.
 
-It adds an algorithm (`dpo`, with its own schema and backend) and a second backend for the
+It adds an algorithm (`kto`, with its own schema and backend) and a second backend for the
 built-in `sft` (`copy-model`, which "trains" by copying the model into instructlab's layout, so
 the CLI's success path can be exercised on any machine).
 """
@@ -14,18 +14,18 @@ from airflow_provider_training_hub.algorithms.params import ParamSchema
 from airflow_provider_training_hub.checkpoints import collect_result
 
 
-class DPOParams(ParamSchema):
+class KTOParams(ParamSchema):
     model_path: str
     data_path: str
     ckpt_output_dir: str
     beta: float = 0.1
 
 
-class DPOAlgorithm(Algorithm):
-    params_schema = DPOParams
+class KTOAlgorithm(Algorithm):
+    params_schema = KTOParams
 
     def train(self, **kwargs):
-        return self.backend.execute(DPOParams.parse(kwargs))
+        return self.backend.execute(KTOParams.parse(kwargs))
 
 
 class CopyModelBackend(Backend):
@@ -38,6 +38,6 @@ class CopyModelBackend(Backend):
 
 
 def register(registry):
-    registry.register_algorithm("dpo", DPOAlgorithm)
-    registry.register_backend("dpo", "reference", CopyModelBackend)
+    registry.register_algorithm("kto", KTOAlgorithm)
+    registry.register_backend("kto", "reference", CopyModelBackend)
     registry.register_backend("sft", "copy-model", CopyModelBackend)
