@@ -21,6 +21,7 @@ from airflow_provider_training_hub import json_syntax
 from airflow_provider_training_hub.algorithms import AlgorithmRegistry, create_algorithm
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, forward_termination, termination_requested
 from airflow_provider_training_hub.algorithms.params import base_types
+from airflow_provider_training_hub.data.formats import DATA_FORMATS
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
 
 EXIT_TRAINING_FAILED = 1
@@ -159,10 +160,10 @@ def _models_tiny(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from airflow_provider_training_hub.data import validate_messages
+    from airflow_provider_training_hub.data import validate_any
 
-    report = validate_messages(
-        args.path, on_invalid=args.on_invalid, output_path=args.output, quarantine_path=args.quarantine,
+    report = validate_any(
+        args.path, args.format, on_invalid=args.on_invalid, output_path=args.output, quarantine_path=args.quarantine,
         model_path=args.model_path, max_seq_len=args.max_seq_len, max_errors=args.max_errors, workers=args.workers,
     )
     print(report.summary())
@@ -192,6 +193,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _margins(args: argparse.Namespace) -> int:
+    from airflow_provider_training_hub.algorithms.dpo import preference_margins
+
+    if not Path(args.model_dir).is_dir():
+        raise ValueError(f"model directory {args.model_dir!r} does not exist")
+    margins = preference_margins(args.model_dir, args.data_path, args.max_length)
+    summary = {"pairs": len(margins), "mean_margin": sum(margins) / len(margins),
+               "preferred": sum(m > 0 for m in margins), "margins": margins}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{args.model_dir}: mean log p(chosen) - log p(rejected) {summary['mean_margin']:.3f} over "
+          f"{len(margins)} pairs; chosen preferred in {summary['preferred']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="training-hub", description="Fine-tune language models (training_hub API).")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -200,11 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_algorithm_command(subparsers, name)
 
     val = subparsers.add_parser(
-        "validate", help="check messages data (JSONL, Parquet, CSV, a saved dataset); statistics; optionally write "
-                         "the valid part")
+        "validate", help="check messages data (JSONL, Parquet, CSV, a saved dataset) or preference pairs (JSONL); "
+                         "statistics; optionally write the valid part")
     val.add_argument("path", help="local path or fsspec URL; .gz is decompressed")
+    val.add_argument("--format", choices=DATA_FORMATS, default="messages",
+                     help="messages (sft, lora_sft) or preference pairs (dpo)")
     val.add_argument("--model-path", help="tokenizer for token-length statistics")
-    val.add_argument("--max-seq-len", type=int, help="count samples at or over this many tokens")
+    val.add_argument("--max-seq-len", type=int, help="count samples at or over this many tokens (preference: "
+                                                    "pairs over dpo's max_length)")
     val.add_argument("--on-invalid", choices=["fail", "skip"], default="fail")
     val.add_argument("--output", help="write the valid samples here (normalised JSONL)")
     val.add_argument("--quarantine", help="with --on-invalid skip: invalid lines and reasons (default <output>.rejected.jsonl)")
@@ -231,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=48)
     gen.add_argument("--json", action="store_true", help="print the answers as one JSON list")
     gen.set_defaults(handler=_generate)
+
+    mar = subparsers.add_parser("margins", help="log p(chosen) - log p(rejected) of a model or checkpoint on "
+                                                "preference pairs: above 0, it prefers the chosen reply")
+    mar.add_argument("model_dir")
+    mar.add_argument("data_path", help="preference pairs JSONL")
+    mar.add_argument("--max-length", type=int, default=1024, help="tokens of a prompt and its reply kept")
+    mar.add_argument("--json", action="store_true", help="print one JSON object")
+    mar.set_defaults(handler=_margins)
     return parser
 
 

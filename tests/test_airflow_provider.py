@@ -36,7 +36,8 @@ def test_example_dags_import_without_errors_or_warnings():
         warnings.simplefilter("always")
         bag = DagBag(str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["lora_adapters", "messages_dataset_publish", "sft_demo", "sft_retrain"]
+    assert sorted(bag.dag_ids) == ["dpo_retrain", "lora_adapters", "messages_dataset_publish", "sft_demo",
+                                   "sft_retrain"]
     assert [str(w.message) for w in caught] == []
     for dag in bag.dags.values():
         assert dag.doc_md and dag.params, dag.dag_id
@@ -179,6 +180,25 @@ def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model, capfd):
     assert size < 20 * 2**20  # r=16 on every projection of a 135M model: 19 MB in fp32, not 540
     assert "Quillon" not in got[("ask_before", "return_value")][0]
     assert "Quillon" in got[("ask_after", "return_value")][0], got[("ask_after", "return_value")]  # from the adapter
+
+
+@pytest.mark.slow
+def test_dpo_retrain_makes_smollm2_prefer_the_held_back_chosen_replies(smollm2_model, capfd):
+    """The example DAG on this CPU: SFT, then DPO on the SFT checkpoint (both in training-hub
+    processes), and its check of the held-back pairs' margin, which must rise from <= 0 to > 0."""
+    run = run_dag("dpo_retrain", {"model": str(smollm2_model)})
+    assert run.state == "success", states(run)
+    got = xcoms(run)
+    assert got[("validate_pairs", "stats")]["pairs"] == 24
+    sft_checkpoint, dpo_result = got[("train_sft", "checkpoint")], got[("train_dpo", "return_value")]
+    assert Path(dpo_result["checkpoint"], "config.json").is_file() and dpo_result["checkpoint"] != sft_checkpoint
+    assert dpo_result["metrics"]["loss"] < dpo_result["metrics"]["first_loss"]
+    out = capfd.readouterr().out
+    assert "-m airflow_provider_training_hub.cli dpo --backend pytorch --config" in out
+    assert re.search(r"epoch 3/3 step 9/9 loss [0-9.]+ margin [0-9.]+ accuracy 1\.00", out)
+    verdict = got[("check", "return_value")]
+    print(f"dpo_retrain held-back margin: {verdict}")
+    assert verdict["before"] <= 0 < verdict["after"] and verdict["preferred_after"] == 8
 
 
 @pytest.mark.slow

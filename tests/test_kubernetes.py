@@ -123,6 +123,24 @@ def test_lora_jobs_run_lora_sft_in_the_pods(kube, k8s_namespace):
                           "ckpt_output_dir": config["ckpt_output_dir"], "lora_r": 8, "target_modules": ["q_proj", "v_proj"]}
 
 
+def test_dpo_jobs_run_dpo_in_the_pods(kube, k8s_namespace):
+    """DPOTrainOperator is one line on TrainOperator: the same Indexed Job, its pods running
+    `training-hub dpo` on the algorithm's default backend with what the task set."""
+    core, _ = kube
+    run = run_dag("th_k8s_dpo", {"pod_annotations": _annotations()})
+    assert states(run) == {"train": "success"}
+    assert xcoms(run)[("train", "checkpoint")] == RESULT["checkpoint"]
+    name = xcoms(run)[("train", "job_name")]
+    pods = core.list_namespaced_pod(k8s_namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items
+    assert len(pods) == 2
+    for pod in pods:
+        container = pod.spec.containers[0]
+        assert container.args[:3] == ["dpo", "--backend", "pytorch"]
+        config = json.loads({e.name: e for e in container.env}["TRAINING_HUB_CONFIG"].value)
+        assert config == {"model_path": "/mnt/training/models/sft", "data_path": "/mnt/training/data/pairs.jsonl",
+                          "ckpt_output_dir": config["ckpt_output_dir"], "beta": 0.2, "lora_r": 8}
+
+
 @pytest.mark.parametrize("dag_id", ["th_k8s_train", "th_k8s_train_deferred"])
 def test_a_failing_pod_fails_the_task_naming_it_after_the_jobs_backoff(kube, k8s_namespace, capfd, dag_id):
     core, batch = kube

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiException
 from airflow_runs import finish, run_dag, start_in_subprocess, states, xcoms
-from conftest import SAMPLE_DATA, wait_for
+from conftest import DPO_SAMPLE, SAMPLE_DATA, wait_for
 
 pytestmark = [pytest.mark.k8s, pytest.mark.real_node, pytest.mark.usefixtures("airflow_db")]
 
@@ -157,6 +157,27 @@ def test_two_node_job_trains_on_real_pods_and_returns_rank0s_checkpoint(real, ap
     assert [(o.kind, o.name) for o in service.metadata.owner_references] == [("Job", job)]
     wait_for(lambda: _objects(api, namespace, job) == {"jobs": [], "services": [], "pods": []}, 180,
              "the TTL controller and the garbage collector to remove the Job, its pods and the Service")
+
+
+def test_dpo_trains_on_two_real_pods_and_prefers_the_chosen_replies(real, api, volume, capfd):
+    """`training-hub dpo` in two real pods: both ranks compute the reference log-probabilities
+    and train together; rank 0's progress lines carry the reward margin and accuracy, and its
+    checkpoint on the PVC prefers the chosen replies of the pairs more than the starting model did."""
+    from airflow_provider_training_hub.algorithms.dpo import preference_margins
+
+    pairs = volume / "data" / "pairs.jsonl"
+    shutil.copy(DPO_SAMPLE, pairs)
+    os.chown(pairs, 1000, 1000)
+    run = run_dag("th_real_dpo")
+    out = capfd.readouterr().out
+    assert states(run) == {"train": "success"}, out[-5000:]
+    assert "reference log-probabilities of 24 pairs computed (the starting model)" in out
+    assert "2 rank(s) on cpu" in out and "weights identical on all 2 rank(s)" in out
+    assert re.search(r"epoch 2/2 step 6/6 loss [0-9.]+ margin [0-9.]+ accuracy [0-9.]+", out), out[-5000:]
+    checkpoint = _on_host(volume, xcoms(run)[("train", "checkpoint")])
+    before = sum(preference_margins(str(volume / "models" / "tiny"), str(DPO_SAMPLE)))
+    after = sum(preference_margins(str(checkpoint), str(DPO_SAMPLE)))
+    assert after > before, (before, after)
 
 
 @pytest.mark.slow

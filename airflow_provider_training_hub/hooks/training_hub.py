@@ -142,18 +142,30 @@ class TrainingHubHook(BaseHook):
     # --- data --------------------------------------------------------------------------------
 
     @staticmethod
-    def validate_data(data_path: str, **options: Any):
-        """``data.validate_messages``: a ``ValidationReport`` (no torch unless ``model_path``)."""
-        from airflow_provider_training_hub.data import validate_messages
+    def validate_data(data_path: str, data_format: str = "messages", **options: Any):
+        """``data.validate_any``: a ``ValidationReport`` of messages data or of preference pairs
+        (no torch unless ``model_path``)."""
+        from airflow_provider_training_hub.data import validate_any
 
-        return validate_messages(data_path, **options)
+        return validate_any(data_path, data_format, **options)
 
     @staticmethod
-    def prepare_data(data_path: str, model_path: str, output_dir: str, max_seq_len: int):
-        """Tokenize and mask with instructlab-training's processing; needs the ``[train]`` extra."""
+    def prepare_data(data_path: str, model_path: str, output_dir: str, max_seq_len: int | None,
+                     data_format: str = "messages"):
+        """Tokenize for training (messages: masked with instructlab-training's processing,
+        ``max_seq_len`` defaulting to sft's; preference pairs: as dpo reads them, ``max_seq_len``
+        being dpo's ``max_length``); needs the ``[train]`` extra."""
+        if data_format == "preference":
+            from airflow_provider_training_hub.algorithms.dpo import DPOParams
+            from airflow_provider_training_hub.data.preference import prepare_preferences
+
+            return prepare_preferences(data_path, model_path, output_dir,
+                                       max_seq_len or DPOParams.model_fields["max_length"].default)
+        from airflow_provider_training_hub.algorithms.sft import SFTParams
         from airflow_provider_training_hub.data.prepare import prepare_for_training
 
-        return prepare_for_training(data_path, model_path, output_dir, max_seq_len)
+        return prepare_for_training(data_path, model_path, output_dir,
+                                    max_seq_len or SFTParams.model_fields["max_seq_len"].default)
 
     # --- models (in a subprocess: torch stays out of the worker) -------------------------------
 
@@ -166,6 +178,11 @@ class TrainingHubHook(BaseHook):
         # After "--", a question such as "-h" or "--json" is a question, not an option.
         out = self._cli("generate", "--max-new-tokens", str(max_new_tokens), "--json", "--", model_dir, *questions)
         return json.loads(out.strip().splitlines()[-1])
+
+    def preference_margins(self, model_dir: str, data_path: str) -> dict[str, Any]:
+        """``training-hub margins``: how much more likely ``model_dir`` finds each pair's chosen reply
+        than its rejected one (``pairs``, ``mean_margin``, ``preferred``, ``margins``)."""
+        return json.loads(self._cli("margins", "--json", model_dir, data_path).strip().splitlines()[-1])
 
     def _cli(self, *args: str) -> str:
         proc = subprocess.run([sys.executable, "-m", CLI_MODULE, *args], capture_output=True, text=True)

@@ -2,7 +2,7 @@
 
 The fields are generated from the schema when the class is created, so ``SFTTrainOperator``
 gains a field the moment ``SFTParams`` gains a parameter, and a plugin's algorithm gets an
-operator with ``class DPOTrainOperator(TrainOperator, algorithm="dpo")``.
+operator with one line, as ``DPOTrainOperator`` below.
 """
 
 from __future__ import annotations
@@ -312,3 +312,7 @@ class SFTTrainOperator(TrainOperator, algorithm="sft"):
 
 class LoRATrainOperator(TrainOperator, algorithm="lora_sft"):
     """LoRA fine-tuning (``lora_sft()``) as a task; see ``LoRAParams`` for the parameters."""
+
+
+class DPOTrainOperator(TrainOperator, algorithm="dpo"):
+    """Preference tuning (``dpo()``) as a task; see ``DPOParams`` for the parameters."""

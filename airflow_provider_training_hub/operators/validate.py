@@ -9,7 +9,6 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_provider_training_hub.algorithms.sft import SFTParams
 from airflow_provider_training_hub.connection import DEFAULT_CONN_ID
 from airflow_provider_training_hub.hooks.training_hub import TrainingHubHook
 from airflow_provider_training_hub.operators.lineage import validation_lineage
@@ -17,8 +16,9 @@ from airflow_provider_training_hub.operators.object_paths import plain_paths
 
 
 class ValidateMessagesDataOperator(BaseOperator):
-    """Validate messages data (line or row, field and reason for each error), gather statistics,
-    and optionally tokenize it into instructlab-training's processed format.
+    """Validate messages data (line or row, field and reason for each error), or with
+    ``data_format="preference"`` DPO's preference pairs, gather statistics, and optionally tokenize
+    it as training reads it (messages: instructlab-training's processed format).
 
     :param data_path: local path or fsspec URL of JSONL (``.gz`` is decompressed), Parquet or CSV;
         or a saved Hugging Face dataset's directory (``data/tables.py``).
@@ -26,8 +26,11 @@ class ValidateMessagesDataOperator(BaseOperator):
         When set, the returned ``data_path`` is this file, so training reads only checked data.
     :param on_invalid: ``fail`` (default) fails the task on any invalid line; ``skip`` writes the
         invalid lines with their reasons to ``<output_path>.rejected.jsonl`` and goes on.
+    :param data_format: ``messages`` (default; for sft and lora_sft) or ``preference`` (TRL's
+        preference pairs, JSONL, for dpo).
     :param model_path: tokenizer for token-length statistics (and for ``prepare_dir``).
-    :param max_seq_len: count (and, when preparing, drop) samples of at least this many tokens.
+    :param max_seq_len: count (and, when preparing, drop) samples of at least this many tokens;
+        for preference pairs, dpo's ``max_length``: pairs cut to fit, and dropped, are counted.
     :param prepare_dir: tokenize and mask into ``<prepare_dir>/data.jsonl`` (needs ``model_path``
         and the ``[train]`` extra on the worker).
     :param max_errors: errors listed in full in the log and XCom; all are counted.
@@ -40,7 +43,7 @@ class ValidateMessagesDataOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "data_path", "output_path", "model_path", "max_seq_len", "on_invalid", "prepare_dir", "workers",
+        "data_path", "output_path", "model_path", "max_seq_len", "on_invalid", "prepare_dir", "workers", "data_format",
     )
     ui_color = "#d5f0e3"
 
@@ -55,6 +58,7 @@ class ValidateMessagesDataOperator(BaseOperator):
         prepare_dir: str | None = None,
         max_errors: int = 20,
         workers: int | str | None = None,
+        data_format: str = "messages",
         training_hub_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -68,6 +72,7 @@ class ValidateMessagesDataOperator(BaseOperator):
         self.prepare_dir = prepare_dir
         self.max_errors = max_errors
         self.workers = workers
+        self.data_format = data_format
         self.training_hub_conn_id = training_hub_conn_id
         self._stats: dict[str, Any] | None = None  # of a valid file, for OpenLineage
         self._storage_conn_id: str | None = None  # an ObjectStoragePath's connection
@@ -86,7 +91,7 @@ class ValidateMessagesDataOperator(BaseOperator):
             self.data_path = values["data_path"]
             with self.hook.storage_access():  # streamed from the bucket, with the storage connection's credentials
                 report = self.hook.validate_data(
-                    self.data_path, on_invalid=self.on_invalid, output_path=self.output_path or None,
+                    self.data_path, self.data_format, on_invalid=self.on_invalid, output_path=self.output_path or None,
                     model_path=self.model_path or None, max_seq_len=max_seq_len, max_errors=self.max_errors,
                     workers=workers,
                 )
@@ -96,14 +101,14 @@ class ValidateMessagesDataOperator(BaseOperator):
             self.log.info("%s", line)
         if not report.valid:
             raise AirflowException(
-                f"{self.data_path} is not valid messages data: {report.error_count} error(s), first:\n"
+                f"{self.data_path} is not valid {self.data_format} data: {report.error_count} error(s), first:\n"
                 + "\n".join(str(e) for e in report.errors)
             )
         data_path = report.output_path or self.data_path
         prepared_path = None
         if self.prepare_dir:
-            max_seq_len = max_seq_len or SFTParams.model_fields["max_seq_len"].default
-            prepared = self.hook.prepare_data(data_path, self.model_path, self.prepare_dir, max_seq_len)
+            prepared = self.hook.prepare_data(data_path, self.model_path, self.prepare_dir, max_seq_len,
+                                              self.data_format)
             self.log.info("Prepared: %s", prepared)
             prepared_path = prepared.path
         for outlet in self.outlets:

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
-from airflow_provider_training_hub.operators import LoRATrainOperator, SFTTrainOperator
+from airflow_provider_training_hub.operators import DPOTrainOperator, LoRATrainOperator, SFTTrainOperator
 
 # th_k8s_train_retried: a failed try is retried after 20 s (and adopts the Job its predecessor
 # left running); th_k8s_train_retried_anew: the same, not durable (every try starts its own Job);
@@ -50,6 +50,19 @@ with DAG("th_k8s_lora", schedule=None, render_template_as_native_obj=True):
         nnodes=2,
         lora_r=8,
         target_modules=["q_proj", "v_proj"],
+        pod_annotations="{{ dag_run.conf.get('pod_annotations', {}) }}",
+        poll_interval=1,
+    )
+
+with DAG("th_k8s_dpo", schedule=None, render_template_as_native_obj=True):
+    DPOTrainOperator(
+        task_id="train",
+        training_hub_conn_id="training_hub_k8s",
+        model_path="/mnt/training/models/sft",
+        data_path="/mnt/training/data/pairs.jsonl",
+        nnodes=2,
+        beta=0.2,
+        lora_r=8,
         pod_annotations="{{ dag_run.conf.get('pod_annotations', {}) }}",
         poll_interval=1,
     )

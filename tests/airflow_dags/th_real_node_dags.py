@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
-from airflow_provider_training_hub.operators import SFTTrainOperator
+from airflow_provider_training_hub.operators import DPOTrainOperator, SFTTrainOperator
 
 # th_real_train_once: no retry, for the pods that cannot start (a retry would wait as long again).
 for dag_id, deferrable, retries in (("th_real_train", False, 1), ("th_real_train_deferred", True, 1),
@@ -52,5 +52,22 @@ with DAG("th_real_train_s3", schedule=None, render_template_as_native_obj=True,
         max_seq_len=256,
         ttl_seconds_after_finished=60,
         connection_overrides="{{ dag_run.conf.get('overrides', {}) }}",
+        poll_interval=1,
+    )
+
+# DPO on two real pods (tests/test_real_pods.py), the tiny model, pairs on the volume.
+with DAG("th_real_dpo", schedule=None, render_template_as_native_obj=True):
+    DPOTrainOperator(
+        task_id="train",
+        training_hub_conn_id="training_hub_real",
+        model_path="/mnt/training/models/tiny",
+        data_path="/mnt/training/data/pairs.jsonl",
+        nnodes=2,
+        nproc_per_node=1,
+        num_epochs=2,
+        learning_rate=1e-3,
+        effective_batch_size=8,
+        max_length=256,
+        ttl_seconds_after_finished=60,
         poll_interval=1,
     )
