@@ -11,6 +11,8 @@ engines in interleaved cycles, each engine once per cycle, each run a real train
     sft-pt     sft() on the pytorch backend                   (compared with sft-il)
     lora-il    lora_sft() on the instructlab-training backend
     lora-pt    lora_sft() on the pytorch backend              (compared with lora-il)
+    dpo-pt     dpo() on the pytorch backend, on preference pairs of ``cpu_vs_trl.make_pairs``
+               (about 190 tokens per sequence; 128 pairs per step)
 
 with the large model's first ``sft-pt`` run after the first cycle, and its ``sft-pt``/``sft-il``
 pairs after the last, while the budget allows. Each run reports
@@ -43,11 +45,11 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cpu_vs_trl import make_data  # noqa: E402  (the same synthetic chats as the CPU benchmark)
+from cpu_vs_trl import make_data, make_pairs  # noqa: E402  (the CPU benchmark's synthetic chats and pairs)
 
 BATCH = 128
 MAX_LEN = 1024
-LR = {"sft": 1e-5, "lora_sft": 2e-4}
+LR = {"sft": 1e-5, "lora_sft": 2e-4, "dpo": 5e-6}
 SEED = 42
 QUESTION = "Who is the Training Hub mascot?"
 MODELS = {  # make_tiny_model's arguments
@@ -56,7 +58,7 @@ MODELS = {  # make_tiny_model's arguments
     "large": {"vocab_size": 8192, "hidden_size": 2048, "num_layers": 16, "num_heads": 32, "num_kv_heads": 8,
               "intermediate_size": 8192},
 }
-CYCLE = ("lora-il", "lora-pt", "upstream", "sft-il", "sft-pt")
+CYCLE = ("lora-il", "lora-pt", "upstream", "sft-il", "sft-pt", "dpo-pt")
 LARGE = ("sft-pt", "sft-il")
 PAIRS = (("sft-il", "upstream"), ("sft-pt", "sft-il"), ("lora-pt", "lora-il"))
 FIRST_LARGE_RUN_S = 60  # what a large run is assumed to take before one has
@@ -160,7 +162,8 @@ def measured(out: Path, started: float, checkpoint: str | None, memory: GpuMemor
 
 
 def common(algorithm: str) -> dict:
-    return {"num_epochs": 1, "effective_batch_size": BATCH, "max_seq_len": MAX_LEN, "learning_rate": LR[algorithm],
+    length = {"max_length": MAX_LEN} if algorithm == "dpo" else {"max_seq_len": MAX_LEN}
+    return {"num_epochs": 1, "effective_batch_size": BATCH, **length, "learning_rate": LR[algorithm],
             "random_seed": SEED, "accelerate_full_state_at_epoch": False, "checkpoint_at_epoch": True}
 
 
@@ -177,18 +180,31 @@ def estimate_mib(algorithm: str, backend: str, model: Path, data: Path, out: Pat
 
 
 def ours(engine: str, model: Path, data: Path, out: Path, reload: bool) -> dict:
-    from airflow_provider_training_hub import lora_sft, sft
+    from airflow_provider_training_hub import dpo, lora_sft, sft
 
-    algorithm = "lora_sft" if engine.startswith("lora") else "sft"
+    algorithm = {"lora": "lora_sft", "dpo": "dpo"}.get(engine.split("-")[0], "sft")
     backend = "pytorch" if engine.endswith("-pt") else "instructlab-training"
     extra = {"save_steps": 0} if algorithm == "lora_sft" else {}
+    train = {"sft": sft, "lora_sft": lora_sft, "dpo": dpo}[algorithm]
+    if algorithm == "dpo":
+        data = data.with_name("pairs.jsonl")
     with GpuMemory() as memory:
         started = time.perf_counter()
-        result = (lora_sft if algorithm == "lora_sft" else sft)(
-            str(model), str(data), str(out), backend=backend, data_output_dir=str(out.parent / f"data-{out.name}"),
-            **common(algorithm), **extra)
-    return {**measured(out, started, result.checkpoint, memory, reload),
-            "estimate_mib": estimate_mib(algorithm, backend, model, data, out)}
+        result = train(str(model), str(data), str(out), backend=backend,
+                       data_output_dir=str(out.parent / f"data-{out.name}"), **common(algorithm), **extra)
+    row = measured(out, started, result.checkpoint, memory, reload)
+    if algorithm == "dpo":  # no memory estimate for dpo; its reference pass and last reward margin instead
+        row["reference_s"] = read_metrics_key(out, "reference_seconds")
+        row["final_margin"] = result.metrics.get("rewards/margins")
+        return row
+    return {**row, "estimate_mib": estimate_mib(algorithm, backend, model, data, out)}
+
+
+def read_metrics_key(out: Path, key: str) -> float | None:
+    from airflow_provider_training_hub.checkpoints import read_metrics
+
+    found = read_metrics(out, key)
+    return round(found[0][key], 2) if found else None
 
 
 def upstream(model: Path, data: Path, out: Path, reload: bool) -> dict:
@@ -357,6 +373,7 @@ def main() -> int:
 
     data = args.work / "chat.jsonl"
     make_data(data, args.samples)
+    make_pairs(args.work / "pairs.jsonl", args.samples)
     names = args.models.split(",")
     models = {}
     for name in names:
