@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE_DATA
+from conftest import DPO_SAMPLE, REPO, SAMPLE_DATA
 from dockerfile_parse import DockerfileParser
 
 sys.path.insert(0, str(REPO / "docker"))
@@ -123,8 +123,11 @@ def test_pod_cli_works_with_neither_airflow_nor_torch(tmp_path):
     _run(python, "-c", "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('airflow', 'torch')))")
     _run(python, "-c", "import airflow_provider_training_hub.kubernetes, airflow_provider_training_hub.checkpoints")
     assert _run(python, "-m", "airflow_provider_training_hub.cli", "list").strip().splitlines() == [
-        "sft: instructlab-training (default), pytorch", "lora_sft: instructlab-training, pytorch (default)"]
+        "sft: instructlab-training (default), pytorch", "lora_sft: instructlab-training, pytorch (default)",
+        "dpo: pytorch (default)"]
     assert "VALID" in _run(python, "-m", "airflow_provider_training_hub.cli", "validate", str(SAMPLE_DATA))
+    assert "24 valid pairs" in _run(python, "-m", "airflow_provider_training_hub.cli", "validate", "--format",
+                                    "preference", str(DPO_SAMPLE))
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -150,4 +153,5 @@ def test_airflow_side_works_without_torch(tmp_path):
         "print(sorted(bag.dag_ids), bag.import_errors, get_provider_info()['package-name'])\n"
         "assert 'torch' not in sys.modules\n"
     ), str(REPO / "dags"))
-    assert "['lora_adapters', 'messages_dataset_publish', 'sft_demo', 'sft_retrain'] {} airflow-provider-training-hub" in out
+    assert ("['dpo_retrain', 'lora_adapters', 'messages_dataset_publish', 'sft_demo', 'sft_retrain'] {} "
+            "airflow-provider-training-hub") in out
