@@ -67,11 +67,7 @@ def split_prompt(pair: PreferencePair) -> tuple[list[Message], list[Message], li
     line's ``chosen`` and ``rejected`` (0 for the explicit form)."""
     if pair.prompt is not msgspec.UNSET:
         return pair.prompt, pair.chosen, pair.rejected, 0
-    shared = 0
-    for a, b in zip(pair.chosen, pair.rejected):
-        if a != b:
-            break
-        shared += 1
+    shared = _common_prefix(pair.chosen, pair.rejected)
     return pair.chosen[:shared], pair.chosen[shared:], pair.rejected[shared:], shared
 
 
@@ -278,7 +274,9 @@ def tokenize_pair(tokenizer: Any, pair: PreferencePair) -> tuple[list[int], list
     return prompt[:shared], with_chosen[shared:], with_rejected[shared:]
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items ``a`` and ``b`` share: messages (TRL's ``extract_prompt``) or
+    token ids (its ``common_prefix_length``)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
