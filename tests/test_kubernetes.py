@@ -195,8 +195,9 @@ def test_on_kill_deletes_job_service_and_pods(kube, k8s_namespace):
     })
     try:
         wait_for(_running_pods(kube, k8s_namespace, 2), 120, "both pods to run")
-        # the link is there while the Job trains, not only once the task has ended
-        (link,) = _stored_links(k8s_namespace)
+        # the link is there while the Job trains, not only once the task has ended. The task pushes
+        # it after the Job is created, and kwok's pods can run first: wait for it, as a user would
+        (link,) = wait_for(lambda: _stored_links(k8s_namespace), 60, "the Training run link to be stored")
         assert link == CONSOLE.format(namespace=k8s_namespace, job_name=_objects(kube, k8s_namespace)["jobs"][0])
         runner.send_signal(signal.SIGTERM)  # what Airflow sends a task being marked failed
         output, _ = runner.communicate(timeout=120)
