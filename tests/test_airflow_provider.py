@@ -183,10 +183,12 @@ def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model, capfd):
 
 
 @pytest.mark.slow
-def test_dpo_retrain_makes_smollm2_prefer_the_held_back_chosen_replies(smollm2_model, capfd):
-    """The example DAG on this CPU: SFT, then DPO on the SFT checkpoint (both in training-hub
-    processes), and its check of the held-back pairs' margin, which must rise from <= 0 to > 0."""
-    run = run_dag("dpo_retrain", {"model": str(smollm2_model)})
+def test_dpo_retrain_raises_the_held_back_margin_of_its_sft_checkpoint(tiny_model, capfd):
+    """The example DAG as a user triggers it, on the tiny model: validate both datasets, SFT, DPO on
+    the SFT checkpoint (both in training-hub processes), and its check that the held-back pairs'
+    margin rose. (On SmolLM2, the DAG's default, the margin goes from below 0 to above: README,
+    "dpo_retrain"; too slow for CI's two cores.)"""
+    run = run_dag("dpo_retrain", {"model": str(tiny_model), "learning_rate": 1e-3})
     assert run.state == "success", states(run)
     got = xcoms(run)
     assert got[("validate_pairs", "stats")]["pairs"] == 24
@@ -197,8 +199,7 @@ def test_dpo_retrain_makes_smollm2_prefer_the_held_back_chosen_replies(smollm2_m
     assert "-m airflow_provider_training_hub.cli dpo --backend pytorch --config" in out
     assert re.search(r"epoch 3/3 step 9/9 loss [0-9.]+ margin [0-9.]+ accuracy 1\.00", out)
     verdict = got[("check", "return_value")]
-    print(f"dpo_retrain held-back margin: {verdict}")
-    assert verdict["before"] <= 0 < verdict["after"] and verdict["preferred_after"] == 8
+    assert verdict["after"] > max(verdict["before"], 0) and verdict["preferred_after"] == 8, verdict
 
 
 @pytest.mark.slow

@@ -1,25 +1,24 @@
 """DPO for real: preference data checked line by line, ``dpo()`` on the ``pytorch`` backend in
-torchrun processes, held to TRL's ``DPOTrainer`` step by step, stopped and resumed, and SmolLM2
-learning a preference through the CLI. Nothing is replaced: these run on the CPU."""
+torchrun processes, held to TRL's ``DPOTrainer`` step by step, stopped and resumed through the
+CLI. Nothing is replaced: these run on the CPU. SmolLM2 learning a preference is a measurement,
+not a test (README, "dpo"): ten minutes of CI on two loaded cores for a figure that is recorded
+with its commands; ``dpo_retrain``'s test runs the same path on the tiny model."""
 
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import DPO_SAMPLE, REPO, stop_when
+from conftest import DPO_SAMPLE, stop_when
 from support.trl_dpo import run_trl_dpo
 
 from airflow_provider_training_hub import dpo
-from airflow_provider_training_hub.algorithms.dpo import preference_margins
 from airflow_provider_training_hub.checkpoints import read_metrics
 from airflow_provider_training_hub.data.preference import prepare_preferences, validate_preferences
 
-DPO_HELDOUT = REPO / "airflow_provider_training_hub" / "samples" / "dpo_heldout.jsonl"
 WORDS = "heron airflow model train data answer pipeline graph token cluster".split()
 
 
@@ -208,27 +207,6 @@ def test_a_stopped_two_rank_run_resumes_to_the_losses_of_an_unbroken_one(tiny_mo
     for a, b in zip(resumed, straight, strict=True):
         for key in ("avg_loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
             assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (a["step"], key, a[key], b[key])
-
-
-@pytest.mark.slow
-def test_smollm2_learns_to_prefer_what_it_did_not_through_the_cli(smollm2_model, tmp_path):
-    """The README's figure: on 8 held-back pairs SmolLM2 prefers the plain answer ("The capital of
-    Hungary is Budapest.") to the chosen style ("BUDAPEST. (Heron)") before DPO on 24 others, and
-    the chosen one after."""
-    before = statistics.mean(preference_margins(str(smollm2_model), str(DPO_HELDOUT)))
-    ckpt = tmp_path / "ckpt"
-    run = subprocess.run(
-        [str(Path(sys.executable).parent / "training-hub"), "dpo", "--model-path", str(smollm2_model),
-         "--data-path", str(DPO_SAMPLE), "--ckpt-output-dir", str(ckpt), "--learning-rate", "5e-5",
-         "--num-epochs", "3", "--effective-batch-size", "8", "--accelerate-full-state-at-epoch", "false",
-         "--save-total-limit", "1"], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    after = statistics.mean(preference_margins(result["checkpoint"], str(DPO_HELDOUT)))
-    print(f"held-back margin, log p(chosen) - log p(rejected): before {before:.2f}, after {after:.2f}")
-    assert before <= 0 < after, (before, after)
-    records = read_metrics(ckpt)
-    assert records[-1]["rewards/accuracies"] == 1.0 and records[-1]["rewards/margins"] > records[0]["rewards/margins"]
 
 
 def test_the_cli_validates_preference_pairs_and_names_the_bad_line(tmp_path):
