@@ -164,11 +164,13 @@ def test_sft_demo_trains_the_tiny_model_and_reports_through_xcom():
 
 
 @pytest.mark.slow
-def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model, capfd):
-    """The trigger form's algorithm: lora_sft on the pytorch backend, SmolLM2 on this CPU, through
-    the training-hub command (local execution runs it) and its generate for the answers."""
+def test_sft_demo_with_lora_trains_an_adapter_through_the_cli(capfd):
+    """The trigger form's algorithm: lora_sft on the pytorch backend, through the training-hub
+    command (local execution runs it) and its generate for the answers, on the tiny model. SmolLM2
+    learning the sample's fact this way is the README's command (``-c '{"algorithm": "lora_sft"}'``),
+    not a test: 8m43s of CI's critical path (2026-12-06), where it last passed at afe8db0."""
     # The form's learning rate left empty: the demo's own rate for LoRA
-    run = run_dag("sft_demo", {"model": str(smollm2_model), "algorithm": "lora_sft",
+    run = run_dag("sft_demo", {"model": "tiny", "algorithm": "lora_sft", "max_seq_len": 256,
                                "questions": ["Who is the Training Hub mascot?"]})
     assert run.state == "success", states(run)
     assert states(run)["train_sft"] == "skipped"
@@ -176,10 +178,9 @@ def test_sft_demo_with_lora_teaches_smollm2_a_fact(smollm2_model, capfd):
     result = got[("train_lora_sft", "return_value")]
     assert result["adapter"] and result["checkpoint"].endswith("samples_144")
     assert "-m airflow_provider_training_hub.cli lora_sft --backend pytorch --config" in capfd.readouterr().out
-    size = Path(result["checkpoint"], "adapter_model.safetensors").stat().st_size
-    assert size < 20 * 2**20  # r=16 on every projection of a 135M model: 19 MB in fp32, not 540
-    assert "Quillon" not in got[("ask_before", "return_value")][0]
-    assert "Quillon" in got[("ask_after", "return_value")][0], got[("ask_after", "return_value")]  # from the adapter
+    assert json.loads(Path(result["checkpoint"], "adapter_config.json").read_text())["r"] == 16  # lora_sft's default rank, as training_hub's
+    assert Path(result["checkpoint"], "adapter_model.safetensors").is_file()
+    assert len(got[("ask_before", "return_value")]) == len(got[("ask_after", "return_value")]) == 1
 
 
 @pytest.mark.slow
