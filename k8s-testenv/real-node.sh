@@ -320,7 +320,7 @@ node_ready() {
 volume() {  # a ReadWriteMany PV on a host directory, and its claim in $NAMESPACE
   mkdir -p "$state/pv"
   # The training image runs as uid 1000: the directory is its, as an NFS export would be made
-  # for the pods' uid (the README's "Volume permissions").
+  # for the pods' uid (docs/kubernetes.md, "Volume permissions").
   chown 1000:1000 "$state/pv"
   api POST /api/v1/namespaces "{\"metadata\": {\"name\": \"$NAMESPACE\"}}" >/dev/null 2>&1 || true
   api DELETE "/api/v1/namespaces/$NAMESPACE/persistentvolumeclaims/training" >/dev/null 2>&1 || true

@@ -27,7 +27,7 @@ case "${TRAINING_HUB_DEPS:-locked}" in
 esac
 # Compiled to bytecode here, once: uv installs none, and where PYTHONDONTWRITEBYTECODE is set (as on
 # this project's machines) every Python process would compile torch, transformers and Airflow
-# again; a training run's first import is 2.65 times faster with it (README, "Dependencies").
+# again; a training run's first import is 2.65 times faster with it (docs/testbeds.md, "Dependencies").
 # The package itself (editable) is part of the synced set: synced apart, it was uninstalled and
 # installed again by every bootstrap, and a test session already running beside it (CI's) found no
 # provider meanwhile (`airflow providers behaviours`, CI 2026-12-05). Now a .venv that already

@@ -36,11 +36,12 @@ def test_example_dags_import_without_errors_or_warnings():
         warnings.simplefilter("always")
         bag = DagBag(str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["dpo_retrain", "lora_adapters", "messages_dataset_publish", "sft_demo",
-                                   "sft_retrain"]
+    assert sorted(bag.dag_ids) == ["dpo_retrain", "first_fine_tune", "lora_adapters", "messages_dataset_publish",
+                                   "sft_demo", "sft_retrain"]
     assert [str(w.message) for w in caught] == []
     for dag in bag.dags.values():
-        assert dag.doc_md and dag.params, dag.dag_id
+        assert dag.doc_md, dag.dag_id
+        assert dag.params or dag.dag_id == "first_fine_tune", dag.dag_id  # the README's: no trigger form
 
 
 def test_provider_cli_lists_the_package_and_serves_the_connection_form():
@@ -167,7 +168,7 @@ def test_sft_demo_trains_the_tiny_model_and_reports_through_xcom():
 def test_sft_demo_with_lora_trains_an_adapter_through_the_cli(capfd):
     """The trigger form's algorithm: lora_sft on the pytorch backend, through the training-hub
     command (local execution runs it) and its generate for the answers, on the tiny model. SmolLM2
-    learning the sample's fact this way is the README's command (``-c '{"algorithm": "lora_sft"}'``),
+    learning the sample's fact this way is docs/getting-started.md's command (``-c '{"algorithm": "lora_sft"}'``),
     not a test: 8m43s of CI's critical path (2026-12-06), where it last passed at afe8db0."""
     # The form's learning rate left empty: the demo's own rate for LoRA
     run = run_dag("sft_demo", {"model": "tiny", "algorithm": "lora_sft", "max_seq_len": 256,
@@ -187,7 +188,7 @@ def test_sft_demo_with_lora_trains_an_adapter_through_the_cli(capfd):
 def test_dpo_retrain_raises_the_held_back_margin_of_its_sft_checkpoint(tiny_model, capfd):
     """The example DAG as a user triggers it, on the tiny model: validate both datasets, SFT, DPO on
     the SFT checkpoint (both in training-hub processes), and its check that the held-back pairs'
-    margin rose. (On SmolLM2, the DAG's default, the margin goes from below 0 to above: README,
+    margin rose. (On SmolLM2, the DAG's default, the margin goes from below 0 to above: docs/algorithms.md,
     "dpo_retrain"; too slow for CI's two cores.)"""
     run = run_dag("dpo_retrain", {"model": str(tiny_model), "learning_rate": 1e-3})
     assert run.state == "success", states(run)

@@ -2,8 +2,9 @@
 
 - both Dockerfiles parse, and say what the images must be;
 - their Python requirement sets resolve with `pip install --dry-run` (needs PyPI);
-- the package works in an environment with neither Airflow nor torch (the pod's CLI path) and in
-  one without torch (the Airflow side).
+- the package works in an environment with neither Airflow nor torch (the pod's CLI path);
+- `python -m build` makes the sdist and the wheel, and the wheel alone, in an environment without
+  torch, is a provider that Airflow lists, whose example DAGs import (the Airflow side).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dockerfile_parse import DockerfileParser
 sys.path.insert(0, str(REPO / "docker"))
 from requirements import requirement_set  # noqa: E402
 
+pytestmark = pytest.mark.package
 UV = ["python3", "-m", "uv"]  # scripts/bootstrap.sh installs it there
 # The CUDA kernels' setup scripts can describe themselves without compiling (no CUDA here).
 SKIP_CUDA_BUILDS = {"FLASH_ATTENTION_SKIP_CUDA_BUILD": "TRUE", "MAMBA_SKIP_CUDA_BUILD": "TRUE",
@@ -56,7 +58,9 @@ def _venv(path: Path, *requirements: str, no_deps: tuple[str, ...] = ()) -> Path
 
 
 def _run(python: Path, *args: str, env: dict | None = None) -> str:
-    proc = subprocess.run([str(python), *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+    """``python ARGS``, with ``-P``: the working directory (this repository) is not put on
+    ``sys.path``, so the package imported is the one installed in that environment."""
+    proc = subprocess.run([str(python), "-P", *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -135,23 +139,39 @@ def test_pod_cli_works_with_neither_airflow_nor_torch(tmp_path):
     columns = list(dict.fromkeys(key for row in rows for key in row))
     pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows]), tmp_path / "t.parquet")
     assert "VALID" in _run(python, "-m", "airflow_provider_training_hub.cli", "validate", str(tmp_path / "t.parquet"))
-    bad = subprocess.run([str(python), "-m", "airflow_provider_training_hub.cli", "sft", "--config-env", "CFG"],
+    bad = subprocess.run([str(python), "-P", "-m", "airflow_provider_training_hub.cli", "sft", "--config-env", "CFG"],
                          capture_output=True, text=True, env={**os.environ, "CFG": '{"learning_rte": 1}'})
     assert bad.returncode == 2 and "Did you mean 'learning_rate'" in bad.stderr
 
 
 @pytest.mark.slow
-def test_airflow_side_works_without_torch(tmp_path):
-    python = _venv(tmp_path / "venv", str(REPO))
+def test_the_built_wheel_installs_clean_and_airflow_finds_the_provider_without_torch(tmp_path):
+    """`python -m build` makes the sdist and the wheel; the wheel alone (not the source tree, not
+    `-e`) in a fresh venv: no torch, `airflow providers list` shows the provider at its version,
+    the example DAGs import, and the bundled samples came along."""
+    from airflow_provider_training_hub import __version__
+
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(dist), str(REPO)],
+                   check=True, capture_output=True, timeout=600)
+    wheel, = dist.glob(f"airflow_provider_training_hub-{__version__}-py3-none-any.whl")
+    assert [p.name for p in dist.glob("*.tar.gz")] == [f"airflow_provider_training_hub-{__version__}.tar.gz"]
+    python = _venv(tmp_path / "venv", str(wheel))
     _run(python, "-c", "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)")
+    home = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "PYTHONPATH": ""}
+    providers = _run(python, "-m", "airflow", "providers", "list", "-o", "json", env=home)
+    assert {"package_name": "airflow-provider-training-hub", "version": __version__} in [
+        {k: p[k] for k in ("package_name", "version")} for p in json.loads(providers[providers.index("["):])]
     out = _run(python, "-c", (
-        "import os, sys, warnings\n"
+        "import sys, airflow_provider_training_hub as p\n"
+        "from importlib.resources import files\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         "import airflow_provider_training_hub.operators, airflow_provider_training_hub.triggers.training_job\n"
-        "from airflow_provider_training_hub.get_provider_info import get_provider_info\n"
+        "assert '/site-packages/' in p.__file__, p.__file__\n"
+        "assert files('airflow_provider_training_hub').joinpath('samples/sft_sample.jsonl').is_file()\n"
         "bag = DagBag(sys.argv[1])\n"
-        "print(sorted(bag.dag_ids), bag.import_errors, get_provider_info()['package-name'])\n"
+        "print(sorted(bag.dag_ids), bag.import_errors)\n"
         "assert 'torch' not in sys.modules\n"
-    ), str(REPO / "dags"))
-    assert ("['dpo_retrain', 'lora_adapters', 'messages_dataset_publish', 'sft_demo', 'sft_retrain'] {} "
-            "airflow-provider-training-hub") in out
+    ), str(REPO / "dags"), env=home)
+    assert ("['dpo_retrain', 'first_fine_tune', 'lora_adapters', 'messages_dataset_publish', 'sft_demo', "
+            "'sft_retrain'] {}") in out

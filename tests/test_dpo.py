@@ -1,7 +1,7 @@
 """DPO for real: preference data checked line by line, ``dpo()`` on the ``pytorch`` backend in
 torchrun processes, held to TRL's ``DPOTrainer`` step by step, stopped and resumed through the
 CLI. Nothing is replaced: these run on the CPU. SmolLM2 learning a preference is a measurement,
-not a test (README, "dpo"): its DAG run alone took 24 minutes of CI on two loaded cores, for a
+not a test (docs/algorithms.md, "dpo"): its DAG run alone took 24 minutes of CI on two loaded cores, for a
 figure that is recorded with its commands; ``dpo_retrain``'s test runs the same path on the tiny
 model."""
 

@@ -324,12 +324,12 @@ def test_sixty_four_nodes_are_created_and_scheduled(kube, k8s_namespace, capsys)
 
 
 def _documented_role(k8s_cluster: str, namespace: str, without_verb: tuple[str, str] | None = None) -> str:
-    """A kubeconfig for a service account that holds the README's Role and nothing more
+    """A kubeconfig for a service account that holds the documented Role (docs/kubernetes.md) and nothing more
     (``without_verb``: less, one verb of one resource fewer); returns its path."""
     import yaml
     from kubernetes import client, config
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "kubernetes.md").read_text()
     role = yaml.safe_load(re.search(r"```yaml\n(apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n.*?)```",
                                     text, re.S).group(1))
     if without_verb:
@@ -357,7 +357,7 @@ def _documented_role(k8s_cluster: str, namespace: str, without_verb: tuple[str, 
 
 
 def test_the_readmes_role_is_all_the_kubernetes_path_needs(kube, k8s_cluster, k8s_namespace, capfd):
-    """Airflow's identity holds the README's Role, no more: a Job trains to its result (polling),
+    """Airflow's identity holds the documented Role, no more: a Job trains to its result (polling),
     and a Job whose pods the namespace's quota refuses fails the deferred task within
     pending_timeout, naming the refusal, and is deleted."""
     _documented_role(k8s_cluster, k8s_namespace)
@@ -378,7 +378,7 @@ def test_the_readmes_role_is_all_the_kubernetes_path_needs(kube, k8s_cluster, k8
 
 
 def test_a_refusal_after_the_job_exists_deletes_the_job(kube, k8s_cluster, k8s_namespace, capfd):
-    """A Role short of one verb the path needs (as the README's was, without `patch` on services):
+    """A Role short of one verb the path needs (as the documented one was, without `patch` on services):
     the task fails without retry, and the Job it had created does not train on unwatched."""
     _documented_role(k8s_cluster, k8s_namespace, without_verb=("services", "patch"))
     run = run_dag("th_k8s_train_retried", {"nnodes": 2, "pod_annotations": _annotations()})

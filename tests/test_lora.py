@@ -105,7 +105,7 @@ def test_pytorch_trains_an_adapter_that_loads_and_merges(tiny_model, sample_data
     result = lora_sft(str(tiny_model), str(sample_data), str(tmp_path / "ckpt"), num_epochs=3, save_steps=5, checkpoint_at_epoch=False,
                       merge_adapter=True, lora_r=8, **COMMON)
     # The random tiny model learns slowly through rank-8 adapters: 6.25 -> 5.97 here (SmolLM2 learning a
-    # fact is the README's sft_demo command); a frozen or unchanged adapter stays at 6.25.
+    # fact is the sft_demo command of docs/getting-started.md); a frozen or unchanged adapter stays at 6.25.
     assert result.adapter and result.metrics["loss"] < 0.97 * result.metrics["first_loss"], result.metrics
     names = [Path(c).name for c in result.checkpoints]
     # every 5 steps, and the end; samples_40 went when the 4th came (save_total_limit: training_hub's 3)

@@ -107,7 +107,7 @@ def test_unknown_backend_lists_what_exists():
 
 
 def test_training_side_imports_need_neither_airflow_nor_torch():
-    """A training pod has no Airflow; an Airflow scheduler has no torch (README, "How it fits together")."""
+    """A training pod has no Airflow; an Airflow scheduler has no torch (docs/design.md)."""
     code = (
         "import sys\n"
         "import airflow_provider_training_hub, airflow_provider_training_hub.algorithms,"

@@ -28,9 +28,9 @@ def test_defaults_are_instructlab_trainingargs_defaults():
     from instructlab.training import PretrainingConfig
 
     assert ours["document_column_name"].default == PretrainingConfig.model_fields["document_column_name"].default
-    # Where TrainingArgs has no default we chose one: the README's parameter table says which and
+    # Where TrainingArgs has no default we chose one: docs/algorithms.md's parameter table says which and
     # why; the help text says what the value does, since a trigger form may show another default.
-    table = (REPO / "README.md").read_text().split("## Parameters", 1)[1].split("\n\n| parameter |", 1)[1].split("\n\n", 1)[0]
+    table = (REPO / "docs" / "algorithms.md").read_text().split("## How the parameters are declared", 1)[1].split("\n\n| parameter |", 1)[1].split("\n\n", 1)[0]
     for name in ("effective_batch_size", "learning_rate", "max_seq_len", "max_tokens_per_gpu"):
         assert TrainingArgs.model_fields[{"max_tokens_per_gpu": "max_batch_len"}.get(name, name)].is_required()
         assert f"\n| `{name}` | " in table, name

@@ -1,7 +1,7 @@
 """Supervised fine-tuning: its parameter schema, the algorithm, and the ``sft()`` shortcut.
 
 ``SFTParams`` is ``TrainingParams`` (the parameters every algorithm shares) plus what SFT data and
-evaluation need. Where ``TrainingArgs`` has no default, the README's parameter table says what
+evaluation need. Where ``TrainingArgs`` has no default, docs/algorithms.md's parameter table says what
 was chosen and why (a test holds it there). The descriptions say what a value does: they are the
 help text of the CLI and of every trigger form, whose defaults may be a DAG's own.
 """

@@ -1,7 +1,7 @@
 """The messages format (the seed's "Data Format Requirements"), as instructlab-training accepts it.
 
 One JSON object per line: a non-empty ``messages`` list of ``{role, content, reasoning_content?}``
-and an optional boolean ``unmask``. Decided here, and documented in the README:
+and an optional boolean ``unmask``. Decided here, and documented in docs/data.md:
 
 - extra keys, on the line or in a message, are allowed and ignored: they are dropped from the
   validated output, so they never reach training (where ``datasets`` would try to infer one

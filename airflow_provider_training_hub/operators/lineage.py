@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 FACET_PREFIX = "trainingHub_"
-# A facet names its schema by URI; these are described in the README ("OpenLineage"), not published.
+# A facet names its schema by URI; these are described in docs/tracking.md ("OpenLineage"), not published.
 SCHEMA_URN = "urn:airflow-provider-training-hub:openlineage-facet:"
 
 

@@ -56,8 +56,6 @@ class TrainOperator(ResumableJobMixin, BaseOperator):
     :param training_hub_conn_id: ``training_hub`` connection (missing default: local execution).
     :param connection_overrides: connection fields for this task only, e.g.
         ``{"node_selector": {...}, "tolerations": [...], "image": "..."}``.
-    :param ckpt_output_dir: unset means ``<checkpoint root>/<dag_id>/<run_id>/<task_id>``: the
-        same directory on every try, so a retry resumes from the last full-state checkpoint.
     :param deferrable: (Kubernetes) wait in the triggerer instead of holding a worker slot.
     :param poll_interval: (Kubernetes) seconds between status checks.
     :param pending_timeout: (Kubernetes) fail, and delete the Job, when a pod has not started this
@@ -75,6 +73,9 @@ class TrainOperator(ResumableJobMixin, BaseOperator):
 
     Every other keyword that names a parameter of the algorithm is a templated field, and may be
     an ``XComArg`` (``data_path=validate.output["data_path"]``).
+
+    ``ckpt_output_dir`` left unset means ``<checkpoint root>/<dag_id>/<run_id>/<task_id>``: the
+    same directory on every try, so a retry resumes from the last full-state checkpoint.
     """
 
     algorithm: ClassVar[str]
