@@ -23,6 +23,7 @@ from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, forwar
 from airflow_provider_training_hub.algorithms.params import base_types
 from airflow_provider_training_hub.data.formats import DATA_FORMATS
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
+from airflow_provider_training_hub.log_lines import LOG_FORMAT
 
 EXIT_TRAINING_FAILED = 1
 EXIT_INVALID_DATA = 1
@@ -263,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     parser = build_parser()
     args, unknown_flags = parser.parse_known_args(argv)
     if unknown_flags and args.handler is not _run_algorithm:

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_training_hub.log_lines import WARNING_MARK
+
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_begin", "on_log", "on_evaluate", "on_save", "on_step_end",
          "on_epoch_end", "on_train_end")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -120,5 +122,5 @@ class Callbacks:
             try:
                 getattr(callback, hook)(context)
             except Exception as exc:  # a user's hook: whatever it raises, training goes on
-                print(f"[training-hub] warning: callback {type(callback).__qualname__}.{hook} failed "
+                print(f"{WARNING_MARK}callback {type(callback).__qualname__}.{hook} failed "
                       f"({type(exc).__name__}: {exc}); training goes on", file=sys.stderr, flush=True)

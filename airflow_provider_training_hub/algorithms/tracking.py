@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_training_hub.algorithms.errors import TrainingFailedError, TrainingStoppedError
 from airflow_provider_training_hub.algorithms.node_env import node_rank
+from airflow_provider_training_hub.log_lines import WARNING_MARK
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def log_to_trackers(metrics: logging.Logger, record: dict[str, Any]) -> None:
         try:
             handler.handle(log_record)
         except Exception as exc:  # the tracking libraries raise their own kinds
-            print(f"[training-hub] warning: {type(handler).__name__} failed ({exc}); "
+            print(f"{WARNING_MARK}{type(handler).__name__} failed ({exc}); "
                   "training goes on without it", file=sys.stderr, flush=True)
             metrics.removeHandler(handler)
 

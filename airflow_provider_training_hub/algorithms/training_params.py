@@ -329,12 +329,15 @@ class TrainingParams(ParamSchema):
         """Paths must exist, and callbacks import, where training runs (not on the Airflow worker, for a
         pod on a PVC). A path in object storage must open with the credentials found here."""
         self.check_remote_paths()
-        if not object_storage.is_remote(self.model_path) and not Path(self.model_path).is_dir() \
-                and not _is_hub_model_id(self.model_path):
+        model = Path(self.model_path)
+        if not object_storage.is_remote(self.model_path) and not (model / "config.json").is_file() \
+                and not (_is_hub_model_id(self.model_path) and not model.exists()):
+            found = "it has no config.json" if model.is_dir() else "there is no such directory"
             raise ValueError(
-                f"model_path {self.model_path!r} is not a model directory on this machine: it must hold the model's "
-                "config.json and weights (*.safetensors), as save_pretrained writes them "
-                "(`training-hub models tiny DIR` makes a small one offline)."
+                f"model_path {self.model_path!r} is not a model directory on this machine ({found}): it must hold the "
+                "model's config.json, its weights (*.safetensors) and its tokenizer's files, as save_pretrained "
+                "writes them. `training-hub models tiny DIR` makes a small one offline, and so does "
+                "TrainingHubHook().make_model('tiny', DIR) in a DAG."
             )
         for path in self.callbacks or ():
             load_class(path)
@@ -368,3 +371,15 @@ def _is_hub_model_id(model_path: str) -> bool:
         return False
     org = model_path.split("/", 1)[0]
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model_path)) and not org.startswith(".") and not Path(org).exists()
+
+
+def small_epoch_warning(samples: int, batch_size: int, noun: str, params: Any) -> str | None:
+    """A warning when an epoch holds fewer samples than one optimizer step takes: a dozen samples
+    under the default ``effective_batch_size`` of 128 train one short step per epoch, which nobody
+    who left the default for a small dataset expects, and which no error would reveal."""
+    if samples >= batch_size:
+        return None
+    knob = ("micro_batch_size x gradient_accumulation_steps x ranks" if params.gradient_accumulation_steps
+            else "effective_batch_size")
+    return (f"an epoch has {samples} {noun}, fewer than one optimizer step takes ({knob} = {batch_size}): "
+            f"an epoch cannot fill one step. For more steps, make {knob} smaller than {samples}.")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from kubernetes.client import ApiException
 
+from airflow_provider_training_hub.log_lines import level
 from airflow_provider_training_hub.targets.kubernetes_api import BEST_EFFORT_FAILURES, REQUEST_TIMEOUT, retry_transient
 from airflow_provider_training_hub.kubernetes.job import (
     TRY_ANNOTATION,
@@ -188,7 +189,7 @@ class TrainingJobClient:
                 self._log_error_reported = True
             return
         for line in cursor.new_lines(text):
-            self.log.info("[%s] %s", pod, line)
+            self.log.log(level(line), "[%s] %s", pod, line)
 
     def delete(self, name: str) -> None:
         """Delete the Job (foreground: its pods go first) and the Service; absent ones are fine."""

@@ -32,6 +32,7 @@ from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED, LOG_TA
 from airflow_provider_training_hub.algorithms.scratch import REMOTE_CAPABLE
 from airflow_provider_training_hub.cli import EXIT_BAD_CONFIG
 from airflow_provider_training_hub.detached import EXIT, OUTPUT, RESULT, WATCHED
+from airflow_provider_training_hub.log_lines import level
 from airflow_provider_training_hub.object_storage import is_remote
 from airflow_provider_training_hub.run_states import RUNNING, SUCCEEDED
 from airflow_provider_training_hub.run_identity import differences
@@ -193,7 +194,7 @@ class LocalTarget(ExecutionTarget):
                 for line in lines + ([pending] if ended and pending else []):
                     text = line.decode("utf-8", "replace")
                     tail.append(text + "\n")
-                    self.log.info("%s", text)
+                    self.log.log(level(text), "%s", text)
                 if ended:
                     break
                 time.sleep(READ_SECONDS)

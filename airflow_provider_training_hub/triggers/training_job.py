@@ -25,6 +25,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from kubernetes_asyncio import client as async_client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from airflow_provider_training_hub.log_lines import level
 from airflow_provider_training_hub.targets.kubernetes_api import (
     BEST_EFFORT_FAILURES,
     PERMANENT,
@@ -90,7 +91,7 @@ class TrainingJobTrigger(BaseTrigger):
                             )
                             text = (await response.read()).decode("utf-8", "replace")
                             for line in cursor.new_lines(text):
-                                self.log.info("[%s] %s", pod, line)
+                                self.log.log(level(line), "[%s] %s", pod, line)
                         except BEST_EFFORT_FAILURES as exc:
                             if not log_error_reported:
                                 self.log.info("Rank 0's log (pod %s) is not readable now: %s", pod,

@@ -22,6 +22,7 @@ from airflow_provider_training_hub.algorithms.errors import TrainingFailedError,
 from airflow_provider_training_hub.algorithms.memory import TRAINING_HUB_LAYOUT, MemoryLayout
 from airflow_provider_training_hub.algorithms.registry import AlgorithmRegistry, Backend, register_backend
 from airflow_provider_training_hub.algorithms.sft import SFTParams, prepare_data
+from airflow_provider_training_hub.algorithms.training_params import small_epoch_warning
 from airflow_provider_training_hub.algorithms.torchrun import (
     TorchrunSpec,
     environment_variable,
@@ -38,6 +39,7 @@ from airflow_provider_training_hub.checkpoints import (
     keep_newest,
     saved_since,
 )
+from airflow_provider_training_hub.log_lines import WARNING_MARK
 
 log = logging.getLogger(__name__)
 UPSTREAM_STATE_METADATA = "training_metadata.json"  # a torch.save pickle, despite its name
@@ -184,7 +186,9 @@ class InstructLabTrainingBackend(Backend):
 
         from airflow_provider_training_hub.algorithms.backends.instructlab_callbacks import CALLBACKS_ENV
 
-        prepare_data(params)
+        prepared = prepare_data(params)
+        if small := small_epoch_warning(prepared.kept, params.effective_batch_size, "samples", params):
+            print(f"{WARNING_MARK}{small}", flush=True)
         if termination_requested():  # SIGTERM while the data was prepared: do not start training
             raise TrainingFailedError("stopped by SIGTERM before training started")
         rank_log = Path(params.ckpt_output_dir) / f"full_logs_global{torchrun.node_rank}.log"

@@ -56,6 +56,7 @@ from airflow_provider_training_hub.algorithms.callbacks import Callbacks, Traini
 from airflow_provider_training_hub.algorithms.launch import EXIT_STOPPED
 from airflow_provider_training_hub.algorithms.lora import LoRAParams
 from airflow_provider_training_hub.algorithms.sft import EVAL_DATA_DIR, SFTParams
+from airflow_provider_training_hub.algorithms.training_params import small_epoch_warning
 from airflow_provider_training_hub.algorithms.tracking import close_metric_logger, log_to_trackers, metric_logger
 from airflow_provider_training_hub.checkpoints import (
     FULL_STATE_METADATA,
@@ -67,6 +68,7 @@ from airflow_provider_training_hub.checkpoints import (
     publish,
 )
 from airflow_provider_training_hub.data.prepare import PROCESSED_FILE
+from airflow_provider_training_hub.log_lines import WARNING_MARK
 
 MAX_GRAD_NORM = 1.0
 PROGRESS_SECONDS_ENV = "TRAINING_HUB_PROGRESS_SECONDS"
@@ -195,7 +197,7 @@ def progress_interval() -> float:
     try:
         return max(0.0, float(raw)) if raw else DEFAULT_PROGRESS_SECONDS
     except ValueError:
-        print(f"[training-hub] warning: {PROGRESS_SECONDS_ENV}={raw!r} is not a number of seconds; "
+        print(f"{WARNING_MARK}{PROGRESS_SECONDS_ENV}={raw!r} is not a number of seconds; "
               f"using {DEFAULT_PROGRESS_SECONDS:g}", file=sys.stderr, flush=True)
         return DEFAULT_PROGRESS_SECONDS
 
@@ -409,6 +411,10 @@ class Trainer:
         if self.rank == 0:
             print(f"[training-hub] {message}", flush=True)
 
+    def _warn(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"{WARNING_MARK}{message}", flush=True)
+
     def _metrics(self, record: dict) -> None:
         """Rank 0's record in the metrics file and, with tracking on, to MLflow, W&B and TensorBoard
         (as instructlab-training's own loop logs it: ``hparams`` once, then per step)."""
@@ -495,10 +501,13 @@ class Trainer:
         p = self.params
         evaluated = f" ({len(self.eval_samples)} to evaluate on)" if self.eval_samples else ""
         self._print(f"{len(self.samples)} {self.noun}{evaluated}, {self.world} rank(s) on {self.device.type}, "
-                    f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs, "
+                    f"{self.steps_per_epoch} steps/epoch x {p.num_epochs} epochs (epoch 0 to {p.num_epochs - 1}), "
                     f"effective batch {self.batch_size}, <= {p.batch_token_cap} tokens"
                     f"{f' and {p.micro_batch_size} samples' if p.micro_batch_size else ''} per micro-batch "
                     f"({self.plan.describe()})")
+        if small := small_epoch_warning(len(self.samples), self.batch_size, self.noun, p):
+            self._warn(f"{small} Here each epoch is one step of {len(self.samples)} {self.noun}, "
+                       f"{self.total_steps} in all.")
         if self.start_epoch == 0 and self.global_step == 0:
             group = self.optimizer.param_groups[0]  # what AdamW really got, for the record
             self._metrics({"hparams": True, **p.model_dump(), "world_size": self.world, "backend": "pytorch",
@@ -533,7 +542,7 @@ class Trainer:
                 if self.global_step in (first_step + 1, self.total_steps) or due:
                     last_progress = now
                     self._print(
-                        f"epoch {epoch + 1}/{p.num_epochs} step {record['step']}/{self.total_steps} "
+                        f"epoch {epoch} step {record['step']}/{self.total_steps} "
                         f"loss {record['avg_loss']:.4f}{self._progress_details(record)} lr {record['lr']:.2e} "
                         f"tokens/s {record['tokens_per_second']:.0f} samples {self.samples_seen} eta "
                         + eta_text((self.total_steps - self.global_step) * (now - started)
