@@ -125,17 +125,22 @@ class ValidationReport:
         del data["described"], data["noun"]
         return data
 
-    def summary(self) -> str:
-        lines = [f"{self.data_path}: {'VALID' if self.valid else 'INVALID'} ({self.on_invalid} policy)",
-                 *self.described]
-        lines += [f"  {e}" for e in self.errors]
+    def summary_parts(self) -> tuple[list[str], list[str], list[str]]:
+        """The summary's lines in three parts: what was read, the problems, where the outputs went
+        (a task logs the problems at warning level, the rest at info)."""
+        head = [f"{self.data_path}: {'VALID' if self.valid else 'INVALID'} ({self.on_invalid} policy)", *self.described]
+        problems = [f"  {e}" for e in self.errors]
         if self.error_count > len(self.errors):
-            lines.append(f"  ... and {self.error_count - len(self.errors)} more errors ({self.error_count} in total)")
+            problems.append(f"  ... and {self.error_count - len(self.errors)} more errors ({self.error_count} in total)")
+        tail = []
         if self.output_path:
-            lines.append(f"  valid {self.noun} written to {self.output_path}")
+            tail.append(f"  valid {self.noun} written to {self.output_path}")
         if self.quarantine_path:
-            lines.append(f"  invalid lines written to {self.quarantine_path}")
-        return "\n".join(lines)
+            tail.append(f"  invalid lines written to {self.quarantine_path}")
+        return head, problems, tail
+
+    def summary(self) -> str:
+        return "\n".join(line for part in self.summary_parts() for line in part)
 
 
 def check_line(line: bytes) -> tuple[Sample | None, list[tuple[str, str]]]:

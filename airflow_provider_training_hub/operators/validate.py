@@ -97,8 +97,9 @@ class ValidateMessagesDataOperator(BaseOperator):
                 )
         except ValueError as exc:  # a retry cannot fix a configuration error
             raise AirflowFailException(f"Invalid configuration: {exc}") from exc
-        for line in report.summary().splitlines():
-            self.log.info("%s", line)
+        for lines, log in zip(report.summary_parts(), (self.log.info, self.log.warning, self.log.info)):
+            for line in lines:
+                log("%s", line)
         if not report.valid:
             raise AirflowException(
                 f"{self.data_path} is not valid {self.data_format} data: {report.error_count} error(s), first:\n"
