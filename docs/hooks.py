@@ -90,10 +90,10 @@ def line_problems() -> str:
         report = validate_messages(str(path))
         problem = report.errors[0]
         lines = path.read_bytes().split(b"\n")
-        line = _example(lines[problem.line - 1]) if 0 < problem.line <= len(lines) else "(the whole file)"
+        line = f"`{_cell(_example(lines[problem.line - 1]))}`" if 0 < problem.line <= len(lines) else "(the whole file)"
         where = f"line {problem.line}: " if problem.line else ""
         location = f"{problem.location}: " if problem.location else ""
-        rows.append(f"| `{_cell(line)}` | {_cell(f'{where}{location}{problem.reason}')} |")
+        rows.append(f"| {line} | {_cell(f'{where}{location}{problem.reason}')} |")
     return "\n".join(rows)
 
 

@@ -49,6 +49,11 @@ def airflow_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
     return subprocess.run([str(airflow), *args], capture_output=True, text=True, timeout=timeout)
 
 
+def airflow_json(text: str):
+    """The JSON of an ``airflow ... -o json`` command, whose warnings share its stdout."""
+    return json.loads([line for line in text.splitlines() if line.startswith("[")][-1])
+
+
 def processes_with_marker(prefix: str) -> dict[int, str]:
     """pid -> TRAINING_HUB_RUN of every live process whose marker starts with ``prefix``."""
     from airflow_provider_training_hub.targets.local import marked_processes

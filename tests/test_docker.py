@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DPO_SAMPLE, REPO, SAMPLE_DATA
+from conftest import DPO_SAMPLE, REPO, SAMPLE_DATA, airflow_json
 from dockerfile_parse import DockerfileParser
 
 sys.path.insert(0, str(REPO / "docker"))
@@ -161,7 +161,7 @@ def test_the_built_wheel_installs_clean_and_airflow_finds_the_provider_without_t
     home = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "PYTHONPATH": ""}
     providers = _run(python, "-m", "airflow", "providers", "list", "-o", "json", env=home)
     assert {"package_name": "airflow-provider-training-hub", "version": __version__} in [
-        {k: p[k] for k in ("package_name", "version")} for p in json.loads(providers[providers.index("["):])]
+        {k: p[k] for k in ("package_name", "version")} for p in airflow_json(providers)]
     out = _run(python, "-c", (
         "import sys, airflow_provider_training_hub as p\n"
         "from importlib.resources import files\n"

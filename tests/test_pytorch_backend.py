@@ -1,6 +1,7 @@
 """The CPU `pytorch` backend, for real: torchrun processes, gloo, the tiny model, no mocks."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import processes_with_marker, stop_when, wait_for
+from conftest import stop_when, wait_for
 from loopback import free_port
 
 from airflow_provider_training_hub import sft
@@ -112,11 +113,11 @@ def test_a_killed_run_resumes_from_its_last_full_state(tiny_model, sample_data, 
     assert [Path(p).name for p in result["full_state"]] == ["epoch_3"]
     assert [Path(p).name for p in result["checkpoints"]] == ["samples_192"]
     assert f"removed {ckpt}/full_state/epoch_{epoch} (save_total_limit=1)" in rerun.stdout
-    assert f"epoch {epoch + 1}/4" not in rerun.stdout and f"epoch {epoch + 2}/4 step {done + 1}/48" in rerun.stdout
+    assert f"epoch {epoch} step" not in rerun.stdout and f"epoch {epoch + 1} step {done + 1}/48" in rerun.stdout
     # each progress line ends in the time left at the pace of this run's own steps
-    assert re.search(rf"epoch {epoch + 2}/4 step {done + 1}/48 loss \S+ lr \S+ tokens/s \d+ samples {4 * done + 4} "
+    assert re.search(rf"epoch {epoch + 1} step {done + 1}/48 loss \S+ lr \S+ tokens/s \d+ samples {4 * done + 4} "
                      r"eta \d+m\d\ds$", rerun.stdout, re.M)
-    assert re.search(r"epoch 4/4 step 48/48 .* eta 0m00s$", rerun.stdout, re.M)
+    assert re.search(r"epoch 3 step 48/48 .* eta 0m00s$", rerun.stdout, re.M)
 
 
 def test_a_local_run_that_no_task_watches_stops_itself_with_its_state_saved(tiny_model, sample_data, tmp_path):
@@ -176,7 +177,7 @@ def test_sigterm_saves_the_state_at_the_current_step_and_a_rerun_resumes_there(t
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"full_state/step_{stopped_at}: epoch 0, step {stopped_at}, samples {4 * stopped_at}" in rerun.stdout
-    assert f"epoch 1/2 step {stopped_at + 1}/24" in rerun.stdout and f"step {stopped_at}/24" not in rerun.stdout
+    assert f"epoch 0 step {stopped_at + 1}/24" in rerun.stdout and f"step {stopped_at}/24" not in rerun.stdout
     assert sorted(r["step"] for r in read_metrics(ckpt)) == list(range(1, 25))  # each step once, none lost
 
 
@@ -247,7 +248,7 @@ def test_progress_lines_come_at_a_steady_pace_not_every_step(tiny_model, sample_
     run = subprocess.run(command, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "TRAINING_HUB_PROGRESS_SECONDS": "3600"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    progress = re.findall(r"epoch 1/1 step (\d+)/12 loss \S+ lr \S+ tokens/s \d+ samples \d+ eta \d+m\d\ds$",
+    progress = re.findall(r"epoch 0 step (\d+)/12 loss \S+ lr \S+ tokens/s \d+ samples \d+ eta \d+m\d\ds$",
                           run.stdout, re.M)
     assert progress == ["1", "12"], run.stdout[-3000:]
     assert [r["step"] for r in read_metrics(ckpt)] == list(range(1, 13))
@@ -259,7 +260,7 @@ def test_progress_lines_come_at_a_steady_pace_not_every_step(tiny_model, sample_
                             capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TRAINING_HUB_PROGRESS_SECONDS": "often"})
     assert every5.returncode == 0, every5.stdout[-3000:] + every5.stderr[-3000:]
-    assert re.findall(r"epoch 1/1 step (\d+)/12 loss", every5.stdout) == ["1", "5", "10", "12"]
+    assert re.findall(r"epoch 0 step (\d+)/12 loss", every5.stdout) == ["1", "5", "10", "12"]
     assert "TRAINING_HUB_PROGRESS_SECONDS='often' is not a number of seconds; using 10" in every5.stdout + every5.stderr
 
 
@@ -321,3 +322,32 @@ def test_a_stop_of_one_node_ends_every_node_as_stopped(tiny_model, sample_data, 
     state = full_state_checkpoints(ckpt)[-1]
     assert state.name.startswith("step_")
     assert f"training-hub: stopped by SIGTERM; a rerun with the same ckpt_output_dir resumes from {state}" in peer
+
+
+def test_an_epoch_smaller_than_one_step_is_a_warning_that_says_what_trains_instead(tiny_model, sample_data, tmp_path):
+    """48 samples under the default effective_batch_size (128): one step of 48 per epoch, said
+    in a line that the task's relay logs at warning level."""
+    from airflow_provider_training_hub.log_lines import level
+
+    command = _cli_command(tiny_model, sample_data, tmp_path / "ckpt", num_epochs=1)
+    at = command.index("--effective-batch-size")
+    del command[at:at + 2]  # the default
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    warnings = [line for line in run.stdout.splitlines() if level(line) == logging.WARNING]
+    assert warnings == [
+        "[training-hub] warning: an epoch has 48 samples, fewer than one optimizer step takes (effective_batch_size "
+        "= 128): an epoch cannot fill one step. For more steps, make effective_batch_size smaller than 48. Here "
+        "each epoch is one step of 48 samples, 1 in all."], run.stdout[-3000:]
+    assert [r["batch_size"] for r in read_metrics(tmp_path / "ckpt")] == [48]
+
+
+def test_the_relay_logs_a_training_process_warning_or_error_at_its_level():
+    from airflow_provider_training_hub.log_lines import level
+
+    assert level("[training-hub] warning: callback X.on_log failed (ValueError: no); training goes on") == logging.WARNING
+    assert level("2026-12-07 02:12:43,276 WARNING airflow_provider_training_hub.data.prepare: 2 of 9 samples dropped") \
+        == logging.WARNING
+    assert level("[th-a-b-0] 2026-12-07 02:12:43,276 ERROR torch.distributed: rank 1 died") == logging.ERROR
+    assert level("2026-12-07 02:12:43,276 INFO airflow_provider_training_hub.data.prepare: prepared 12") == logging.INFO
+    assert level("[training-hub] epoch 0 step 1/9 loss 6.2 (a warning: of no kind)") == logging.INFO

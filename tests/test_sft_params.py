@@ -110,8 +110,14 @@ def test_the_pytorch_backend_refuses_what_only_fsdp_does_before_any_work(valid):
 
 
 def test_missing_paths(valid, tmp_path):
-    with pytest.raises(ValueError, match=r"model_path '.*nope' is not a model directory"):
+    with pytest.raises(ValueError, match=r"model_path '.*nope' is not a model directory on this machine \(there is "
+                                         r"no such directory\): it must hold the model's config.json, .* "
+                                         r"`training-hub models tiny DIR` makes a small one offline"):
         sft(**{**valid, "model_path": str(tmp_path / "nope")})
+    (tmp_path / "empty").mkdir()  # a directory, but no model: refused here, not by the tokenizer's loader
+    with pytest.raises(ValueError, match=r"model_path '.*empty' is not a model directory on this machine \(it has no "
+                                         r"config.json\)"):
+        sft(**{**valid, "model_path": str(tmp_path / "empty")})
     with pytest.raises(ValueError, match=r"data_path '.*missing.jsonl' does not exist"):
         sft(**{**valid, "data_path": str(tmp_path / "missing.jsonl")})
     with pytest.raises(ValueError, match=r"eval_data_path '.*missing.jsonl' does not exist"):
@@ -160,7 +166,7 @@ def test_paths_that_cannot_be_training_input_are_named_before_any_work(tmp_path,
         SFTParams.parse(base).check_local_paths()
     with pytest.raises(ValueError, match=r"^data_path 'data' is a directory"):
         validate_messages("data")
-    with pytest.raises(ValueError, match=r"^model_path 'models/foo' is not a model directory on this machine: it "
-                                         r"must hold the model's config.json and weights"):
+    with pytest.raises(ValueError, match=r"^model_path 'models/foo' is not a model directory on this machine \(there "
+                                         r"is no such directory\): it must hold the model's config.json, its weights"):
         SFTParams.parse({**base, "model_path": "models/foo"}).check_local_paths()
     SFTParams.parse({**base, "model_path": "org/name", "data_path": str(tiny_model / "config.json")}).check_local_paths()
