@@ -329,12 +329,11 @@ class TrainingParams(ParamSchema):
         """Paths must exist, and callbacks import, where training runs (not on the Airflow worker, for a
         pod on a PVC). A path in object storage must open with the credentials found here."""
         self.check_remote_paths()
-        model = Path(self.model_path)
-        if not object_storage.is_remote(self.model_path) and not (model / "config.json").is_file() \
-                and not (_is_hub_model_id(self.model_path) and not model.exists()):
-            found = "it has no config.json" if model.is_dir() else "there is no such directory"
+        if not object_storage.is_remote(self.model_path) and not Path(self.model_path).is_dir() \
+                and not _is_hub_model_id(self.model_path):
             raise ValueError(
-                f"model_path {self.model_path!r} is not a model directory on this machine ({found}): it must hold the "
+                f"model_path {self.model_path!r} is not a model directory on this machine (there is no such "
+                "directory): it must hold the "
                 "model's config.json, its weights (*.safetensors) and its tokenizer's files, as save_pretrained "
                 "writes them. `training-hub models tiny DIR` makes a small one offline, and so does "
                 "TrainingHubHook().make_model('tiny', DIR) in a DAG."
