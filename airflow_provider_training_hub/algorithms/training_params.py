@@ -333,10 +333,9 @@ class TrainingParams(ParamSchema):
                 and not _is_hub_model_id(self.model_path):
             raise ValueError(
                 f"model_path {self.model_path!r} is not a model directory on this machine (there is no such "
-                "directory): it must hold the "
-                "model's config.json, its weights (*.safetensors) and its tokenizer's files, as save_pretrained "
-                "writes them. `training-hub models tiny DIR` makes a small one offline, and so does "
-                "TrainingHubHook().make_model('tiny', DIR) in a DAG."
+                "directory): it must hold the model's config.json, its weights (*.safetensors) and its tokenizer's "
+                "files, as save_pretrained writes them. `training-hub models tiny DIR` makes a small one offline, "
+                "and so does TrainingHubHook().make_model('tiny', DIR) in a DAG."
             )
         for path in self.callbacks or ():
             load_class(path)
