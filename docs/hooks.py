@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_DATA = REPO / "tests" / "data" / "bad"  # the validation tests' corpus: one bad file per reason
@@ -31,14 +30,14 @@ def _type(annotation: Any) -> str:
         return annotation.__name__
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return " | ".join(_type(a) for a in typing.get_args(annotation))
-    return re.sub(r"\btyping\.|\bcollections\.abc\.", "", str(annotation)).replace("NoneType", "None")
+    return re.sub(r"\btyping\.|\bcollections\.abc\.", "", str(annotation))
 
 
 def _default(field: Any) -> str:
     if field.is_required():
         return "**required**"
     value = field.default_factory() if field.default_factory is not None else field.default
-    return "unset" if value is None or value is PydanticUndefined else f"`{value!r}`"
+    return "unset" if value is None else f"`{value!r}`"
 
 
 def _fields_table(schema: type[BaseModel], first_column: str) -> str:
