@@ -8,6 +8,8 @@ import pytest
 from airflow_provider_training_hub import sft
 from airflow_provider_training_hub.data.prepare import prepare_alpaca, prepare_text
 
+pytestmark = pytest.mark.library
+
 ALPACA = [
     {"instruction": "Who is the Training Hub mascot?", "output": "Ollie the otter, who guards every checkpoint."},
     {"task": "Translate to French", "context": "Good morning, my friend, how are you today?",

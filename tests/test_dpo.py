@@ -20,6 +20,8 @@ from airflow_provider_training_hub import dpo
 from airflow_provider_training_hub.checkpoints import read_metrics
 from airflow_provider_training_hub.data.preference import prepare_preferences, validate_preferences
 
+pytestmark = pytest.mark.library
+
 WORDS = "heron airflow model train data answer pipeline graph token cluster".split()
 
 

@@ -20,6 +20,8 @@ from airflow_provider_training_hub.algorithms.errors import TrainingFailedError
 from airflow_provider_training_hub.algorithms.torchrun import interpreter_bin_on_path, resolve_torchrun
 from airflow_provider_training_hub.checkpoints import hf_checkpoints
 
+pytestmark = pytest.mark.library
+
 
 def _params(**overrides):
     return SFTParams.parse({"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/ckpt", **overrides})

@@ -19,6 +19,8 @@ from airflow_provider_training_hub.algorithms.backends.instructlab import Instru
 from airflow_provider_training_hub.algorithms.torchrun import resolve_torchrun
 from airflow_provider_training_hub.checkpoints import read_metrics
 
+pytestmark = pytest.mark.library
+
 # runs of a few steps: no warmup (lora_sft's default, 10, would be most of them)
 COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3, "warmup_steps": 0}
 REQUIRED = {"model_path": "/m", "data_path": "/d.jsonl", "ckpt_output_dir": "/ckpt"}

@@ -9,6 +9,8 @@ import pytest
 
 from airflow_provider_training_hub.models import generate
 
+pytestmark = pytest.mark.library
+
 
 def test_tiny_model_is_small_and_has_a_chat_template(tiny_model):
     config = json.loads((tiny_model / "config.json").read_text())

@@ -16,7 +16,7 @@ from loopback import free_port
 from airflow_provider_training_hub import sft
 from airflow_provider_training_hub.checkpoints import full_state_checkpoints, read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.library]
 COMMON = {"learning_rate": 5e-3, "max_seq_len": 512, "effective_batch_size": 8, "random_seed": 3}
 
 
