@@ -173,8 +173,8 @@ def test_only_the_first_share_strips_a_bom(tmp_path):
     path = tmp_path / "boms.jsonl"
     path.write_bytes(BOM + first.encode() + b"\n" + BOM + second.encode() + b"\n")
     assert [start for start, _ in validate.line_ranges(str(path), 2)] == [0, len(BOM) + len(first) + 1]
-    for workers in (1, 2):
-        report = validate_messages(str(path), workers=workers)
+    for count in (1, 2):
+        report = validate_messages(str(path), workers=count)
         assert [(e.line, e.reason) for e in report.errors] == [(2, "malformed JSON at byte 0: a byte order mark (BOM) before the value")]
 
 

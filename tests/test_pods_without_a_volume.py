@@ -9,11 +9,9 @@ GPU REPLACED as in test_real_pods.py: the pods request `nvidia.com/gpu`, and tra
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
-from pathlib import Path
 
 import pytest
 from airflow_runs import finish, run_dag, start_in_subprocess, states, xcoms
